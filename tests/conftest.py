@@ -10,4 +10,4 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+  config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
