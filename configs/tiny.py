@@ -1,0 +1,112 @@
+"""Tiny end-to-end run on a laptop CPU, offline, on the embedded corpus.
+
+  python -m distill.main --config=configs/tiny.py [--workdir=runs/tiny]
+
+Pipeline: byte-level teacher pretrained on the pydoc corpus -> student distilled on a 10%
+transfer set (Hinton et al.) -> baseline of the same size on the same transfer set with hard
+labels only -> evaluation -> report. Expected runtime on 2 CPU cores: see README.
+"""
+import ml_collections
+
+
+def model(d_model, n_layers, n_heads, n_kv_heads, d_ff):
+  m = ml_collections.ConfigDict()
+  m.d_model = d_model
+  m.n_layers = n_layers
+  m.n_heads = n_heads
+  m.n_kv_heads = n_kv_heads
+  m.d_ff = d_ff
+  # Extra transformer.ModelConfig fields (norm, pos, mlp, tie_embeddings, ...) may be added.
+  return m
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  # Seeds parameter init, data order and sampling; stages derive their own streams from it.
+  c.seed = 0
+  # Hardware preset: cpu | gpu | tpu_v4 | tpu_v5e | tpu_v5p | tpu_v6e (mesh, dtypes, kernels).
+  c.preset = "cpu"
+  # Mesh shape over (data, fsdp, tensor); exactly one entry may be -1 (= all remaining devices).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Steps between checkpoints (and resume points) in every training stage.
+  c.checkpoint_every = 100
+  # Steps between progress lines / TensorBoard scalars.
+  c.log_every = 25
+
+  c.data = ml_collections.ConfigDict()
+  # TFDS name ('pydoc_topics' is built from the stdlib docs), or 'text:/path/*.txt'.
+  c.data.name = "pydoc_topics"
+  # Where TFDS files and token caches go; '' = <workdir>/data (never inside the repo).
+  c.data.data_dir = ""
+  # Tokenizer: 'byte', or a path to tokenizer.json / tokenizer.model.
+  c.data.tokenizer = "byte"
+  # Tokens per training sequence.
+  c.data.seq_len = 128
+  # Global batch size in sequences (divisible by the data-parallel size).
+  c.data.batch_size = 32
+  # Validation batches for evaluation (0 = the whole validation split).
+  c.data.eval_batches = 0
+
+  c.optimizer = ml_collections.ConfigDict()
+  # Peak AdamW learning rate, after linear warmup, cosine-decayed to 10% at the end.
+  c.optimizer.lr = 3e-3
+  c.optimizer.warmup_steps = 20
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.clip_norm = 1.0
+
+  c.teacher = ml_collections.ConfigDict()
+  # Path of a teacher stage directory (orbax), 'hf:/path' for Hugging Face, or '' to pretrain.
+  c.teacher.checkpoint = ""
+  # Dtype the teacher's weights are held in (read-only).
+  c.teacher.dtype = "float32"
+  # Teacher shape when pretrained here.
+  c.teacher.model = model(d_model=192, n_layers=4, n_heads=6, n_kv_heads=2, d_ff=512)
+  c.teacher.pretrain = ml_collections.ConfigDict()
+  # Pretraining steps on the full train split (when teacher.checkpoint is empty).
+  c.teacher.pretrain.steps = 400
+  # Peak learning rate for teacher pretraining.
+  c.teacher.pretrain.lr = 3e-3
+
+  c.student = ml_collections.ConfigDict()
+  # Student shape (shared by the distilled student and the baseline).
+  c.student.model = model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
+  # 'random', or 'teacher_layers' to copy every k-th teacher layer where shapes allow.
+  c.student.init = "random"
+
+  c.distill = ml_collections.ConfigDict()
+  # Student training steps (the baseline gets the same).
+  c.distill.steps = 300
+  # Divergence: forward_kl | reverse_kl | jsd | tvd | skew_forward_kl | skew_reverse_kl.
+  c.distill.loss = "forward_kl"
+  # Softmax temperature on both sides.
+  c.distill.temperature = 2.0
+  # Weight of hard-label cross-entropy: loss = (1 - alpha) * divergence + alpha * CE.
+  c.distill.alpha = 0.0
+  # Multiply the divergence by T^2 (Hinton et al.) so gradient scale is T-independent.
+  c.distill.scale_by_t2 = True
+  # JSD mixing weight and skew-KL mixing weight.
+  c.distill.beta = 0.5
+  c.distill.skew = 0.1
+  # Positions per block in the chunked loss; 0 = dense logits.
+  c.distill.chunk_size = 0
+  # Fraction of the train split the student and baseline see (the transfer set).
+  c.distill.transfer_fraction = 0.1
+  # Peak learning rate for the student and the baseline.
+  c.distill.lr = 3e-3
+
+  c.baseline = ml_collections.ConfigDict()
+  # Train a same-size hard-label student with the same data, steps and seed, for comparison.
+  c.baseline.enabled = True
+
+  c.eval = ml_collections.ConfigDict()
+  # Prompts for the sample generations in the report.
+  c.eval.prompts = ("The for statement", "Exceptions are")
+  # New tokens per sample.
+  c.eval.sample_tokens = 64
+
+  c.export = ml_collections.ConfigDict()
+  # Export TFLite files for the presets below as the last stage.
+  c.export.enabled = False
+  # Edge presets to export: phone, watch.
+  c.export.presets = ("phone", "watch")
+  return c

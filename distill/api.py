@@ -1,0 +1,147 @@
+"""The small public Python API used by Colab, tests and the CLIs.
+
+  m = distill.load("runs/tiny/student")      # a stage directory
+  m.logits(np.int32 [B, T]) -> np.float32 [B, T, V]
+  m.generate("The for statement", max_new_tokens=64)   # greedy; temperature/top_k optional
+  m.tokenizer.encode("text"), m.tokenizer.decode(ids)
+
+A stage directory holds `model_config.json`, `tokenizer/` and `params/` (orbax).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import checkpoint, tokenizers
+from distill.models.transformer import LM, ModelConfig
+
+
+class LoadError(ValueError):
+  """A path that is not a loadable model; the message says what is wrong and the fix."""
+
+
+def save_stage(directory, model_cfg: ModelConfig, tokenizer, params, info: dict | None = None):
+  """Write a finished stage: params, model config, tokenizer, then stage.json last."""
+  os.makedirs(directory, exist_ok=True)
+  checkpoint.save_params(os.path.join(directory, "params"), params)
+  with open(os.path.join(directory, "model_config.json"), "w") as f:
+    f.write(model_cfg.to_json())
+  tokenizer.save(os.path.join(directory, "tokenizer"))
+  with open(os.path.join(directory, "stage.json"), "w") as f:
+    json.dump(info or {}, f, indent=1)
+
+
+def is_stage(directory) -> bool:
+  return os.path.exists(os.path.join(directory, "stage.json"))
+
+
+def read_model_config(directory) -> ModelConfig:
+  path = os.path.join(directory, "model_config.json")
+  if not os.path.exists(path):
+    raise LoadError(f"{directory!r} is not a distill stage directory (no model_config.json); "
+                    "point at e.g. runs/tiny/student or use 'hf:/path' for Hugging Face")
+  try:
+    with open(path) as f:
+      return ModelConfig.from_dict(json.load(f))
+  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    raise LoadError(f"{path} is corrupt ({e}); re-run the stage that wrote it") from None
+
+
+def load_stage_params(directory, lm: LM, shardings=None, dtype=None):
+  if not is_stage(directory):
+    raise LoadError(f"{directory!r} has no finished stage (stage.json missing); finish the run "
+                    "with `python -m distill.main` first")
+  shapes = lm.abstract_params()
+  if shardings is None:
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: dev, shapes)
+  try:
+    return checkpoint.load_params(os.path.join(directory, "params"),
+                                  checkpoint.abstract_like(shapes, shardings, dtype))
+  except Exception as e:  # pylint: disable=broad-except
+    raise LoadError(f"parameters in {directory}/params are unreadable or do not match "
+                    f"model_config.json ({str(e).splitlines()[0][:160]}); re-run the stage") from None
+
+
+class Model:
+  """A loaded model: JAX forward, greedy/sampled generation with a KV cache, tokenizer."""
+
+  def __init__(self, lm: LM, params, tokenizer):
+    self.lm, self.params, self.tokenizer = lm, params, tokenizer
+    self.config = lm.cfg
+    self._apply = jax.jit(lm.apply)
+    self._step = jax.jit(lm.apply_cached, donate_argnums=(2,))
+
+  def logits(self, tokens) -> np.ndarray:
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be int32 [B, T], got shape {tokens.shape}")
+    return np.asarray(self._apply(self.params, jnp.asarray(tokens)), np.float32)
+
+  def generate_ids(self, prompt_ids, max_new_tokens=64, *, temperature=0.0, top_k=0, seed=0,
+                   stop_at_eos=True):
+    """Token ids after the prompt; greedy when temperature == 0."""
+    prompt_ids = list(prompt_ids) or [self.tokenizer.bos_id or 0]
+    total = min(len(prompt_ids) + max_new_tokens, self.lm.cfg.max_len)
+    if len(prompt_ids) >= total:
+      raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in max_len="
+                       f"{self.lm.cfg.max_len}")
+    cache = self.lm.init_cache(1, total)
+    logits, cache = self._step(self.params, jnp.asarray([prompt_ids], jnp.int32), cache, 0)
+    last = logits[0, -1]
+    rng, out = jax.random.key(seed), []
+    vocab = getattr(self.tokenizer, "vocab_size", last.shape[-1])
+    for pos in range(len(prompt_ids), total):
+      tok = _pick(np.asarray(last, np.float32)[:vocab], temperature, top_k,
+                  jax.random.fold_in(rng, pos))
+      out.append(tok)
+      if stop_at_eos and tok == self.tokenizer.eos_id:
+        break
+      if pos + 1 == total:
+        break
+      logits, cache = self._step(self.params, jnp.asarray([[tok]], jnp.int32), cache, pos)
+      last = logits[0, -1]
+    return out
+
+  def generate(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
+               top_k: int = 0, seed: int = 0) -> str:
+    ids = self.tokenizer.encode(prompt)
+    return self.tokenizer.decode(self.generate_ids(ids, max_new_tokens, temperature=temperature,
+                                                   top_k=top_k, seed=seed))
+
+
+def _pick(logits: np.ndarray, temperature: float, top_k: int, key) -> int:
+  if temperature <= 0:
+    return int(np.argmax(logits))
+  z = logits / temperature
+  if top_k:
+    kth = np.sort(z)[-top_k]
+    z = np.where(z < kth, -np.inf, z)
+  return int(jax.random.categorical(key, jnp.asarray(z)))
+
+
+@functools.lru_cache(maxsize=None)
+def _lm(cfg: ModelConfig) -> LM:
+  return LM(cfg)
+
+
+def load(path: str, *, dtype: str | None = None) -> Model:
+  """Load a stage directory (`runs/tiny/student`) or a Hugging Face directory (`hf:/path`)."""
+  path = os.fspath(path)
+  if path.startswith("hf:"):
+    from distill.models import hf  # pylint: disable=import-outside-toplevel
+    return hf.load_model(path[3:], dtype=dtype)
+  if not os.path.isdir(path):
+    raise LoadError(f"model path {path!r} does not exist; give a stage directory such as "
+                    "runs/tiny/student")
+  cfg = read_model_config(path)
+  if dtype:
+    cfg = cfg.replace(dtype=dtype)
+  lm = _lm(cfg)
+  params = load_stage_params(path, lm, dtype=dtype)
+  return Model(lm, params, tokenizers.load(os.path.join(path, "tokenizer")))

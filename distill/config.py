@@ -1,0 +1,137 @@
+"""Config validation: every mistake found before any work, one clear line each.
+
+`validate(config)` raises `ConfigError` whose message names the field, the bad value and the
+fix; `distill.main` prints it and exits with code 2.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from distill.models.transformer import ModelConfig
+
+LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
+
+# Hardware presets: what each sets unless the config says otherwise.
+PRESETS = {
+    "cpu": dict(dtype="float32", attention="xla"),
+    "gpu": dict(dtype="bfloat16", attention="cudnn"),
+    "tpu_v4": dict(dtype="bfloat16", attention="splash"),
+    "tpu_v5e": dict(dtype="bfloat16", attention="splash"),
+    "tpu_v5p": dict(dtype="bfloat16", attention="splash"),
+    "tpu_v6e": dict(dtype="bfloat16", attention="splash"),
+}
+
+MODEL_FIELDS = {f for f in ModelConfig.__dataclass_fields__} - {"vocab_size"}
+
+
+class ConfigError(ValueError):
+  """A config mistake; the message is one line naming the problem and the fix."""
+
+
+def _req(cond, msg):
+  if not cond:
+    raise ConfigError(msg)
+
+
+def _get(c, dotted):
+  cur = c
+  for part in dotted.split("."):
+    if part not in cur:
+      raise ConfigError(f"config field `{dotted}` is missing; start from a file in configs/")
+    cur = cur[part]
+  return cur
+
+
+def _num(c, dotted, kind=float):
+  v = _get(c, dotted)
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+  if kind is int:
+    ok = isinstance(v, int) and not isinstance(v, bool)
+  _req(ok, f"--config.{dotted}={v!r} must be {'an integer' if kind is int else 'a number'}")
+  if kind is float:
+    _req(math.isfinite(v), f"--config.{dotted}={v!r} must be finite")
+  return v
+
+
+def _model(c, prefix):
+  m = _get(c, prefix)
+  unknown = set(m.keys()) - MODEL_FIELDS
+  _req(not unknown, f"unknown field(s) {sorted(unknown)} in --config.{prefix}; "
+       f"valid: {sorted(MODEL_FIELDS)}")
+  for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+    _req(_num(c, f"{prefix}.{f}", int) > 0, f"--config.{prefix}.{f} must be > 0")
+  _req(m.n_heads % m.n_kv_heads == 0,
+       f"--config.{prefix}.n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}")
+  if not m.get("head_dim", 0):
+    _req(m.d_model % m.n_heads == 0, f"--config.{prefix}.d_model={m.d_model} must be divisible "
+         f"by n_heads={m.n_heads} (or set head_dim)")
+  if m.get("pos", "rope") == "learned":
+    _req(c.data.seq_len <= m.get("max_len", 2048), f"--config.data.seq_len={c.data.seq_len} "
+         f"exceeds {prefix}.max_len={m.get('max_len', 2048)}; shorten seq_len")
+
+
+def validate(c, n_devices: int | None = None) -> None:
+  """Raise ConfigError for the first problem found."""
+  _num(c, "seed", int)
+  _req(_get(c, "preset") in PRESETS, f"--config.preset={c.preset!r} is unknown; "
+       f"use one of {sorted(PRESETS)}")
+  _req(_num(c, "checkpoint_every", int) > 0,
+       f"--config.checkpoint_every={c.checkpoint_every} must be > 0")
+  _req(_num(c, "log_every", int) > 0, f"--config.log_every={c.log_every} must be > 0")
+
+  _req(isinstance(_get(c, "data.name"), str) and c.data.name,
+       "--config.data.name must be a TFDS name or 'text:/path/*.txt'")
+  _req(_num(c, "data.seq_len", int) > 0, f"--config.data.seq_len={c.data.seq_len} must be > 0")
+  _req(_num(c, "data.batch_size", int) > 0,
+       f"--config.data.batch_size={c.data.batch_size} must be > 0")
+  _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
+
+  for stage in ("optimizer.lr", "teacher.pretrain.lr", "distill.lr"):
+    _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
+  _req(_num(c, "optimizer.warmup_steps", int) >= 0, "--config.optimizer.warmup_steps must be >= 0")
+  _req(_num(c, "optimizer.clip_norm") > 0, "--config.optimizer.clip_norm must be > 0")
+
+  ckpt = _get(c, "teacher.checkpoint")
+  _req(isinstance(ckpt, str), "--config.teacher.checkpoint must be a path string")
+  if ckpt:
+    path = ckpt[3:] if ckpt.startswith("hf:") else ckpt
+    _req(os.path.exists(path), f"--config.teacher.checkpoint={ckpt!r} does not exist; give a "
+         "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', or '' to pretrain")
+  _req(_get(c, "teacher.dtype") in ("float32", "bfloat16", "float16"),
+       f"--config.teacher.dtype={c.teacher.dtype!r} must be float32, bfloat16 or float16")
+  _req(_num(c, "teacher.pretrain.steps", int) >= 0, "--config.teacher.pretrain.steps must be >= 0")
+  if not ckpt:
+    _req(c.teacher.pretrain.steps > 0, "--config.teacher.pretrain.steps must be > 0 when no "
+         "teacher checkpoint is given")
+    _model(c, "teacher.model")
+  _model(c, "student.model")
+  _req(_get(c, "student.init") in ("random", "teacher_layers"),
+       f"--config.student.init={c.student.init!r} must be 'random' or 'teacher_layers'")
+
+  d = _get(c, "distill")
+  _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")
+  _req(d.loss in LOSS_KINDS, f"--config.distill.loss={d.loss!r} is unknown; use one of "
+       f"{', '.join(LOSS_KINDS)}")
+  _req(_num(c, "distill.temperature") > 0,
+       f"--config.distill.temperature={d.temperature} must be > 0")
+  _req(0.0 <= _num(c, "distill.alpha") <= 1.0,
+       f"--config.distill.alpha={d.alpha} must be in [0, 1]")
+  _req(0.0 <= _num(c, "distill.beta") <= 1.0, f"--config.distill.beta={d.beta} must be in [0, 1]")
+  _req(0.0 <= _num(c, "distill.skew") < 1.0, f"--config.distill.skew={d.skew} must be in [0, 1)")
+  _req(_num(c, "distill.chunk_size", int) >= 0,
+       f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
+  _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
+       f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
+
+  if n_devices is not None:
+    from distill import sharding  # jax import only when devices are known
+    try:
+      shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(c.mesh, n_devices)))
+    except sharding.MeshError as e:
+      raise ConfigError(f"--config.mesh: {e}") from None
+    dp = shape["data"] * shape["fsdp"]
+    _req(c.data.batch_size % dp == 0, f"--config.data.batch_size={c.data.batch_size} is not "
+         f"divisible by the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}")
+  for p in _get(c, "export.presets"):
+    _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")

@@ -1,0 +1,52 @@
+"""Entry point: `python -m distill.main --config=configs/tiny.py [--workdir=runs/tiny]`.
+
+Flags only; the work is `distill.pipeline.run(config, workdir)`, which Colab and tests call too.
+Overrides: `--config.distill.temperature=2 --config.data.seq_len=256 ...`.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "Directory for checkpoints and reports.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logs.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 for multi-process runs outside TPU/SLURM.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+
+
+def _init_distributed():
+  import jax  # pylint: disable=import-outside-toplevel
+  if _COORD.value:
+    jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_NTASKS", "1") != "1":
+    jax.distributed.initialize()  # auto-detected on TPU VMs and SLURM
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.DEBUG if _VERBOSE.value else logging.INFO)
+  if _CONFIG.value is None:
+    print("error: --config is required, e.g. --config=configs/tiny.py", file=sys.stderr)
+    return 2
+  from distill import cli  # pylint: disable=import-outside-toplevel
+  return cli.guarded(lambda: _run(_CONFIG.value, _WORKDIR.value), verbose=_VERBOSE.value)
+
+
+def _run(config, workdir):
+  _init_distributed()
+  from distill import pipeline, report  # pylint: disable=import-outside-toplevel
+  rep = pipeline.run(config, workdir)
+  print(report.table(rep))
+  if "gap_closed" in rep:
+    print(f"gap closed: {rep['gap_closed']:.3f}   report: {os.path.join(workdir, 'report.md')}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,361 @@
+"""Decoder-only transformer shared by teacher and student (Flax NNX).
+
+One module covers the families the project loads (Llama/Mistral, Qwen2/3, Gemma 1/2/3, GPT-2)
+through `ModelConfig` switches instead of subclasses, so teacher and student always run the
+same code. Every parameter carries `axes=` logical-axis names; `distill.sharding` maps them to
+mesh axes with one rules table.
+
+Training code treats parameters as a plain nested dict of arrays ("pure dict"); `LM` is the
+functional facade (`init`, `apply`) that merges them back into the NNX graph inside jit.
+
+Shape letters: B batch, T query length, S key length / cache slots, D d_model, N query heads,
+M kv heads, G = N // M query heads per kv head, K head dim, F d_ff, V vocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  head_dim: int = 0  # 0: d_model // n_heads
+  max_len: int = 2048
+  norm: str = "rms"  # rms | layer
+  norm_eps: float = 1e-6
+  norm_plus_one: bool = False  # Gemma stores (scale - 1)
+  pos: str = "rope"  # rope | learned
+  rope_theta: float = 10000.0
+  mlp: str = "swiglu"  # swiglu | geglu | gelu
+  tie_embeddings: bool = True
+  qkv_bias: bool = False
+  mlp_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  post_norms: bool = False  # Gemma 2/3: norms after attention and MLP too
+  embed_scale: bool = False  # Gemma: multiply embeddings by sqrt(d_model)
+  query_scale: float = 0.0  # 0: 1/sqrt(head_dim)
+  attn_softcap: float = 0.0
+  final_softcap: float = 0.0
+  sliding_window: int = 0  # 0: none
+  sliding_pattern: int = 0  # every `pattern`-th layer is global; 0: all layers windowed
+  dtype: str = "float32"  # activation dtype
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  @property
+  def k(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  def layer_window(self, i: int) -> int:
+    if not self.sliding_window:
+      return 0
+    if self.sliding_pattern and (i + 1) % self.sliding_pattern == 0:
+      return 0
+    return self.sliding_window
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ModelConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown model config fields {sorted(unknown)}; valid: {sorted(names)}")
+    return cls(**d)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def _param(rngs, shape, axes, std, dtype):
+  value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), axes=axes)
+
+
+def _const(shape, axes, value, dtype):
+  return nnx.Param(jnp.full(shape, value, dtype), axes=axes)
+
+
+class Norm(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dim: int, axis_name: str = "embed"):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.kind, self.eps, self.plus_one = cfg.norm, cfg.norm_eps, cfg.norm_plus_one
+    self.scale = _const((dim,), (axis_name,), 0.0 if cfg.norm_plus_one else 1.0, pd)
+    if cfg.norm == "layer":
+      self.bias = _const((dim,), (axis_name,), 0.0, pd)
+
+  def __call__(self, x):
+    # Statistics in fp32 whatever the activation dtype.
+    xf = x.astype(jnp.float32)
+    if self.kind == "layer":
+      xf = xf - xf.mean(-1, keepdims=True)
+    y = xf * jax.lax.rsqrt((xf * xf).mean(-1, keepdims=True) + self.eps)
+    scale = self.scale[...].astype(jnp.float32)
+    y = y * (1.0 + scale if self.plus_one else scale)
+    if self.kind == "layer":
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rope(x, positions, theta):
+  """Rotary embedding on [B, T, H, K] with positions [B, T] (half-split layout, as HF)."""
+  k = x.shape[-1]
+  freq = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  ang = positions.astype(jnp.float32)[..., None] * freq  # [B, T, K/2]
+  sin, cos = jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def _softcap(x, cap):
+  return cap * jnp.tanh(x / cap) if cap else x
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, window: int, rngs: nnx.Rngs):
+    d, n, m, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.k
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg, self.window = cfg, window
+    std = 1.0 / math.sqrt(d)
+    self.q = _param(rngs, (d, n, k), ("embed", "heads", "kv"), std, pd)
+    self.k = _param(rngs, (d, m, k), ("embed", "kv_heads", "kv"), std, pd)
+    self.v = _param(rngs, (d, m, k), ("embed", "kv_heads", "kv"), std, pd)
+    self.o = _param(rngs, (n, k, d), ("heads", "kv", "embed"),
+                    1.0 / math.sqrt(n * k * 2 * cfg.n_layers), pd)
+    if cfg.qkv_bias:
+      self.q_bias = _const((n, k), ("heads", "kv"), 0.0, pd)
+      self.k_bias = _const((m, k), ("kv_heads", "kv"), 0.0, pd)
+      self.v_bias = _const((m, k), ("kv_heads", "kv"), 0.0, pd)
+    if cfg.out_bias:
+      self.o_bias = _const((d,), ("embed",), 0.0, pd)
+    if cfg.qk_norm:
+      self.q_norm = Norm(cfg, k, "kv")
+      self.k_norm = Norm(cfg, k, "kv")
+
+  def __call__(self, x, positions, cache=None, cache_index=None):
+    cfg, dt = self.cfg, x.dtype
+    q = jnp.einsum("BTD,DNK->BTNK", x, self.q[...].astype(dt))
+    k = jnp.einsum("BTD,DMK->BTMK", x, self.k[...].astype(dt))
+    v = jnp.einsum("BTD,DMK->BTMK", x, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt),
+                 v + self.v_bias[...].astype(dt))
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if cfg.pos == "rope":
+      q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+
+    if cache is None:
+      keys, values, key_pos = k, v, positions
+    else:
+      # Contiguous write at cache_index: prefill writes T slots, decode writes one. Slots past
+      # the query positions may hold stale values; the causal mask below hides them.
+      ck, cv = cache
+      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+      cache = (keys, values)
+      key_pos = jnp.broadcast_to(jnp.arange(keys.shape[1]), (x.shape[0], keys.shape[1]))
+      keys, values = keys.astype(dt), values.astype(dt)
+
+    b, t, n, kd = q.shape
+    m = keys.shape[2]
+    scale = cfg.query_scale or 1.0 / math.sqrt(kd)
+    q = (q * scale).reshape(b, t, m, n // m, kd)
+    logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, keys, preferred_element_type=jnp.float32)
+    logits = _softcap(logits, cfg.attn_softcap)
+    qp, kp = positions[:, None, None, :, None], key_pos[:, None, None, None, :]
+    allowed = kp <= qp
+    if self.window:
+      allowed &= kp > qp - self.window
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)  # fp32 softmax, then back
+    out = jnp.einsum("BMGTS,BSMK->BTMGK", probs, values).reshape(b, t, n, kd)
+    y = jnp.einsum("BTNK,NKD->BTD", out, self.o[...].astype(dt))
+    if cfg.out_bias:
+      y = y + self.o_bias[...].astype(dt)
+    return y, cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, f = cfg.d_model, cfg.d_ff
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
+    if cfg.mlp in ("swiglu", "geglu"):
+      self.gate = _param(rngs, (d, f), ("embed", "mlp"), 1.0 / math.sqrt(d), pd)
+    self.up = _param(rngs, (d, f), ("embed", "mlp"), 1.0 / math.sqrt(d), pd)
+    self.down = _param(rngs, (f, d), ("mlp", "embed"), 1.0 / math.sqrt(f * 2 * cfg.n_layers), pd)
+    if cfg.mlp_bias:
+      self.up_bias = _const((f,), ("mlp",), 0.0, pd)
+      self.down_bias = _const((d,), ("embed",), 0.0, pd)
+
+  def __call__(self, x):
+    cfg, dt = self.cfg, x.dtype
+    h = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
+    if cfg.mlp_bias:
+      h = h + self.up_bias[...].astype(dt)
+    if cfg.mlp == "swiglu":
+      h = h * jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt)))
+    elif cfg.mlp == "geglu":
+      h = h * jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt)), approximate=True)
+    else:
+      h = jax.nn.gelu(h, approximate=True)
+    y = jnp.einsum("BTF,FD->BTD", h, self.down[...].astype(dt))
+    if cfg.mlp_bias:
+      y = y + self.down_bias[...].astype(dt)
+    return y
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, index: int, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attn_norm = Norm(cfg, cfg.d_model)
+    self.attn = Attention(cfg, cfg.layer_window(index), rngs)
+    self.mlp_norm = Norm(cfg, cfg.d_model)
+    self.mlp = MLP(cfg, rngs)
+    if cfg.post_norms:
+      self.post_attn_norm = Norm(cfg, cfg.d_model)
+      self.post_mlp_norm = Norm(cfg, cfg.d_model)
+
+  def __call__(self, x, positions, cache=None, cache_index=None):
+    h, cache = self.attn(self.attn_norm(x), positions, cache, cache_index)
+    if self.cfg.post_norms:
+      h = self.post_attn_norm(h)
+    x = x + h
+    h = self.mlp(self.mlp_norm(x))
+    if self.cfg.post_norms:
+      h = self.post_mlp_norm(h)
+    return x + h, cache
+
+
+class Transformer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, pd)
+    if cfg.pos == "learned":
+      self.pos_embed = _param(rngs, (cfg.max_len, cfg.d_model), ("length", "embed"), 0.02, pd)
+    for i in range(cfg.n_layers):
+      setattr(self, f"block_{i}", Block(cfg, i, rngs))
+    self.final_norm = Norm(cfg, cfg.d_model)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                            1.0 / math.sqrt(cfg.d_model), pd)
+
+  def unembedding(self):
+    """[D, V] matrix mapping final hidden states to logits."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
+
+  def __call__(self, tokens, positions, cache=None, cache_index=None):
+    """Returns (final-normed hidden [B, T, D], new cache or None)."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)
+    if cfg.pos == "learned":
+      x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dt)
+    new_cache = []
+    for i in range(cfg.n_layers):
+      block = getattr(self, f"block_{i}")
+      layer_cache = None if cache is None else cache[i]
+      if cfg.remat and cache is None:
+        x, c = nnx.remat(lambda blk, y, p: blk(y, p))(block, x, positions)
+      else:
+        x, c = block(x, positions, layer_cache, cache_index)
+      new_cache.append(c)
+    return self.final_norm(x), (None if cache is None else new_cache)
+
+
+class LM:
+  """Functional facade over `Transformer`: parameters are a pure dict of arrays."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.cfg = cfg
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    self.graphdef, self._abstract_state = nnx.split(abstract)
+
+  def abstract_params(self) -> Params:
+    return nnx.to_pure_dict(self._abstract_state)
+
+  def logical_axes(self) -> Params:
+    """Pure dict of logical-axis tuples, same structure as the params."""
+    is_var = lambda x: isinstance(x, nnx.Variable)
+    axes = jax.tree.map(lambda v: v.get_metadata()["axes"], self._abstract_state, is_leaf=is_var)
+    return nnx.to_pure_dict(axes) if isinstance(axes, nnx.State) else axes
+
+  def init(self, rng) -> Params:
+    return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, nnx.Rngs(params=rng))))
+
+  def module(self, params: Params) -> Transformer:
+    return nnx.merge(self.graphdef, params)
+
+  def hidden(self, params, tokens, positions=None):
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self.module(params)(tokens, positions)[0]
+
+  def unembedding(self, params):
+    return self.module(params).unembedding()
+
+  def logits_from_hidden(self, params, hidden):
+    w = self.unembedding(params)
+    logits = jnp.einsum("BTD,DV->BTV", hidden, w.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return _softcap(logits, self.cfg.final_softcap)
+
+  def apply(self, params, tokens, positions=None):
+    """Full forward: tokens [B, T] -> fp32 logits [B, T, V]."""
+    return self.logits_from_hidden(params, self.hidden(params, tokens, positions))
+
+  def init_cache(self, batch: int, length: int, dtype=None):
+    cfg = self.cfg
+    shape = (batch, length, cfg.n_kv_heads, cfg.k)
+    dt = jnp.dtype(dtype or cfg.dtype)
+    return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
+
+  def apply_cached(self, params, tokens, cache, index):
+    """Prefill or decode: tokens [B, T] at positions index..index+T-1 -> (logits, cache)."""
+    positions = index + jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    hidden, cache = self.module(params)(tokens, positions, cache, index)
+    return self.logits_from_hidden(params, hidden), cache
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs per token: 2 x matmul weights + attention scores/values at this length."""
+  d, k = cfg.d_model, cfg.k
+  attn_w = d * k * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+  mlp_w = d * cfg.d_ff * (3 if cfg.mlp in ("swiglu", "geglu") else 2)
+  dense = cfg.n_layers * (attn_w + mlp_w) + d * cfg.vocab_size
+  # Causal attention: on average a token attends to (seq_len + 1) / 2 keys.
+  ctx = (seq_len + 1) / 2
+  if cfg.sliding_window:
+    ctx = min(ctx, cfg.sliding_window)
+  attn = cfg.n_layers * 2 * 2 * cfg.n_heads * k * ctx
+  return float(2 * dense + attn)

@@ -1,0 +1,160 @@
+"""The pipeline: teacher -> distilled student -> baseline -> evaluation -> report -> export.
+
+Each stage writes its directory under the workdir and is skipped when that directory holds a
+finished stage, so re-running a finished workdir retrains nothing and an interrupted one
+resumes from its last checkpoint. `run(config, workdir)` is what `distill.main`, Colab and
+tests call.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from distill import api, data, evaluate, report, sharding, tokenizers, train
+from distill.config import PRESETS, validate
+from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
+
+VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
+
+
+def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
+  fields = dict(model_cfg)
+  fields.setdefault("max_len", max(config.data.seq_len, 2048))
+  fields.setdefault("dtype", dtype or PRESETS[config.preset]["dtype"])
+  padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+  return ModelConfig(vocab_size=padded, **fields)
+
+
+class Context:
+  """What every stage needs: config, workdir, mesh, tokenizer, TensorBoard writer."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.is_main = jax.process_index() == 0
+    self.writer = None
+    if self.is_main:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+    self.tokenizer = None
+
+  def train_iter(self, fraction):
+    c = self.config
+    return data.make_train_iterator(
+        c.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
+        fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
+                 teacher_params=None, teacher_shardings=None):
+  """Train (or resume, or skip) one stage; returns (params, info)."""
+  c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
+  p_shard = sharding.param_shardings(lm, ctx.mesh)
+  if api.is_stage(stage_dir):
+    logging.info("[%s] finished stage found in %s: skipped", name, stage_dir)
+    with open(os.path.join(stage_dir, "stage.json")) as f:
+      return api.load_stage_params(stage_dir, lm, p_shard), json.load(f)
+  os.makedirs(stage_dir, exist_ok=True)
+  tx = train.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
+                            weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
+  res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
+                  data_iter=ctx.train_iter(fraction), steps=steps, loss_fn=loss_fn, tx=tx,
+                  seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                  teacher_params=teacher_params, teacher_shardings=teacher_shardings,
+                  writer=ctx.writer, is_main=ctx.is_main)
+  info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
+          "final": res.history[-1][1] if res.history else {},
+          "transfer_fraction": fraction}
+  api.save_stage(stage_dir, lm.cfg, ctx.tokenizer, res.params, info)
+  return res.params, info
+
+
+def _teacher(ctx: Context):
+  """(LM, params in teacher dtype and shards, shardings, stage info)."""
+  c = ctx.config
+  path = c.teacher.checkpoint
+  if path.startswith("hf:"):
+    from distill.models import hf  # pylint: disable=import-outside-toplevel
+    lm, params, tok = hf.load_teacher(path[3:], ctx.mesh, dtype=c.teacher.dtype)
+    ctx.tokenizer = tok
+    return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
+  if path:
+    cfg = api.read_model_config(path)
+    ctx.tokenizer = tokenizers.load(os.path.join(path, "tokenizer"))
+    info = {"source": path}
+  else:
+    ctx.tokenizer = tokenizers.from_config(c.data.tokenizer)
+    cfg = model_config(c.teacher.model, ctx.tokenizer.vocab_size, c)
+    lm = LM(cfg)
+    _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
+                           lr=c.teacher.pretrain.lr, fraction=1.0,
+                           loss_fn=functools.partial(train.ce_loss, student=lm))
+    path = os.path.join(ctx.workdir, "teacher")
+  # Read-only from here on: held in the teacher dtype, never in an optimizer.
+  cfg = cfg.replace(dtype=c.teacher.dtype if c.teacher.dtype != "float32" else cfg.dtype)
+  lm = LM(cfg)
+  shard = sharding.param_shardings(lm, ctx.mesh)
+  params = api.load_stage_params(path, lm, shard, dtype=jnp.dtype(c.teacher.dtype))
+  return lm, params, shard, info
+
+
+def run(config, workdir: str) -> dict:
+  """Run every stage not yet finished in `workdir`; returns the report dict."""
+  t0 = time.time()
+  validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  ctx = Context(config, workdir)
+  c = config
+  data.prepare(c.data, workdir)
+
+  teacher, t_params, t_shard, t_info = _teacher(ctx)
+  student = LM(model_config(c.student.model, ctx.tokenizer.vocab_size, c))
+  if student.cfg.vocab_size != teacher.cfg.vocab_size:
+    raise ValueError(f"student vocab {student.cfg.vocab_size} != teacher vocab "
+                     f"{teacher.cfg.vocab_size}; the student must use the teacher's tokenizer")
+  loss_cfg = train.LossConfig.from_config(c.distill)
+  s_params, s_info = _train_stage(
+      ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
+      fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
+      loss_fn=functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg))
+  models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
+  if c.baseline.enabled:
+    b_params, b_info = _train_stage(
+        ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
+        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student))
+    models["baseline"] = (student, b_params, b_info)
+
+  t_eval = time.time()
+  batches = list(data.eval_batches(c.data, ctx.tokenizer, workdir, split="validation",
+                                   batch_size=c.data.batch_size,
+                                   max_batches=c.data.eval_batches or None))
+  n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
+  results = {}
+  for name, (lm, params, info) in models.items():
+    m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes,
+                          teacher_shardings=t_shard)
+    m["params"] = count_params(params)
+    m["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
+    m["samples"] = {p: api.Model(lm, params, ctx.tokenizer).generate(p, c.eval.sample_tokens)
+                    for p in c.eval.prompts} if ctx.is_main else {}
+    results[name] = m
+  walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
+  walls["evaluate"] = time.time() - t_eval
+
+  if c.export.enabled:
+    from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel
+    t_exp = time.time()
+    results["export"] = pipeline_stage.run(c, workdir, student, s_params, ctx.tokenizer)
+    walls["export"] = time.time() - t_exp
+
+  rep = report.build(c, results, walls, time.time() - t0)
+  if ctx.is_main:
+    report.write(workdir, rep, c)
+    ctx.writer.close()
+  return rep

@@ -1,0 +1,270 @@
+"""TrainState, the pure train step, and the training loop shared by every stage.
+
+The step is `(state, batch, rng, teacher_params) -> (state, metrics)`: module-level, pure,
+jitted once per stage with explicit shardings and the state donated. The loss function is
+chosen in Python before jit (hard-label CE for teacher pretraining and the baseline, the
+soft-target objective for distillation), so the compiled step holds no framework branches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from distill import checkpoint, losses, sharding
+from distill.models.transformer import LM
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static description of the soft-target objective (hashable, so it can be a jit static)."""
+  kind: str = "forward_kl"
+  temperature: float = 1.0
+  alpha: float = 0.0
+  beta: float = 0.5
+  skew: float = 0.1
+  scale_by_t2: bool = True
+  chunk_size: int = 0
+
+  @classmethod
+  def from_config(cls, d) -> "LossConfig":
+    return cls(kind=d.loss, temperature=float(d.temperature), alpha=float(d.alpha),
+               beta=float(d.beta), skew=float(d.skew), scale_by_t2=bool(d.scale_by_t2),
+               chunk_size=int(d.chunk_size))
+
+
+def make_optimizer(*, lr: float, steps: int, warmup: int, weight_decay: float = 0.0,
+                   clip_norm: float = 1.0) -> optax.GradientTransformation:
+  warmup = max(0, min(warmup, steps - 1))
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1),
+                                             end_value=lr * 0.1)
+  return optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses: (params, batch, teacher_params) -> (loss, metrics). Built with functools.partial.
+
+
+def ce_loss(params, batch, teacher_params, *, student: LM):
+  del teacher_params
+  logits = student.apply(params, batch["inputs"])
+  ce = losses.cross_entropy(logits, batch["targets"], mask=batch["mask"])
+  return ce, {"loss": ce, "ce": ce}
+
+
+def distill_loss(params, batch, teacher_params, *, student: LM, teacher: LM, cfg: LossConfig):
+  t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
+  s_hidden = student.hidden(params, batch["inputs"])
+  kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=cfg.alpha, temperature=cfg.temperature,
+            beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
+  if cfg.chunk_size:
+    t_unembed = jax.lax.stop_gradient(teacher.unembedding(teacher_params))
+    loss, metrics = losses.chunked_distill_objective(
+        s_hidden, student.unembedding(params), t_hidden, t_unembed, batch["targets"],
+        chunk_size=cfg.chunk_size, student_softcap=student.cfg.final_softcap or None,
+        teacher_softcap=teacher.cfg.final_softcap or None, **kw)
+  else:
+    s_logits = student.logits_from_hidden(params, s_hidden)
+    t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
+    loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
+  return loss, metrics
+
+
+def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,
+               tx: optax.GradientTransformation):
+  # rng is unused by the deterministic models here but threaded through for dropout-style
+  # extensions: one stream per step, independent of how the loop was resumed.
+  del rng
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch, teacher_params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Shardings for the whole state, derived from the parameters' rules.
+
+
+def _path_keys(path):
+  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+
+
+def state_shardings(abstract_state: TrainState, param_shardings, mesh):
+  """Optimizer leaves shaped like a parameter get that parameter's sharding."""
+  by_path = {}
+  jax.tree_util.tree_map_with_path(lambda p, s: by_path.__setitem__(_path_keys(p), s),
+                                   param_shardings)
+
+  def pick(path, leaf):
+    keys = _path_keys(path)
+    for n in range(len(keys)):
+      sh = by_path.get(keys[n:])
+      if sh is not None and len(sh.spec) <= leaf.ndim:
+        return sh
+    return sharding.replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class StageResult:
+  params: Any
+  history: list  # [(step, {metric: value})]
+  wall_seconds: float
+  resumed_from: int
+
+
+def _fmt_time(s):
+  s = int(max(0, s))
+  return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+  """One live line per stage on a terminal, plain log lines otherwise."""
+
+  def __init__(self, name, total, tokens_per_step, enabled=True):
+    self.name, self.total, self.tps = name, total, tokens_per_step
+    self.enabled = enabled
+    self.tty = sys.stderr.isatty()
+    self.t0, self.s0 = time.time(), None
+
+  def update(self, step, metrics):
+    if not self.enabled:
+      return
+    if self.s0 is None:
+      self.s0, self.t0 = step, time.time()
+      rate = float("nan")
+      eta = float("nan")
+    else:
+      dt = time.time() - self.t0
+      rate = (step - self.s0) * self.tps / max(dt, 1e-9)
+      eta = (self.total - step) * dt / max(step - self.s0, 1)
+    msg = (f"[{self.name}] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
+           f"tok/s {rate / 1e3:.1f}k ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
+    if self.tty:
+      sys.stderr.write("\r" + msg + " " * 8)
+      sys.stderr.flush()
+    else:
+      print(msg, file=sys.stderr, flush=True)
+
+  def close(self):
+    if self.enabled and self.tty:
+      sys.stderr.write("\n")
+
+
+def _read_history(stage_dir, upto):
+  """Metrics logged before a resume point; later lines (from after the checkpoint) dropped."""
+  path = os.path.join(stage_dir, "metrics.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if r["step"] <= upto:
+          rows.append((r.pop("step"), r))
+  with open(path, "w") as f:
+    f.writelines(json.dumps({"step": s, **m}) + "\n" for s, m in rows)
+  return rows
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_fn: Callable,
+        tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
+        teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
+        writer=None, is_main: bool = True) -> StageResult:
+  """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present."""
+  t_start = time.time()
+  p_shard = sharding.param_shardings(lm, mesh)
+  rng = jax.random.key(seed)
+  init_rng, step_rng = jax.random.split(rng)
+
+  def init(key):
+    params = init_params(key) if init_params is not None else lm.init(key)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  abstract = jax.eval_shape(init, init_rng)
+  s_shard = state_shardings(abstract, p_shard, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), every=checkpoint_every)
+  restored = ckpt.restore_latest(checkpoint.abstract_like(abstract, s_shard))
+  if restored is not None:
+    start, state, data_state = restored
+    data_iter.set_state(data_state)
+    logging.info("[%s] resuming from step %d", name, start)
+  else:
+    start = 0
+    state = jax.jit(init, out_shardings=s_shard)(init_rng)
+
+  repl = sharding.replicated(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, loss_fn=loss_fn, tx=tx),
+      in_shardings=(s_shard, sharding.batch_sharding(mesh), repl, teacher_shardings),
+      out_shardings=(s_shard, repl), donate_argnums=(0,))
+
+  history, pending = _read_history(stage_dir, upto=start), []
+  hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
+  progress = Progress(name, steps, 0, enabled=is_main)
+  for step in range(start, steps):
+    local = next(data_iter)
+    if progress.tps == 0:
+      progress.tps = int(np.asarray(local["inputs"]).size) * jax.process_count()
+    batch = sharding.global_batch(local, mesh)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
+    pending.append((step + 1, metrics))
+    done = step + 1
+    if done % log_every == 0 or done == steps or ckpt.should_save(done, steps):
+      fetched = jax.device_get(pending)
+      pending = []
+      for s, m in fetched:
+        m = {k: float(v) for k, v in m.items()}
+        if not all(math.isfinite(v) for v in m.values()):
+          ckpt.close()
+          raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}: {m}; the last "
+                               f"good checkpoint is kept in {stage_dir}/checkpoints")
+        history.append((s, m))
+        if hist_file is not None:
+          hist_file.write(json.dumps({"step": s, **m}) + "\n")
+        if writer is not None:
+          for k, v in m.items():
+            writer.add_scalar(f"{name}/{k}", v, s)
+      progress.update(done, history[-1][1])
+    if ckpt.should_save(done, steps):
+      ckpt.save(done, state, data_iter.get_state())
+  progress.close()
+  ckpt.close()
+  if hist_file is not None:
+    hist_file.close()
+  if writer is not None:
+    writer.flush()
+  return StageResult(state.params, history, time.time() - t_start, start)
