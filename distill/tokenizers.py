@@ -1,0 +1,312 @@
+"""Tokenizers behind one small interface: byte-level, SentencePiece, HF tokenizer.json.
+
+Every tokenizer exposes `vocab_size`, `pad_id`, `bos_id`, `eos_id` (the last three may be
+None for SentencePiece / HF models that lack the token), `encode`, `decode`, `save` and a
+`fingerprint` that changes whenever the token ids a text maps to could change (the data
+cache is keyed by it).
+
+`save(directory)` writes a descriptor `distill_tokenizer.json` and, for SentencePiece and
+HF, a copy of the model file next to it (`tokenizer.model` / `tokenizer.json`, the names
+those ecosystems expect). `load(path)` reads a descriptor, a directory holding one, a bare
+HF `tokenizer.json` or a bare SentencePiece `.model` file.
+
+The byte tokenizer needs no files: pad=0, bos=1, eos=2, byte b -> b + 3 (vocab 259). Its
+descriptor is all an app needs to reproduce it on device.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Iterable
+
+import numpy as np
+
+DESCRIPTOR_NAME = "distill_tokenizer.json"
+_SP_FILE = "tokenizer.model"
+_HF_FILE = "tokenizer.json"
+
+
+class Tokenizer(abc.ABC):
+  """The interface data, evaluation and export code rely on."""
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def pad_id(self) -> int | None:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def bos_id(self) -> int | None:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def eos_id(self) -> int | None:
+    ...
+
+  @abc.abstractmethod
+  def _encode(self, text: str) -> list[int]:
+    """Ids for `text` without any special tokens."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Iterable[int]) -> str:
+    ...
+
+  @abc.abstractmethod
+  def descriptor(self) -> dict[str, Any]:
+    """JSON-able description; with the model file (if any) it rebuilds the tokenizer."""
+
+  def _model_path(self) -> str | None:
+    return None
+
+  def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+    ids = self._encode(text)
+    if add_bos:
+      ids.insert(0, _require(self.bos_id, "bos", self))
+    if add_eos:
+      ids.append(_require(self.eos_id, "eos", self))
+    return ids
+
+  @property
+  def fingerprint(self) -> str:
+    """Short stable hash of the descriptor and the model file's bytes."""
+    h = hashlib.md5(json.dumps(self.descriptor(), sort_keys=True).encode())
+    path = self._model_path()
+    if path is not None:
+      with open(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+  def save(self, directory: str) -> str:
+    """Writes the descriptor (and model file) into `directory`; returns the descriptor path."""
+    os.makedirs(directory, exist_ok=True)
+    desc = self.descriptor()
+    src = self._model_path()
+    if src is not None:
+      dst = os.path.join(directory, desc["file"])
+      if not (os.path.exists(dst) and os.path.samefile(src, dst)):
+        shutil.copyfile(src, dst)
+    path = os.path.join(directory, DESCRIPTOR_NAME)
+    with open(path, "w") as f:
+      json.dump(desc, f, indent=2, sort_keys=True)
+    return path
+
+
+def _require(value: int | None, what: str, tok: Tokenizer) -> int:
+  if value is None:
+    raise ValueError(f"{type(tok).__name__} has no {what} token; cannot add it")
+  return value
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes shifted past three special ids: pad=0, bos=1, eos=2, byte b -> b + 3."""
+
+  OFFSET = 3
+
+  @property
+  def vocab_size(self) -> int:
+    return 256 + self.OFFSET
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  @property
+  def bos_id(self) -> int:
+    return 1
+
+  @property
+  def eos_id(self) -> int:
+    return 2
+
+  def _encode(self, text: str) -> list[int]:
+    # numpy keeps encoding a 500 KB corpus in milliseconds instead of a Python loop.
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return (raw.astype(np.int32) + self.OFFSET).tolist()
+
+  def decode(self, ids: Iterable[int]) -> str:
+    arr = np.asarray(list(ids), dtype=np.int64)
+    arr = arr[(arr >= self.OFFSET) & (arr < self.vocab_size)]
+    # Windows cut mid-character must still print, hence "replace".
+    return (arr - self.OFFSET).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+  def descriptor(self) -> dict[str, Any]:
+    return {"type": "byte", "vocab_size": self.vocab_size, "pad_id": 0, "bos_id": 1,
+            "eos_id": 2, "byte_offset": self.OFFSET}
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A `sentencepiece.SentencePieceProcessor` model file."""
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    self._path = os.path.abspath(model_file)
+    self._sp = spm.SentencePieceProcessor(model_file=self._path)
+
+  @staticmethod
+  def _opt(i: int) -> int | None:
+    # SentencePiece reports an absent special token as -1.
+    return None if i < 0 else int(i)
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self._sp.get_piece_size())
+
+  @property
+  def pad_id(self) -> int | None:
+    return self._opt(self._sp.pad_id())
+
+  @property
+  def bos_id(self) -> int | None:
+    return self._opt(self._sp.bos_id())
+
+  @property
+  def eos_id(self) -> int | None:
+    return self._opt(self._sp.eos_id())
+
+  def _encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text, out_type=int))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+    return self._sp.decode(ids)
+
+  def descriptor(self) -> dict[str, Any]:
+    return {"type": "sentencepiece", "file": _SP_FILE, "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+
+  def _model_path(self) -> str:
+    return self._path
+
+
+# Names used by common HF models, tried in order when no explicit token is given.
+_HF_GUESSES = {
+    "bos": ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]"),
+    "eos": ("</s>", "<eos>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "[SEP]"),
+    "pad": ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>"),
+}
+
+
+class HFTokenizer(Tokenizer):
+  """A Hugging Face `tokenizer.json` (fast tokenizers library).
+
+  tokenizer.json does not say which token is BOS/EOS/PAD; they come from, in order: the
+  constructor arguments, a `tokenizer_config.json` next to the file, common token names.
+  """
+
+  def __init__(self, tokenizer_file: str, *, bos_token: str | None = None,
+               eos_token: str | None = None, pad_token: str | None = None):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    self._path = os.path.abspath(tokenizer_file)
+    self._tok = tokenizers.Tokenizer.from_file(self._path)
+    cfg = _read_hf_config(os.path.dirname(self._path))
+    given = {"bos": bos_token, "eos": eos_token, "pad": pad_token}
+    self._ids = {}
+    for kind, explicit in given.items():
+      name = explicit or _token_content(cfg.get(f"{kind}_token"))
+      names = (name,) if name else _HF_GUESSES[kind]
+      self._ids[kind] = next(
+          (i for i in (self._tok.token_to_id(n) for n in names) if i is not None), None)
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+  @property
+  def pad_id(self) -> int | None:
+    return self._ids["pad"]
+
+  @property
+  def bos_id(self) -> int | None:
+    return self._ids["bos"]
+
+  @property
+  def eos_id(self) -> int | None:
+    return self._ids["eos"]
+
+  def _encode(self, text: str) -> list[int]:
+    # Specials are added by `encode` from our own ids, not by the HF post-processor.
+    return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def _token(self, kind: str) -> str | None:
+    i = self._ids[kind]
+    return None if i is None else self._tok.id_to_token(i)
+
+  def descriptor(self) -> dict[str, Any]:
+    return {"type": "hf", "file": _HF_FILE, "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
+            "bos_token": self._token("bos"), "eos_token": self._token("eos"),
+            "pad_token": self._token("pad")}
+
+  def _model_path(self) -> str:
+    return self._path
+
+
+def _read_hf_config(directory: str) -> dict[str, Any]:
+  path = os.path.join(directory, "tokenizer_config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _token_content(tok: Any) -> str | None:
+  # tokenizer_config.json stores a special token as a string or as {"content": ...}.
+  if isinstance(tok, dict):
+    return tok.get("content")
+  return tok if isinstance(tok, str) else None
+
+
+def _from_descriptor(desc: dict[str, Any], directory: str) -> Tokenizer:
+  kind = desc.get("type")
+  if kind == "byte":
+    return ByteTokenizer()
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer(os.path.join(directory, desc["file"]))
+  if kind == "hf":
+    return HFTokenizer(os.path.join(directory, desc["file"]), bos_token=desc.get("bos_token"),
+                       eos_token=desc.get("eos_token"), pad_token=desc.get("pad_token"))
+  raise ValueError(f"unknown tokenizer type {kind!r} in descriptor under {directory}")
+
+
+def load(path: str) -> Tokenizer:
+  """Loads a tokenizer from a descriptor, a directory, an HF tokenizer.json or an SP .model."""
+  if os.path.isdir(path):
+    for name in (DESCRIPTOR_NAME, _HF_FILE, _SP_FILE):
+      if os.path.exists(os.path.join(path, name)):
+        return load(os.path.join(path, name))
+    raise ValueError(f"no tokenizer in {path}: expected {DESCRIPTOR_NAME}, {_HF_FILE} or "
+                     f"{_SP_FILE}")
+  if not os.path.exists(path):
+    raise ValueError(f"tokenizer file {path} does not exist")
+  if path.endswith(".json"):
+    with open(path) as f:
+      data = json.load(f)
+    # A distill descriptor names its type; anything else is an HF tokenizer.json.
+    if isinstance(data, dict) and data.get("type") in ("byte", "sentencepiece", "hf"):
+      return _from_descriptor(data, os.path.dirname(os.path.abspath(path)))
+    return HFTokenizer(path)
+  return SentencePieceTokenizer(path)
+
+
+def from_config(cfg: Any) -> Tokenizer:
+  """`"byte"`, or a path accepted by `load`; a Tokenizer passes through unchanged."""
+  if isinstance(cfg, Tokenizer):
+    return cfg
+  if not isinstance(cfg, str) or not cfg:
+    raise ValueError(f"tokenizer must be 'byte' or a path to a tokenizer, got {cfg!r}")
+  if cfg == "byte":
+    return ByteTokenizer()
+  return load(cfg)
+
