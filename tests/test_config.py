@@ -1,0 +1,70 @@
+"""Every shipped config validates; each mistake gives one clear line and exit code 2."""
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distill.config import ConfigError, validate
+from tests.helpers import shrunken_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))),
+                         ids=os.path.basename)
+def test_shipped_configs_validate(path):
+  if os.path.basename(path) == "__init__.py":
+    pytest.skip("package marker")
+  c = _load(path)
+  mesh = dict(c.mesh)
+  fixed = 1
+  for v in mesh.values():
+    fixed *= v if v > 0 else 1
+  validate(c, n_devices=fixed)  # the device count the config's mesh implies
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("distill.temperature", -1.0, "temperature"),
+    ("distill.temperature", 0.0, "temperature"),
+    ("data.seq_len", 0, "seq_len"),
+    ("data.batch_size", 12, "not divisible by the data-parallel size 8"),
+    ("distill.loss", "kl_forward", "unknown; use one of forward_kl"),
+    ("distill.alpha", 1.5, "alpha"),
+    ("distill.transfer_fraction", 0.0, "transfer_fraction"),
+    ("preset", "tpu_v9", "preset"),
+    ("teacher.checkpoint", "/no/such/teacher", "does not exist"),
+    ("checkpoint_every", 0, "checkpoint_every"),
+    ("student.model.n_kv_heads", 3, "multiple of n_kv_heads"),
+    ("mesh.data", 3, "needs 3 devices but 8"),
+])
+def test_bad_values_raise_one_clear_line(field, value, msg):
+  c = shrunken_config(**{field: value})
+  with pytest.raises(ConfigError, match=msg) as e:
+    validate(c, n_devices=8)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("--config.distill.temperature=-1", "temperature"),
+    ("--config.distill.loss=nope", "distill.loss"),
+    ("--config.data.seq_len=0", "seq_len"),
+])
+def test_cli_exits_2_with_one_line(tmp_path, override, msg):
+  r = subprocess.run([sys.executable, "-m", "distill.main", "--config=configs/tiny.py",
+                      f"--workdir={tmp_path}/w", override], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and msg in lines[0], r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "w")  # nothing written before validation

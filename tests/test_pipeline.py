@@ -1,0 +1,78 @@
+"""End to end on a shrunken tiny config: report, skip-when-done, load == training forward."""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import distill
+from distill import api, pipeline
+from tests.helpers import shrunken_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  rep = pipeline.run(shrunken_config(), workdir)
+  return workdir, rep
+
+
+def test_pipeline_writes_report_and_stage_dirs(finished_run):
+  workdir, rep = finished_run
+  for f in ("report.json", "report.md", "loss_curves.png"):
+    assert os.path.getsize(os.path.join(workdir, f)) > 0, f
+  with open(os.path.join(workdir, "report.json")) as f:
+    saved = json.load(f)
+  for m in ("teacher", "student", "baseline"):
+    for k in ("val_ce", "val_ppl", "kl_to_teacher", "top1_agreement", "params", "flops_per_token"):
+      assert np.isfinite(saved[m][k]), (m, k)
+    assert os.path.isdir(os.path.join(workdir, m, "params"))
+    assert os.path.exists(os.path.join(workdir, m, "model_config.json"))
+    assert os.path.isdir(os.path.join(workdir, m, "tokenizer"))
+  assert saved["teacher"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+  assert saved["teacher"]["top1_agreement"] == pytest.approx(1.0)
+  expect_gap = ((saved["baseline"]["val_ce"] - saved["student"]["val_ce"])
+                / (saved["baseline"]["val_ce"] - saved["teacher"]["val_ce"]))
+  if saved["baseline"]["val_ce"] > saved["teacher"]["val_ce"]:
+    assert saved["gap_closed"] == pytest.approx(expect_gap)
+  assert set(saved["wall_seconds"]) >= {"teacher", "student", "baseline", "evaluate", "total"}
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tb")))
+
+
+def test_rerun_on_finished_workdir_retrains_nothing(finished_run):
+  workdir, rep = finished_run
+  stamps = {m: os.path.getmtime(os.path.join(workdir, m, "stage.json"))
+            for m in ("teacher", "student", "baseline")}
+  rep2 = pipeline.run(shrunken_config(), workdir)
+  for m, t in stamps.items():
+    assert os.path.getmtime(os.path.join(workdir, m, "stage.json")) == t
+  assert rep2["student"]["val_ce"] == pytest.approx(rep["student"]["val_ce"], rel=1e-6)
+
+
+def test_load_logits_equal_training_forward(finished_run):
+  workdir, _ = finished_run
+  m = distill.load(os.path.join(workdir, "student"))
+  # The training loop's own last checkpoint, read raw (no target tree), is the reference.
+  ckpt_dir = os.path.join(workdir, "student", "checkpoints")
+  last = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  with ocp.StandardCheckpointer() as c:
+    state = c.restore(os.path.join(ckpt_dir, str(last), "state"))
+  trained = jax.tree.map(np.asarray, state["params"])
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, m.params), trained)
+  tokens = np.array([m.tokenizer.encode("def f(x): return x")[:16]], np.int32)
+  ref = np.asarray(jax.jit(m.lm.apply)(trained, tokens))
+  got = m.logits(tokens)
+  assert got.dtype == np.float32 and got.shape == (1, tokens.shape[1], m.config.vocab_size)
+  np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+  text = m.generate("The", max_new_tokens=5)
+  assert isinstance(text, str)
+  assert m.tokenizer.decode(m.tokenizer.encode("héllo")) == "héllo"
+
+
+def test_load_refuses_non_stage_dirs(tmp_path):
+  with pytest.raises(api.LoadError, match="does not exist"):
+    distill.load(str(tmp_path / "nope"))
+  with pytest.raises(api.LoadError, match="not a distill stage"):
+    distill.load(str(tmp_path))

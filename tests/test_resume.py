@@ -1,0 +1,61 @@
+"""An interrupted stage resumes from its checkpoint and ends with identical parameters."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from distill import data, sharding, tokenizers, train
+from distill.models.transformer import LM
+from tests.helpers import shrunken_config, tiny_model_config
+
+
+class Interrupt(Exception):
+  pass
+
+
+class KillAfter:
+  """Wraps a data iterator and dies after `n` batches, like a preempted process."""
+
+  def __init__(self, it, n):
+    self.it, self.n = it, n
+
+  def __next__(self):
+    if self.n == 0:
+      raise Interrupt()
+    self.n -= 1
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, s):
+    self.it.set_state(s)
+
+
+def _stage(workdir, stage_dir, kill_after=None):
+  c = shrunken_config()
+  tok = tokenizers.ByteTokenizer()
+  lm = LM(tiny_model_config(vocab_size=264, max_len=64))
+  it = data.make_train_iterator(c.data, tok, workdir, batch_size=8, seed=3, fraction=0.5)
+  if kill_after is not None:
+    it = KillAfter(it, kill_after)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
+  return train.run(name="t", lm=lm, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
+                   loss_fn=functools.partial(train.ce_loss, student=lm),
+                   tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
+                   checkpoint_every=2, log_every=1, is_main=True)
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+  workdir = str(tmp_path)
+  data.prepare(shrunken_config().data, workdir)
+  ref = _stage(workdir, str(tmp_path / "ref"))
+  with pytest.raises(Interrupt):
+    _stage(workdir, str(tmp_path / "cut"), kill_after=3)  # dies in step 4, checkpoint at 2
+  resumed = _stage(workdir, str(tmp_path / "cut"))
+  assert resumed.resumed_from == 2
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               resumed.params, ref.params)
+  assert [s for s, _ in resumed.history] == [1, 2, 3, 4, 5, 6]
+  assert resumed.history[-1][1]["loss"] == ref.history[-1][1]["loss"]
