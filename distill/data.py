@@ -115,6 +115,7 @@ def _tfds():
   # only if a reader needs it (tfrecord datasets); array_record does not.
   from distill.datasets import pydoc_topics  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # our own progress lines are the console's
   return tfds
 
 

@@ -133,7 +133,9 @@ def run(config, workdir: str) -> dict:
   t_eval = time.time()
   batches = list(data.eval_batches(c.data, ctx.tokenizer, workdir, split="validation",
                                    batch_size=c.data.batch_size,
-                                   max_batches=c.data.eval_batches or None))
+                                   max_batches=c.data.eval_batches or None,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count()))
   n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
   results = {}
   for name, (lm, params, info) in models.items():

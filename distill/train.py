@@ -165,8 +165,10 @@ class Progress:
       dt = time.time() - self.t0
       rate = (step - self.s0) * self.tps / max(dt, 1e-9)
       eta = (self.total - step) * dt / max(step - self.s0, 1)
+    rate_s = f"{rate / 1e3:.1f}k" if math.isfinite(rate) else "?"
+    eta_s = _fmt_time(eta) if math.isfinite(eta) else "?"
     msg = (f"[{self.name}] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
-           f"tok/s {rate / 1e3:.1f}k ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
+           f"tok/s {rate_s} ETA {eta_s}")
     if self.tty:
       sys.stderr.write("\r" + msg + " " * 8)
       sys.stderr.flush()
@@ -178,7 +180,7 @@ class Progress:
       sys.stderr.write("\n")
 
 
-def _read_history(stage_dir, upto):
+def _read_history(stage_dir, upto, rewrite=True):
   """Metrics logged before a resume point; later lines (from after the checkpoint) dropped."""
   path = os.path.join(stage_dir, "metrics.jsonl")
   rows = []
@@ -191,8 +193,9 @@ def _read_history(stage_dir, upto):
           continue  # a line cut by a kill
         if r["step"] <= upto:
           rows.append((r.pop("step"), r))
-  with open(path, "w") as f:
-    f.writelines(json.dumps({"step": s, **m}) + "\n" for s, m in rows)
+  if rewrite:
+    with open(path, "w") as f:
+      f.writelines(json.dumps({"step": s, **m}) + "\n" for s, m in rows)
   return rows
 
 
@@ -232,7 +235,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
       in_shardings=(s_shard, sharding.batch_sharding(mesh), repl, teacher_shardings),
       out_shardings=(s_shard, repl), donate_argnums=(0,))
 
-  history, pending = _read_history(stage_dir, upto=start), []
+  history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
   hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
   progress = Progress(name, steps, 0, enabled=is_main)
   for step in range(start, steps):
