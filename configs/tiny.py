@@ -33,6 +33,11 @@ def get_config():
   # Steps between progress lines / TensorBoard scalars.
   c.log_every = 25
 
+  c.train = ml_collections.ConfigDict()
+  # On a non-finite loss/gradient: False stops the run (last good checkpoint kept); True skips
+  # the batch and goes on.
+  c.train.skip_nonfinite = False
+
   c.data = ml_collections.ConfigDict()
   # TFDS name ('pydoc_topics' is built from the stdlib docs), or 'text:/path/*.txt'.
   c.data.name = "pydoc_topics"

@@ -18,6 +18,9 @@ def guarded(fn, *, verbose: bool = False) -> int:
     print("interrupted; re-run the same command to resume", file=sys.stderr)
     return 130
   except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ == "Preempted":  # SIGTERM with a checkpoint saved: a clean exit
+      print(str(e), file=sys.stderr)
+      return 0
     if verbose:
       traceback.print_exc()
     usage = type(e).__name__ in USAGE_ERRORS or isinstance(e, (ValueError, FileNotFoundError))

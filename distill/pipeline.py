@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from distill import api, data, evaluate, report, sharding, tokenizers, train
+from distill import api, data, evaluate, lock, report, sharding, tokenizers, train
 from distill.config import PRESETS, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -67,7 +67,8 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
                   data_iter=ctx.train_iter(fraction), steps=steps, loss_fn=loss_fn, tx=tx,
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
-                  writer=ctx.writer, is_main=ctx.is_main)
+                  writer=ctx.writer, is_main=ctx.is_main,
+                  skip_nonfinite=bool(c.train.skip_nonfinite))
   info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
           "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction}
@@ -106,9 +107,14 @@ def _teacher(ctx: Context):
 
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
-  t0 = time.time()
   validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
+  with lock.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
+  t0 = time.time()
   ctx = Context(config, workdir)
   c = config
   data.prepare(c.data, workdir)

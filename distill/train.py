@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -91,15 +93,24 @@ def distill_loss(params, batch, teacher_params, *, student: LM, teacher: LM, cfg
 
 
 def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,
-               tx: optax.GradientTransformation):
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False):
   # rng is unused by the deterministic models here but threaded through for dropout-style
   # extensions: one stream per step, independent of how the loop was resumed.
   del rng
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, teacher_params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+  grad_norm = optax.global_norm(grads)
+  metrics = dict(metrics, grad_norm=grad_norm)
+  if skip_nonfinite:
+    # A bad batch leaves params and optimizer untouched; the step counter still advances so
+    # the data order stays the one an uninterrupted run sees.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
@@ -203,10 +214,33 @@ class NonFiniteError(RuntimeError):
   pass
 
 
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved at the step boundary. Exit 0, resume later."""
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM into a flag checked at step boundaries (main thread only)."""
+
+  def __init__(self):
+    self.raised = False
+    self._old = None
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+      self._old = None
+
+
 def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_fn: Callable,
         tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
         teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
-        writer=None, is_main: bool = True) -> StageResult:
+        writer=None, is_main: bool = True, skip_nonfinite: bool = False) -> StageResult:
   """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present."""
   t_start = time.time()
   p_shard = sharding.param_shardings(lm, mesh)
@@ -231,13 +265,14 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
 
   repl = sharding.replicated(mesh)
   step_fn = jax.jit(
-      functools.partial(train_step, loss_fn=loss_fn, tx=tx),
+      functools.partial(train_step, loss_fn=loss_fn, tx=tx, skip_nonfinite=skip_nonfinite),
       in_shardings=(s_shard, sharding.batch_sharding(mesh), repl, teacher_shardings),
       out_shardings=(s_shard, repl), donate_argnums=(0,))
 
   history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
   hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
   progress = Progress(name, steps, 0, enabled=is_main)
+  preempt = _PreemptionFlag()
   for step in range(start, steps):
     local = next(data_iter)
     if progress.tps == 0:
@@ -251,7 +286,9 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
       pending = []
       for s, m in fetched:
         m = {k: float(v) for k, v in m.items()}
-        if not all(math.isfinite(v) for v in m.values()):
+        if m.get("skipped"):
+          logging.warning("[%s] step %d: non-finite loss or gradient, batch skipped", name, s)
+        elif not all(math.isfinite(v) for v in m.values()):
           ckpt.close()
           raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}: {m}; the last "
                                f"good checkpoint is kept in {stage_dir}/checkpoints")
@@ -262,8 +299,19 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
           for k, v in m.items():
             writer.add_scalar(f"{name}/{k}", v, s)
       progress.update(done, history[-1][1])
-    if ckpt.should_save(done, steps):
+    if ckpt.should_save(done, steps) or preempt.raised:
+      if preempt.raised and not ckpt.should_save(done, steps):
+        for s, m in jax.device_get(pending):  # never save a state with unchecked metrics
+          if not m.get("skipped") and not all(math.isfinite(float(v)) for v in m.values()):
+            raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}")
       ckpt.save(done, state, data_iter.get_state())
+      if preempt.raised and done < steps:
+        progress.close()
+        ckpt.close()
+        preempt.restore()
+        raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in {stage_dir}; "
+                        "re-run the same command to resume")
+  preempt.restore()
   progress.close()
   ckpt.close()
   if hist_file is not None:
