@@ -74,8 +74,7 @@ class Model:
   def __init__(self, lm: LM, params, tokenizer):
     self.lm, self.params, self.tokenizer = lm, params, tokenizer
     self.config = lm.cfg
-    self._apply = jax.jit(lm.apply)
-    self._step = jax.jit(lm.apply_cached, donate_argnums=(2,))
+    self._apply, self._step = _compiled(lm)
 
   def logits(self, tokens) -> np.ndarray:
     tokens = np.asarray(tokens, np.int32)
@@ -123,6 +122,12 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int, key) -> int:
     kth = np.sort(z)[-top_k]
     z = np.where(z < kth, -np.inf, z)
   return int(jax.random.categorical(key, jnp.asarray(z)))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(lm: LM):
+  """Jitted forward and cached step per LM, shared by Models of the same architecture."""
+  return jax.jit(lm.apply), jax.jit(lm.apply_cached, donate_argnums=(2,))
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,13 +36,19 @@ def target_bytes(batches, tokenizer) -> int:
   return total
 
 
-def evaluate(lm: LM, params, teacher: LM, teacher_params, batches, mesh, *, n_bytes: int,
-             teacher_shardings=None):
+@functools.lru_cache(maxsize=8)
+def _compiled(lm: LM, teacher: LM, mesh):
+  # Cached so the student and the baseline (same LM) share one compilation.
+  return jax.jit(functools.partial(_sums, lm=lm, teacher=teacher),
+                 in_shardings=(sharding.param_shardings(lm, mesh),
+                               sharding.param_shardings(teacher, mesh),
+                               sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def evaluate(lm: LM, params, teacher: LM, teacher_params, batches, mesh, *, n_bytes: int):
   """Metrics of `lm` on `batches` (list of per-process numpy dicts), relative to the teacher."""
-  p_shard = sharding.param_shardings(lm, mesh)
-  fn = jax.jit(functools.partial(_sums, lm=lm, teacher=teacher),
-               in_shardings=(p_shard, teacher_shardings, sharding.batch_sharding(mesh)),
-               out_shardings=sharding.replicated(mesh))
+  fn = _compiled(lm, teacher, mesh)
   tot = {"ce": 0.0, "kl": 0.0, "agree": 0.0, "n": 0.0}
   for b in batches:
     out = jax.device_get(fn(params, teacher_params, sharding.global_batch(b, mesh)))

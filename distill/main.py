@@ -3,7 +3,6 @@
 Flags only; the work is `distill.pipeline.run(config, workdir)`, which Colab and tests call too.
 Overrides: `--config.distill.temperature=2 --config.data.seq_len=256 ...`.
 """
-import logging
 import os
 import sys
 
@@ -30,7 +29,10 @@ def _init_distributed():
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.DEBUG if _VERBOSE.value else logging.INFO)
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  # Orbax and TFDS log every file they touch at INFO; keep the console to our progress lines.
+  absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config=configs/tiny.py", file=sys.stderr)
     return 2

@@ -145,8 +145,7 @@ def _run(config, workdir: str) -> dict:
   n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
   results = {}
   for name, (lm, params, info) in models.items():
-    m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes,
-                          teacher_shardings=t_shard)
+    m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes)
     m["params"] = count_params(params)
     m["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     m["samples"] = {p: api.Model(lm, params, ctx.tokenizer).generate(p, c.eval.sample_tokens)

@@ -40,8 +40,7 @@ def _run(mesh, teacher, student, t_params, batch, loss_fn, tx):
   tp = jax.device_put(t_params, t_shard)
   state, metrics = step(jax.device_put(state, st_shard), sharding.global_batch(batch, mesh),
                         jax.random.key(0), tp)
-  ev = evaluate.evaluate(student, state.params, teacher, tp, [batch], mesh, n_bytes=100,
-                         teacher_shardings=t_shard)
+  ev = evaluate.evaluate(student, state.params, teacher, tp, [batch], mesh, n_bytes=100)
   return state, jax.device_get(metrics), ev, s_shard
 
 
