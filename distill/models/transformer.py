@@ -40,6 +40,11 @@ class ModelConfig:
   norm_plus_one: bool = False  # Gemma stores (scale - 1)
   pos: str = "rope"  # rope | learned
   rope_theta: float = 10000.0
+  # Gemma 3: sliding-window layers use their own theta and no scaling (0: rope_theta).
+  rope_local_theta: float = 0.0
+  # Frequency scaling of the layers on rope_theta, as HF `rope_scaling`: () none,
+  # ("linear", factor) or ("llama3", factor, low_freq_factor, high_freq_factor, original_max_len).
+  rope_scaling: tuple = ()
   mlp: str = "swiglu"  # swiglu | geglu | gelu
   tie_embeddings: bool = True
   qkv_bias: bool = False
@@ -56,6 +61,10 @@ class ModelConfig:
   dtype: str = "float32"  # activation dtype
   param_dtype: str = "float32"
   remat: bool = False
+
+  def __post_init__(self):
+    # JSON gives lists; the config must stay hashable (it keys jit and LM caches).
+    object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
 
   @property
   def k(self) -> int:
@@ -114,10 +123,31 @@ class Norm(nnx.Module):
     return y.astype(x.dtype)
 
 
-def rope(x, positions, theta):
+def rope_frequencies(k: int, theta: float, scaling: tuple = ()):
+  """Inverse frequencies [K/2] in fp32, with HF's `linear` / `llama3` scaling when given."""
+  freq = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  if not scaling:
+    return freq
+  kind, factor = scaling[0], float(scaling[1])
+  if kind == "linear":
+    return freq / factor
+  if kind == "llama3":
+    low, high, orig = (float(v) for v in scaling[2:5])
+    # Long wavelengths are divided by `factor`, short ones kept, the band between blended.
+    wavelen = 2 * math.pi / freq
+    scaled = jnp.where(wavelen > orig / low, freq / factor, freq)
+    smooth = (orig / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+    return jnp.where(medium, blended, scaled)
+  raise ValueError(f"unknown rope_scaling {scaling!r}; expected () or ('linear', f) or "
+                   "('llama3', f, low, high, original_max_len)")
+
+
+def rope(x, positions, theta, scaling: tuple = ()):
   """Rotary embedding on [B, T, H, K] with positions [B, T] (half-split layout, as HF)."""
   k = x.shape[-1]
-  freq = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  freq = rope_frequencies(k, theta, scaling)
   ang = positions.astype(jnp.float32)[..., None] * freq  # [B, T, K/2]
   sin, cos = jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -135,6 +165,9 @@ class Attention(nnx.Module):
     d, n, m, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.k
     pd = jnp.dtype(cfg.param_dtype)
     self.cfg, self.window = cfg, window
+    local = bool(window and cfg.rope_local_theta)
+    self.rope_theta = cfg.rope_local_theta if local else cfg.rope_theta
+    self.rope_scaling = () if local else cfg.rope_scaling
     std = 1.0 / math.sqrt(d)
     self.q = _param(rngs, (d, n, k), ("embed", "heads", "kv"), std, pd)
     self.k = _param(rngs, (d, m, k), ("embed", "kv_heads", "kv"), std, pd)
@@ -162,7 +195,8 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.pos == "rope":
-      q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+      q = rope(q, positions, self.rope_theta, self.rope_scaling)
+      k = rope(k, positions, self.rope_theta, self.rope_scaling)
 
     if cache is None:
       keys, values, key_pos = k, v, positions
