@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from distill import api, data, evaluate, lock, report, sharding, tokenizers, train
-from distill.config import PRESETS, validate
+from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
 VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
@@ -51,8 +51,38 @@ class Context:
         fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count())
 
 
+def init_from_teacher(student: LM, teacher: LM, t_params):
+  """Init that copies every k-th teacher layer (and embeddings/norms) where shapes match.
+
+  DistilBERT / Minitron-style depth pruning: student layer i takes teacher layer i * k with
+  k = teacher layers // student layers. Raises ConfigError when no shape matches at all.
+  """
+  stride = max(1, teacher.cfg.n_layers // student.cfg.n_layers)
+  shapes_s = student.abstract_params()
+
+  def same(a, b):
+    return (jax.tree.structure(a) == jax.tree.structure(b) and
+            all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+  plan = {}
+  for key in shapes_s:
+    src = f"block_{int(key.split('_')[1]) * stride}" if key.startswith("block_") else key
+    if src in t_params and same(shapes_s[key], t_params[src]):
+      plan[key] = src
+  if not any(k.startswith("block_") for k in plan):
+    raise ConfigError("--config.student.init='teacher_layers' needs student layers shaped like "
+                      "the teacher's (same d_model, heads, d_ff); use init='random'")
+
+  def init(key):
+    params = student.init(key)
+    for dst, src in plan.items():
+      params[dst] = jax.tree.map(lambda t, s: t.astype(s.dtype), t_params[src], params[dst])
+    return params
+  return init
+
+
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
-                 teacher_params=None, teacher_shardings=None):
+                 teacher_params=None, teacher_shardings=None, init_params=None):
   """Train (or resume, or skip) one stage; returns (params, info)."""
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   p_shard = sharding.param_shardings(lm, ctx.mesh)
@@ -67,7 +97,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
                   data_iter=ctx.train_iter(fraction), steps=steps, loss_fn=loss_fn, tx=tx,
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
-                  writer=ctx.writer, is_main=ctx.is_main,
+                  init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
                   skip_nonfinite=bool(c.train.skip_nonfinite))
   info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
           "final": res.history[-1][1] if res.history else {},
@@ -125,10 +155,12 @@ def _run(config, workdir: str) -> dict:
     raise ValueError(f"student vocab {student.cfg.vocab_size} != teacher vocab "
                      f"{teacher.cfg.vocab_size}; the student must use the teacher's tokenizer")
   loss_cfg = train.LossConfig.from_config(c.distill)
+  init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
+          else None)
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      loss_fn=functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg))
+      init_params=init, loss_fn=functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg))
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(

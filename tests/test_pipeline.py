@@ -76,3 +76,18 @@ def test_load_refuses_non_stage_dirs(tmp_path):
     distill.load(str(tmp_path / "nope"))
   with pytest.raises(api.LoadError, match="not a distill stage"):
     distill.load(str(tmp_path))
+
+
+def test_student_init_copies_every_kth_teacher_layer():
+  from distill.models.transformer import LM
+  from tests.helpers import tiny_model_config
+  teacher = LM(tiny_model_config(n_layers=4))
+  student = LM(tiny_model_config(n_layers=2))
+  t_params = teacher.init(jax.random.key(0))
+  s_params = pipeline.init_from_teacher(student, teacher, t_params)(jax.random.key(1))
+  for i, j in ((0, 0), (1, 2)):
+    jax.tree.map(np.testing.assert_array_equal, s_params[f"block_{i}"], t_params[f"block_{j}"])
+  np.testing.assert_array_equal(s_params["embed"], t_params["embed"])
+  narrow = LM(tiny_model_config(n_layers=2, d_model=16))
+  with pytest.raises(pipeline.ConfigError, match="init='random'"):
+    pipeline.init_from_teacher(narrow, teacher, t_params)
