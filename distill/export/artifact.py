@@ -1,0 +1,192 @@
+"""One export: student -> verified .tflite + model card + tokenizer, published atomically.
+
+Everything is written into a hidden sibling folder first; only when the file fits the
+budget and passes verification is that folder renamed to the output folder (replacing an
+older export). A failure at any step removes the temporary folder, so an output folder
+either holds a complete, verified artifact or is left as it was.
+
+Verification levels: "full" is the acceptance check (5 prompts x 64 new tokens, 16
+validation windows); "quick" is what the pipeline stage runs (2 prompts x 16 tokens, 4
+windows); "none" skips it (the bench). The card records what was measured.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from distill.export import card as card_lib
+from distill.export import converter, presets, quantize, verify
+from distill.export.runtime import LiteRTModel
+from distill.models.transformer import count_params
+
+LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
+          "quick": dict(prompts=2, new_tokens=16, windows=4, calib=8),
+          "none": dict(prompts=0, new_tokens=0, windows=0, calib=8)}
+
+
+def default_data_cfg(seq_len: int = 128):
+  """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict(dict(name="pydoc_topics", data_dir="", seq_len=seq_len,
+                                        tokenizer="byte"))
+
+
+def train_streams(data_cfg, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:
+  """`count` token streams of `length` tokens, rows of the training iterator laid end to end."""
+  from distill import data  # pylint: disable=import-outside-toplevel
+  it = data.make_train_iterator(data_cfg, tokenizer, workdir, batch_size=1, seed=0)
+  streams, buf = [], []
+  while len(streams) < count:
+    row = next(it)
+    buf.extend(np.concatenate([row["inputs"][0], row["targets"][0, -1:]]).tolist())
+    if len(buf) >= length:
+      streams.append(np.asarray(buf[:length], np.int32))
+      buf = []
+  return streams
+
+
+def validation_windows(data_cfg, tokenizer, workdir, *, count: int, length: int):
+  """(windows, masks): the first `count` validation windows cut to `length` tokens."""
+  from distill import data  # pylint: disable=import-outside-toplevel
+  batch = data.eval_batches(data_cfg, tokenizer, workdir, split="validation", batch_size=count,
+                            max_batches=1)[0]
+  keep = batch["mask"].sum(-1) > 0
+  return list(batch["inputs"][keep, :length]), list(batch["mask"][keep, :length] > 0)
+
+
+def _prompts(windows, count: int, prefill_len: int, room: int) -> list[list[int]]:
+  """Prompts of varied lengths from validation text; one is longer than P (two chunks)."""
+  lengths = [5, max(1, prefill_len // 2), prefill_len + 3, max(1, prefill_len - 1), 11]
+  out = []
+  for i in range(count):
+    w = windows[i % len(windows)]
+    n = max(1, min(lengths[i % len(lengths)], room, len(w)))
+    out.append([int(t) for t in w[:n]])
+  return out
+
+
+def _publish(tmp: str, out_dir: str) -> None:
+  old = None
+  if os.path.exists(out_dir):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+    os.rename(out_dir, os.path.join(old, "x"))
+  os.rename(tmp, out_dir)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_cfg=None,
+           workdir: str | None = None, level: str = "full", tokenizer_dir: str | None = None,
+           source: dict | None = None, num_threads: int | None = None,
+           keep_saved_model: bool = False, log=print) -> dict:
+  """Exports, verifies and publishes one preset; returns the model card."""
+  t_start = time.time()
+  if level not in LEVELS:
+    raise ValueError(f"verification level {level!r}: use one of {sorted(LEVELS)}")
+  cfg = lm.cfg
+  if cfg.pos == "learned" and preset.max_context > cfg.max_len:
+    raise ValueError(f"max_context={preset.max_context} exceeds the model's {cfg.max_len} "
+                     "learned positions; export with a smaller --max_context")
+  presets.check_estimate(preset, count_params(params))
+  vocab = min(int(tokenizer.vocab_size), cfg.vocab_size)
+  need = LEVELS[level]
+  workdir = workdir or os.path.dirname(os.path.abspath(out_dir))
+  if data_cfg is None:
+    data_cfg = default_data_cfg()
+
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))
+  model = None
+  try:
+    lm32, p32 = converter.export_lm(lm, params)
+    t0 = time.time()
+    sm_dir = os.path.join(tmp, "saved_model")
+    converter.save_saved_model(converter.build_module(
+        lm32, p32, vocab=vocab, max_context=preset.max_context, prefill_len=preset.prefill_len),
+        sm_dir)
+    timings = {"saved_model_s": round(time.time() - t0, 2)}
+
+    calibration, calib_info = None, None
+    if preset.quant == "int8":
+      t0 = time.time()
+      streams = train_streams(data_cfg, tokenizer, workdir, count=need["calib"],
+                              length=preset.max_context + 1)
+      samples = quantize.calibration_samples(lm32, p32, streams, max_context=preset.max_context,
+                                             prefill_len=preset.prefill_len)
+      calibration = samples
+      calib_info = {"source": "training split (distill.data.make_train_iterator)",
+                    "streams": len(streams), "samples": len(samples)}
+      timings["calibration_data_s"] = round(time.time() - t0, 2)
+
+    t0 = time.time()
+    flat, detail = converter.to_tflite(sm_dir, preset.quant, calibration)
+    timings["convert_s"] = round(time.time() - t0, 2)
+    if not keep_saved_model:
+      shutil.rmtree(sm_dir)
+    presets.check_file(preset, len(flat))
+    name = f"student-{preset.quant}.tflite"
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+      f.write(flat)
+
+    if tokenizer_dir and os.path.isdir(tokenizer_dir):
+      for fn in sorted(os.listdir(tokenizer_dir)):
+        if os.path.isfile(os.path.join(tokenizer_dir, fn)):
+          shutil.copyfile(os.path.join(tokenizer_dir, fn), os.path.join(tmp, fn))
+    else:
+      tokenizer.save(tmp)
+    tok_files = sorted(f for f in os.listdir(tmp) if f != name and os.path.isfile(
+        os.path.join(tmp, f)))
+
+    from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+    sigs = card_lib.signatures(litert.Interpreter(model_path=path), cfg.n_layers)
+    card = card_lib.build(model_file=name, nbytes=len(flat), preset=preset, quant_detail=detail,
+                          cfg=cfg, vocab=vocab, tokenizer=tokenizer, tokenizer_files=tok_files,
+                          sigs=sigs, source=dict(source or {}, params=count_params(params)))
+    card["ops"] = converter.op_counts(path)
+    if calib_info:
+      card["calibration"] = calib_info
+    model = LiteRTModel(path, card=card, num_threads=num_threads)
+
+    if level != "none":
+      t0 = time.time()
+      length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
+      windows, masks = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
+                                          length=length)
+      room = max(1, preset.max_context - need["new_tokens"])
+      prompts = _prompts(windows, need["prompts"], preset.prefill_len, room)
+      card["verification"] = dict(verify.verify(
+          model, lm32, p32, preset.quant, prompts=prompts, new_tokens=need["new_tokens"],
+          windows=windows, masks=masks), level=level,
+          text="validation split (distill.data.eval_batches)")
+      timings["verify_s"] = round(time.time() - t0, 2)
+    else:
+      card["verification"] = {"level": "none", "passed": None}
+    card["latency"] = model.latency()
+    timings["total_s"] = round(time.time() - t_start, 2)
+    card["export_timings"] = timings
+    card_lib.write(tmp, card)
+    model = None
+    _publish(tmp, out_dir)
+  except BaseException:
+    model = None
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  log(f"[export] {preset.name}: {os.path.join(out_dir, name)} {preset.quant} "
+      f"{len(flat) / 1e6:.2f} MB, decode {card['latency']['decode_tokens_per_s']} tok/s, "
+      f"verification {_verdict(card)}, {timings['total_s']:.1f}s")
+  return card
+
+
+def _verdict(card: dict) -> str:
+  v = card.get("verification", {})
+  if v.get("passed") is None:
+    return "skipped"
+  g, t = v["greedy"], v["teacher_forced"]
+  return (f"passed ({g['identical_prompts']}/{g['prompts']} greedy identical, "
+          f"top-1 agreement {t['top1_agreement']:.1%})")

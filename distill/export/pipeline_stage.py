@@ -1,0 +1,86 @@
+"""The pipeline's last stage: export the distilled student for each preset in config.export.
+
+Writes `<workdir>/export/<preset>/` per preset with the "quick" verification (2 prompts x 16
+greedy tokens, 4 validation windows; the card records exactly what was measured) so the
+tiny pipeline stays fast; `python -m distill.export` runs the full check.
+
+Optional config fields (read with defaults, so configs/tiny.py needs none of them):
+  config.export.verify            "quick" | "full" | "none"            (default "quick")
+  config.export.<preset>.quant / .max_context / .prefill_len / .budget_mb   (overrides)
+
+Like the other stages it is skipped when its output exists: a preset folder whose card was
+made from the same student stage with the same settings is reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+from distill.export import artifact, presets
+from distill.export.runtime import CARD_NAME
+
+_OVERRIDES = ("quant", "max_context", "prefill_len", "budget_mb")
+
+
+def _get(node, key, default=None):
+  try:
+    value = node[key] if key in node else default
+  except TypeError:
+    value = getattr(node, key, default)
+  return default if value is None else value
+
+
+def _key(preset: presets.Preset, student_dir: str, level: str) -> str:
+  info = ""
+  path = os.path.join(student_dir, "stage.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      info = f.read()
+  raw = json.dumps({"preset": preset.__dict__, "stage": info, "level": level}, sort_keys=True)
+  return hashlib.md5(raw.encode()).hexdigest()[:16]
+
+
+def summary(card: dict, out_dir: str) -> dict:
+  v = card.get("verification", {})
+  return {
+      "file": os.path.join(out_dir, card["model_file"]), "quantization": card["quantization"],
+      "bytes": card["bytes"], "budget_bytes": card["budget_bytes"],
+      "max_context": card["max_context"], "prefill_len": card["prefill_len"],
+      "prefill_tokens_per_s": card["latency"]["prefill_tokens_per_s"],
+      "decode_tokens_per_s": card["latency"]["decode_tokens_per_s"],
+      "verified": v.get("passed"),
+      "greedy_identical": (f"{v['greedy']['identical_prompts']}/{v['greedy']['prompts']}"
+                           if "greedy" in v else None),
+      "top1_agreement": v.get("teacher_forced", {}).get("top1_agreement"),
+      "export_seconds": card.get("export_timings", {}).get("total_s"),
+  }
+
+
+def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
+  """Exports every preset in config.export.presets; returns {preset: summary}."""
+  c = config.export
+  level = _get(c, "verify", "quick")
+  student_dir = os.path.join(workdir, "student")
+  results = {}
+  for name in _get(c, "presets", ("phone", "watch")):
+    node = _get(c, name, {})
+    preset = presets.resolve(name, **{k: _get(node, k) for k in _OVERRIDES})
+    out_dir = os.path.join(workdir, "export", name)
+    key = _key(preset, student_dir, level)
+    card_file = os.path.join(out_dir, CARD_NAME)
+    if os.path.exists(card_file):
+      with open(card_file) as f:
+        card = json.load(f)
+      if card.get("source", {}).get("export_key") == key:
+        logging.info("[export] %s: finished export found in %s: skipped", name, out_dir)
+        results[name] = summary(card, out_dir)
+        continue
+    source = {"stage_dir": os.path.abspath(student_dir), "export_key": key}
+    card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
+                           data_cfg=config.data, workdir=workdir, level=level,
+                           tokenizer_dir=os.path.join(student_dir, "tokenizer"), source=source,
+                           log=lambda msg: print(msg, flush=True))
+    results[name] = summary(card, out_dir)
+  return results

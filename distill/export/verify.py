@@ -1,0 +1,97 @@
+"""LiteRT file vs the JAX student it came from: greedy parity and teacher-forced agreement.
+
+Thresholds (acceptance): fp32 greedy generations token-identical; fp16 identical or >= 98%
+teacher-forced top-1 agreement; int8 and dynamic_int8 >= 95%; int4 >= 90% (our choice: 4-bit
+weights lose more, and the figure is reported either way). Both references run the same
+fp32 JAX model through `apply_cached` / `apply`, so any difference is the conversion.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill.export.runtime import LiteRTModel
+
+AGREEMENT_THRESHOLD = {"fp16": 0.98, "dynamic_int8": 0.95, "int8": 0.95, "int4": 0.90}
+
+
+class VerificationError(RuntimeError):
+  """The .tflite does not reproduce the JAX student within the mode's threshold."""
+
+
+def jax_greedy(lm, params, prompt_ids, new_tokens: int, vocab: int, max_context: int):
+  """Greedy ids from the JAX model with a max_context cache, as the device runs it."""
+  step = jax.jit(lm.apply_cached)
+  cache = lm.init_cache(1, max_context, jnp.float32)
+  logits, cache = step(params, jnp.asarray([prompt_ids], jnp.int32), cache, 0)
+  last, pos, out = np.asarray(logits[0, -1, :vocab]), len(prompt_ids), []
+  for i in range(new_tokens):
+    tok = int(np.argmax(last))
+    out.append(tok)
+    if pos >= max_context or i + 1 == new_tokens:
+      break
+    logits, cache = step(params, jnp.asarray([[tok]], jnp.int32), cache, pos)
+    last, pos = np.asarray(logits[0, 0, :vocab]), pos + 1
+  return out
+
+
+def greedy_parity(model: LiteRTModel, lm, params, prompts: list[list[int]], new_tokens: int):
+  """Token-identical greedy generation per prompt (no EOS stop: more tokens compared)."""
+  rows, identical, compared = [], 0, 0
+  for ids in prompts:
+    n = min(new_tokens, model.max_context - len(ids))
+    ref = jax_greedy(lm, params, ids, n, model.vocab_size, model.max_context)
+    got = list(model.generate_ids(ids, n, stop_at_eos=False))
+    same = got == ref
+    identical += same
+    compared += n
+    first = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
+    rows.append({"prompt_tokens": len(ids), "new_tokens": n, "identical": same,
+                 "first_mismatch": first})
+  return {"prompts": len(prompts), "identical_prompts": identical,
+          "new_tokens_per_prompt": new_tokens, "tokens_compared": compared,
+          "all_identical": identical == len(prompts), "per_prompt": rows}
+
+
+def teacher_forced_agreement(model: LiteRTModel, lm, params, windows, masks=None):
+  """Fraction of positions where LiteRT's and JAX's top-1 next-token predictions agree."""
+  apply = jax.jit(lm.apply)
+  agree = total = 0
+  max_abs = 0.0
+  for i, w in enumerate(windows):
+    w = np.asarray(w, np.int32)[:model.max_context]
+    keep = np.ones(len(w), bool) if masks is None else np.asarray(masks[i], bool)[:len(w)]
+    if not keep.any():
+      continue
+    ref = np.asarray(apply(params, jnp.asarray(w[None])))[0, :, :model.vocab_size]
+    got = model.teacher_forced_logits(w)
+    agree += int((ref.argmax(-1) == got.argmax(-1))[keep].sum())
+    total += int(keep.sum())
+    max_abs = max(max_abs, float(np.abs(ref - got)[keep].max()))
+  return {"windows": len(windows), "positions": total,
+          "top1_agreement": round(agree / max(total, 1), 5),
+          "max_abs_logit_diff": round(max_abs, 6)}
+
+
+def verify(model: LiteRTModel, lm, params, quant: str, *, prompts, new_tokens, windows,
+           masks=None) -> dict:
+  """Both checks, the verdict for `quant`, and the figures; raises VerificationError."""
+  parity = greedy_parity(model, lm, params, prompts, new_tokens)
+  tf_agree = teacher_forced_agreement(model, lm, params, windows, masks)
+  if quant == "fp32":
+    passed = parity["all_identical"]
+    rule = "greedy generations token-identical to JAX"
+  else:
+    need = AGREEMENT_THRESHOLD[quant]
+    ok = tf_agree["top1_agreement"] >= need
+    passed = ok or (quant == "fp16" and parity["all_identical"])
+    rule = (f"greedy identical or teacher-forced top-1 agreement >= {need:.0%}" if quant == "fp16"
+            else f"teacher-forced top-1 agreement >= {need:.0%}")
+  result = {"passed": bool(passed), "rule": rule, "greedy": parity, "teacher_forced": tf_agree}
+  if not passed:
+    raise VerificationError(
+        f"{quant} file failed verification ({rule}): {parity['identical_prompts']}/"
+        f"{parity['prompts']} greedy generations identical, teacher-forced top-1 agreement "
+        f"{tf_agree['top1_agreement']:.1%}; try a less aggressive --quant")
+  return result

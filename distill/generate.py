@@ -1,0 +1,138 @@
+"""Stream generated text from an exported .tflite (LiteRT, CPU) or a JAX model.
+
+  python -m distill.generate --tflite=runs/tiny/export/watch/student-int8.tflite --prompt="The for"
+  python -m distill.generate --model=runs/tiny/student --prompt="The for statement"
+  python -m distill.generate --model=hf:/path/to/hf_dir --prompt="Hello"
+
+With --tflite everything (context, prefill length, signature and cache names, tokenizer file,
+BOS/EOS) comes from the model card beside the file; JAX is not imported. With --model the
+stage directory (or Hugging Face directory) is loaded with `distill.load`. Greedy by default;
+--temperature / --top_k sample (JAX path only). Bad paths give one `error:` line, exit 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+_TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
+_MODEL = flags.DEFINE_string("model", None, "A stage directory or hf:/path (JAX).")
+_PROMPT = flags.DEFINE_string("prompt", "", "Prompt text.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
+_TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy (JAX path: >0 samples).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k for sampling (JAX path).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (JAX path).")
+_THREADS = flags.DEFINE_integer("threads", None, "LiteRT CPU threads.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Full tracebacks.")
+
+
+class _Streamer:
+  """Prints the text of the ids so far as it grows; holds back a trailing partial character."""
+
+  def __init__(self, tokenizer, out=sys.stdout):
+    self.tokenizer, self.out, self.ids, self.shown = tokenizer, out, [], ""
+
+  def add(self, tok: int) -> None:
+    self.ids.append(tok)
+    text = self.tokenizer.decode(self.ids)
+    if text.endswith("\ufffd"):  # a multi-byte character cut in the middle: wait for the rest
+      return
+    if text.startswith(self.shown):
+      self.out.write(text[len(self.shown):])
+    else:  # a tokenizer that re-spaces earlier text: print the whole fresh tail
+      self.out.write(text[len(os.path.commonprefix([text, self.shown])):])
+    self.out.flush()
+    self.shown = text
+
+  def finish(self) -> str:
+    text = self.tokenizer.decode(self.ids)
+    self.out.write(text[len(os.path.commonprefix([text, self.shown])):] + "\n")
+    self.out.flush()
+    return text
+
+
+def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, out=sys.stdout):
+  from distill import tokenizers  # pylint: disable=import-outside-toplevel
+  from distill.export.runtime import CardError, LiteRTModel, read_card  # pylint: disable=import-outside-toplevel
+  card = read_card(path)
+  tok_dir = os.path.dirname(os.path.abspath(path))
+  tok_file = os.path.join(tok_dir, card["tokenizer"]["descriptor"])
+  if not os.path.exists(tok_file):
+    tok_file = os.path.join(tok_dir, card["tokenizer"]["file"])
+  if not os.path.exists(tok_file):
+    raise CardError(f"tokenizer file {tok_file} named by the model card is missing; keep the "
+                    "exported folder together")
+  tokenizer = tokenizers.load(tok_file)
+  model = LiteRTModel(path, card=card, num_threads=threads)
+  ids = tokenizer.encode(prompt)
+  if card.get("bos_id") is not None and not ids:
+    ids = [card["bos_id"]]
+  room = card["max_context"] - len(ids)
+  if room <= 0:
+    raise ValueError(f"prompt is {len(ids)} tokens; this file's max_context is "
+                     f"{card['max_context']}: shorten the prompt")
+  stream = _Streamer(tokenizer, out)
+  for t in model.generate_ids(ids, min(max_new_tokens, room), eos_id=card.get("eos_id")):
+    if t == card.get("eos_id"):
+      break
+    stream.add(t)
+  return stream.finish()
+
+
+def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
+                 seed=0, out=sys.stdout):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import distill  # pylint: disable=import-outside-toplevel
+  from distill import api  # pylint: disable=import-outside-toplevel
+  model = distill.load(path)
+  tok, lm = model.tokenizer, model.lm
+  ids = tok.encode(prompt) or [tok.bos_id or 0]
+  total = min(len(ids) + max_new_tokens, lm.cfg.max_len)
+  if len(ids) >= total:
+    raise ValueError(f"prompt of {len(ids)} tokens leaves no room in max_len={lm.cfg.max_len}")
+  step = jax.jit(lm.apply_cached)
+  vocab = min(tok.vocab_size, lm.cfg.vocab_size)
+  logits, cache = step(model.params, jnp.asarray([ids], jnp.int32), lm.init_cache(1, total), 0)
+  last, key, stream = logits[0, -1], jax.random.key(seed), _Streamer(tok, out)
+  for pos in range(len(ids), total):
+    t = api._pick(np.asarray(last, np.float32)[:vocab], temperature, top_k,  # pylint: disable=protected-access
+                  jax.random.fold_in(key, pos))
+    if t == tok.eos_id:
+      break
+    stream.add(t)
+    if pos + 1 == total:
+      break
+    logits, cache = step(model.params, jnp.asarray([[t]], jnp.int32), cache, pos)
+    last = logits[0, -1]
+  return stream.finish()
+
+
+def _run():
+  if bool(_TFLITE.value) == bool(_MODEL.value):
+    raise ValueError("give exactly one of --tflite=PATH.tflite or --model=STAGE_DIR|hf:PATH")
+  if _TFLITE.value:
+    generate_tflite(_TFLITE.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
+  else:
+    generate_jax(_MODEL.value, _PROMPT.value, _MAX_NEW.value, temperature=_TEMP.value,
+                 top_k=_TOP_K.value, seed=_SEED.value)
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}; quote the prompt: --prompt=\"...\"",
+          file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  # Orbax logs every file it reads at INFO; the terminal is for the generated text.
+  absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
+  from distill import cli  # pylint: disable=import-outside-toplevel
+  return cli.guarded(_run, verbose=_VERBOSE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
