@@ -1,0 +1,204 @@
+"""Two real JAX processes on loopback (gloo collectives) run the distill loop like one.
+
+The parent test starts 2 children of this module; each calls `jax.distributed.initialize`
+with 4 fake CPU devices, reads its own rows of every global batch from `distill.data`
+(process_index / process_count), and runs 3 distill steps through `train.run`, which saves
+an orbax checkpoint from both processes. The parent (8 fake devices, one process) then runs
+the same 3 steps itself and checks that:
+  * the per-step metrics of the 2-process run equal the 1-process ones;
+  * the 2-process checkpoint restores in this single process onto another mesh (8, 1, 1),
+    with the restored parameters equal to the 1-process result and laid out for that mesh.
+
+Child usage (what the parent runs): python -m tests.test_multihost <pid> <port> <workdir>
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3
+BATCH = 8
+SEQ_LEN = 16
+MULTI_MESH = dict(data=2, fsdp=2, tensor=2)  # crosses processes on every axis it can
+RESTORE_MESH = dict(data=8, fsdp=1, tensor=1)
+
+
+def _write_corpus(directory: str) -> str:
+  """A handful of text files from the stdlib docs; enough windows for 3 batches of 8."""
+  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  os.makedirs(directory, exist_ok=True)
+  for i, key in enumerate(sorted(topics.topics)[:12]):
+    with open(os.path.join(directory, f"doc{i:02d}.txt"), "w", encoding="utf-8") as f:
+      f.write(topics.topics[key][:4000])
+  return "text:" + os.path.join(directory, "*.txt")
+
+
+def _data_cfg(corpus_glob: str):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict(dict(name=corpus_glob, data_dir="", tokenizer="byte",
+                                        seq_len=SEQ_LEN, transfer_fraction=1.0))
+
+
+def _models():
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  from tests.helpers import tiny_model_config  # pylint: disable=import-outside-toplevel
+  vocab = 264  # byte tokenizer's 259, padded to a multiple of 8 as the pipeline does
+  teacher = LM(tiny_model_config(vocab_size=vocab, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
+                                 n_layers=2))
+  student = LM(tiny_model_config(vocab_size=vocab, d_model=16, n_heads=2, n_kv_heads=2, d_ff=32,
+                                 n_layers=1))
+  return teacher, student
+
+
+def _teacher_params(teacher, shardings):
+  """Random teacher weights from numpy, identical on every process, placed shard by shard.
+
+  Cheaper here than jitting `teacher.init` (a compile per process on 2 shared cores), and
+  the same path a real multi-host loader takes: each process fills only its own shards.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+
+  def make(shape, sh):
+    # Norm scales at 1, matrices ~ N(0, 1/fan_in): a teacher whose logits are not flat.
+    value = (np.ones(shape.shape, np.float32) if len(shape.shape) == 1 else
+             rng.standard_normal(shape.shape).astype(np.float32) / np.sqrt(shape.shape[0]))
+    return jax.make_array_from_callback(shape.shape, sh, lambda idx: value[idx])
+  return jax.tree.map(make, teacher.abstract_params(), shardings)
+
+
+def _optimizer():
+  from distill import train  # pylint: disable=import-outside-toplevel
+  return train.make_optimizer(lr=1e-2, steps=STEPS, warmup=0)
+
+
+def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str):
+  """3 distill steps through `train.run` on `mesh_cfg`; returns the per-step metrics."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from distill import data, sharding, tokenizers, train  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh(mesh_cfg)
+  teacher, student = _models()
+  t_shard = sharding.param_shardings(teacher, mesh)
+  t_params = _teacher_params(teacher, t_shard)
+  tok = tokenizers.from_config("byte")
+  it = data.make_train_iterator(_data_cfg(corpus_glob), tok, workdir, batch_size=BATCH, seed=0,
+                                fraction=1.0, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  stage_dir = os.path.join(workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
+                              cfg=train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.3))
+  res = train.run(name=stage, lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it,
+                  steps=STEPS, loss_fn=loss_fn, tx=_optimizer(), seed=0,
+                  checkpoint_every=STEPS, log_every=1, teacher_params=t_params,
+                  teacher_shardings=t_shard, is_main=jax.process_index() == 0)
+  return res, [(s, m) for s, m in res.history]
+
+
+def _child(pid: int, port: int, workdir: str) -> None:
+  t0 = time.time()
+  import jax  # pylint: disable=import-outside-toplevel
+  # Gloo is the default in this jax; set it anyway so a changed default cannot turn the
+  # cross-process all-reduces into an "unimplemented" error.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                             initialization_timeout=60)
+  assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+  with open(os.path.join(workdir, "corpus.txt")) as f:
+    corpus_glob = f.read()
+  t = time.time()
+  _, history = distill_run(workdir, corpus_glob, MULTI_MESH, "multi")
+  print(f"child {pid}: init+run {time.time() - t0:.1f}s, run {time.time() - t:.1f}s", flush=True)
+  out = {"pid": pid, "history": history, "local_devices": jax.local_device_count()}
+  with open(os.path.join(workdir, f"child{pid}.json"), "w") as f:
+    json.dump(out, f)
+  jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from distill import checkpoint, data, sharding, tokenizers, train  # pylint: disable=import-outside-toplevel
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  t0 = time.time()
+  workdir = str(tmp_path)
+  corpus_glob = _write_corpus(os.path.join(workdir, "corpus"))
+  with open(os.path.join(workdir, "corpus.txt"), "w") as f:
+    f.write(corpus_glob)
+  # Pack the token streams once here, so the children only memory-map them.
+  data.prepare(_data_cfg(corpus_glob), workdir)
+  del tokenizers
+
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(pid), str(port),
+                             workdir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+  logs = []
+  for p in procs:
+    try:
+      out, _ = p.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    logs.append(out)
+  for pid, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"child {pid} failed:\n{log[-4000:]}"
+  children = []
+  for pid in range(2):
+    with open(os.path.join(workdir, f"child{pid}.json")) as f:
+      children.append(json.load(f))
+  t_multi = time.time() - t0
+
+  ref_res, ref_hist = distill_run(workdir, corpus_glob, MULTI_MESH, "single")
+  assert [s for s, _ in ref_hist] == list(range(1, STEPS + 1))
+  for child in children:
+    assert child["local_devices"] == 4
+    assert [s for s, _ in child["history"]] == [s for s, _ in ref_hist]
+    for (s, m), (_, ref) in zip(child["history"], ref_hist):
+      for k in ("loss", "divergence", "ce", "grad_norm"):
+        np.testing.assert_allclose(m[k], ref[k], rtol=1e-5, err_msg=f"step {s} {k}")
+  # Losses move, so the comparison above is not between three copies of one number.
+  assert len({round(m["loss"], 6) for _, m in ref_hist}) > 1
+
+  # The checkpoint both processes wrote restores here, onto a different mesh.
+  _, student = _models()
+  mesh = sharding.make_mesh(RESTORE_MESH)
+  p_shard = sharding.param_shardings(student, mesh)
+  tx = _optimizer()
+  abstract = jax.eval_shape(
+      lambda k: train.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),
+                                 tx.init(student.init(k))), jax.random.key(0))
+  s_shard = train.state_shardings(abstract, p_shard, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "multi", "checkpoints"), every=STEPS)
+  restored = ckpt.restore_latest(checkpoint.abstract_like(abstract, s_shard))
+  ckpt.close()
+  assert restored is not None, "no checkpoint from the 2-process run"
+  step, state, data_state = restored
+  assert step == STEPS and int(state.step) == STEPS
+  assert data_state == {"next_index": STEPS}, data_state
+  for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
+                              jax.tree.leaves(p_shard)):
+    assert leaf.sharding.mesh.shape == mesh.shape and leaf.sharding.spec == sh.spec, path
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
+               state.params, ref_res.params)
+  print(f"2-process run {t_multi:.1f}s, total {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+  _child(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
