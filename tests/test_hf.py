@@ -146,7 +146,7 @@ def test_student_round_trip_through_transformers(tmp_path):
   cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                     max_len=64, tie_embeddings=False)
   lm = LM(cfg)
-  params = lm.init(jax.random.key(0))
+  params = jax.jit(lm.init)(jax.random.key(0))
   api.save_stage(str(tmp_path / "run" / "student"), cfg, tok, params, {})
   assert to_hf.main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
@@ -203,7 +203,7 @@ def test_align_vocab_keeps_shared_ids_and_refuses_other_tokenizers(tok_dir):
   cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=32,
                     max_len=32, tie_embeddings=False)
   lm = LM(cfg)
-  params = lm.init(jax.random.key(0))
+  params = jax.jit(lm.init)(jax.random.key(0))
   tok = dtok.load(str(tok_dir))
   ids = np.asarray([[1, 5, 9, 20, 60]], np.int32)
   full = np.asarray(jax.jit(lm.apply)(params, ids))
@@ -215,3 +215,36 @@ def test_align_vocab_keeps_shared_ids_and_refuses_other_tokenizers(tok_dir):
     np.testing.assert_allclose(got[..., :n], full[..., :n], atol=1e-5)
   with pytest.raises(hf.VocabMismatchError, match="tokenizers differ"):
     hf.align_vocab(lm, params, n, tokenizer=tok, other_tokenizer=dtok.ByteTokenizer())
+
+
+def test_sentencepiece_tokenizer_model_is_used_when_no_tokenizer_json(tmp_path):
+  import sentencepiece as spm
+  (tmp_path / "corpus.txt").write_text(TEXT * 3)
+  spm.SentencePieceTrainer.train(
+      input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "tokenizer"),
+      vocab_size=60, model_type="bpe", bos_id=1, eos_id=2, pad_id=0, unk_id=3, minloglevel=2)
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT}))
+  tok = hf.load_tokenizer(str(tmp_path), {})
+  sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+  assert isinstance(tok, dtok.SentencePieceTokenizer)
+  assert tok.encode(TEXT, add_bos=True) == [1] + sp.encode(TEXT)
+  assert (tok.bos_id, tok.eos_id, tok.chat_template) == (1, 2, CHAT)
+
+
+def test_multimodal_gemma3_checkpoint_loads_its_language_model(tmp_path):
+  text = transformers.Gemma3TextConfig(vocab_size=100, **dict(SMALL, sliding_window=WINDOW))
+  vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, image_size=28,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           patch_size=14)
+  cfg = transformers.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                  mm_tokens_per_image=4, image_token_index=99,
+                                  boi_token_index=97, eoi_token_index=98)
+  torch.manual_seed(0)
+  model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+  _randomize(model, gemma=True)
+  model.save_pretrained(tmp_path, safe_serialization=True)
+  ids = np.random.default_rng(2).integers(3, 96, (1, SEQ)).astype(np.int32)
+  with torch.no_grad():
+    want = model(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+  lm, params, _ = hf.load(str(tmp_path), hf.default_mesh(), "float32", with_tokenizer=False)
+  np.testing.assert_allclose(np.asarray(jax.jit(lm.apply)(params, ids)), want, atol=1e-4, rtol=0)

@@ -342,7 +342,12 @@ Layout = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
 
 def layout(cfg: ModelConfig, kind: str) -> Layout:
-  d, n, m, k, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.k, cfg.d_ff
+  """Every project param path -> (canonical checkpoint name, transform to our shape).
+
+  `kind` is "gpt2" or "llama" (every other family: they share names and differ in switches).
+  `distill.to_hf` inverts the "llama" table to write checkpoints.
+  """
+  d, n, m, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.k
   same = lambda w: w
   out: Layout = {}
   if kind == "gpt2":
