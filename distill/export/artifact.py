@@ -172,6 +172,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     card["export_timings"] = timings
     card_lib.write(tmp, card)
     model = None
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published folder is ordinary
     _publish(tmp, out_dir)
   except BaseException:
     model = None

@@ -1,0 +1,199 @@
+"""Edge export acceptance: LiteRT parity with JAX, the card-only app path, budgets, CLIs.
+
+One tiny random student (configs/tiny.py's student shape) is saved as a stage once per
+module; each quantization mode is exported once (context 96, P=16, so 64 new tokens fit
+after the prompts) and the tests read the resulting cards and files.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from distill import api, tokenizers
+from distill.models.transformer import LM, ModelConfig
+
+CONTEXT, PREFILL = 96, 16
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  """A workdir with a saved random student and a small text corpus (train + validation)."""
+  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  from distill import data  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("export")
+  cfg = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
+                    max_len=128)
+  api.save_stage(str(root / "student"), cfg, tokenizers.ByteTokenizer(),
+                 LM(cfg).init(jax.random.key(0)), {"note": "random test student"})
+  text = root / "text"
+  text.mkdir()
+  keys = sorted(topics.topics)
+  names = [f"doc{i:02d}.txt" for i in range(40)]
+  assert any(data.split_for_key(n) == "validation" for n in names)
+  for i, n in enumerate(names):
+    (text / n).write_text(topics.topics[keys[i]])
+  return root
+
+
+def _data_cfg(root):
+  return ml_collections.ConfigDict(dict(name=f"text:{root}/text/*.txt", seq_len=64,
+                                        data_dir=str(root / "data"), tokenizer="byte"))
+
+
+_CARDS = {}
+
+
+def _export(root, quant, level="full"):
+  from distill.export import export_stage  # pylint: disable=import-outside-toplevel
+  if quant not in _CARDS:
+    out = root / "export" / quant
+    card = export_stage(str(root / "student"), "phone", str(out), quant=quant,
+                        max_context=CONTEXT, prefill_len=PREFILL, data_cfg=_data_cfg(root),
+                        workdir=str(root), level=level, num_threads=1, log=lambda _: None)
+    _CARDS[quant] = (card, out)
+  return _CARDS[quant]
+
+
+def test_fp32_greedy_identical_to_jax(root):
+  card, out = _export(root, "fp32")
+  g = card["verification"]["greedy"]
+  assert g["prompts"] == 5 and g["all_identical"], g
+  assert all(r["new_tokens"] == 64 for r in g["per_prompt"])
+  # One prompt is longer than P, so chunked prefill is covered.
+  assert any(r["prompt_tokens"] > PREFILL for r in g["per_prompt"])
+  assert card["verification"]["teacher_forced"]["top1_agreement"] == 1.0
+  assert os.path.exists(out / card["model_file"]) and card["bytes"] == os.path.getsize(
+      out / card["model_file"])
+  # Builtin ops only: no Flex delegate needed on device.
+  assert not any(op.startswith("Flex") for op in card["ops"])
+
+
+def test_fp16_agreement(root):
+  card, _ = _export(root, "fp16")
+  v = card["verification"]
+  assert v["passed"]
+  assert v["greedy"]["all_identical"] or v["teacher_forced"]["top1_agreement"] >= 0.98
+
+
+def test_dynamic_int8_agreement(root):
+  card, _ = _export(root, "dynamic_int8")
+  assert card["verification"]["teacher_forced"]["top1_agreement"] >= 0.95
+  assert card["bytes"] < 0.7 * _export(root, "fp32")[0]["bytes"]
+
+
+@pytest.mark.slow
+def test_int8_static_agreement(root):
+  card, _ = _export(root, "int8")
+  assert card["verification"]["teacher_forced"]["top1_agreement"] >= 0.95
+  assert card["calibration"]["samples"] > 0
+
+
+def test_app_drives_artifact_from_card_alone(root):
+  """What an app developer writes: json + numpy + ai_edge_litert, names from the card."""
+  card0, out = _export(root, "fp32")
+  model = api.load(str(root / "student"))
+  prompt = list(b"The for statement ")
+  prompt = [b + 3 for b in prompt]  # byte tokenizer: id = byte + 3 (in the descriptor)
+  want = model.generate_ids(prompt, 40, stop_at_eos=False)
+
+  # ---- from here on: only json, numpy and ai_edge_litert
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  with open(out / "model_card.json") as f:
+    card = json.load(f)
+  with open(out / card["tokenizer"]["descriptor"]) as f:
+    tok = json.load(f)
+  assert tok["byte_offset"] == 3 and card["vocab_size"] == tok["vocab_size"]
+  interp = litert.Interpreter(model_path=str(out / card["model_file"]))
+  prefill = interp.get_signature_runner(card["signatures"]["prefill"]["name"])
+  decode = interp.get_signature_runner(card["signatures"]["decode"]["name"])
+  kv = card["kv_cache"]
+  cache = {n: np.zeros(kv["shape"], kv["dtype"]) for n in kv["names"]}
+  p = card["prefill_len"]
+  pos, got = 0, []
+  while pos < len(prompt):  # chunks of P, the last right-padded with pad_id
+    chunk = prompt[pos:pos + p]
+    tokens = np.full((1, p), card["pad_id"], np.int32)
+    tokens[0, :len(chunk)] = chunk
+    res = prefill(tokens=tokens, input_pos=np.arange(pos, pos + p, dtype=np.int32), **cache)
+    cache = {n: res[n] for n in kv["names"]}
+    logits = res["logits"][0, len(chunk) - 1]
+    pos += len(chunk)
+  for _ in range(40):
+    t = int(np.argmax(logits))
+    got.append(t)
+    res = decode(tokens=np.array([[t]], np.int32), input_pos=np.array([pos], np.int32), **cache)
+    cache = {n: res[n] for n in kv["names"]}
+    logits, pos = res["logits"][0, 0], pos + 1
+  # ---- end of app code
+  assert len(prompt) > p  # two prefill chunks
+  assert got == want
+  assert card0["signatures"]["decode"]["inputs"]["tokens"]["shape"] == [1, 1]
+  assert card["signatures"]["prefill"]["outputs"]["logits"]["shape"] == [1, p, card["vocab_size"]]
+
+
+def test_card_fields(root):
+  card, out = _export(root, "fp32")
+  for key in ("prefill_len", "max_context", "vocab_size", "num_layers", "kv_cache", "bos_id",
+              "eos_id", "tokenizer", "quantization", "bytes", "latency", "signatures",
+              "verification"):
+    assert key in card, key
+  assert card["vocab_size"] == 259 and card["num_layers"] == 2
+  assert card["kv_cache"]["shape"] == [1, CONTEXT, 2, 16]
+  assert os.path.exists(out / card["tokenizer"]["file"])
+  assert card["latency"]["decode_tokens_per_s"] > 0
+  ins = card["signatures"]["prefill"]["inputs"]
+  assert list(ins)[:4] == ["tokens", "input_pos", "kv_cache_k_0", "kv_cache_v_0"]
+
+
+def test_budget_error_leaves_nothing(root):
+  from distill.export import BudgetError, export_stage  # pylint: disable=import-outside-toplevel
+  fp32_bytes = _export(root, "fp32")[0]["bytes"]
+  out = root / "export" / "over"
+  # Just under the real file: passes the estimate, fails on the converted file.
+  budget = (fp32_bytes - 2000) / 1e6
+  with pytest.raises(BudgetError, match=r"watch budget is .* but the fp32 file is .*% over"):
+    export_stage(str(root / "student"), "watch", str(out), quant="fp32", max_context=CONTEXT,
+                 prefill_len=PREFILL, budget_mb=budget, data_cfg=_data_cfg(root),
+                 workdir=str(root), level="none", log=lambda _: None)
+  assert not out.exists()
+  assert not [p for p in os.listdir(root / "export") if p.startswith(".")]
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                        env=env, timeout=300)
+
+
+def _error_lines(stderr):
+  return [l for l in stderr.splitlines() if l.startswith("error:")]
+
+
+def test_cli_budget_exit_2_one_line(root):
+  r = _cli("distill.export", f"--workdir={root}", "--preset=watch", "--budget_mb=0.01",
+           "--verify=none")
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = _error_lines(r.stderr)
+  assert len(lines) == 1 and "watch budget is 0.010 MB" in lines[0] and "% over" in lines[0]
+  assert not (root / "export" / "watch").exists()
+
+
+def test_generate_cli(root):
+  _, out = _export(root, "fp32")
+  r = _cli("distill.generate", f"--tflite={out}/student-fp32.tflite", "--prompt=The",
+           "--max_new_tokens=8")
+  assert r.returncode == 0, r.stderr[-2000:]
+  model = api.load(str(root / "student"))
+  ids = model.generate_ids(model.tokenizer.encode("The"), 8)
+  assert r.stdout.rstrip("\n") == model.tokenizer.decode(ids)
+  bad = _cli("distill.generate", "--tflite=/no/such.tflite", "--prompt=x")
+  assert bad.returncode == 2 and len(_error_lines(bad.stderr)) == 1
+  bad = _cli("distill.generate", f"--model={root}/nope", "--prompt=x")
+  assert bad.returncode == 2 and len(_error_lines(bad.stderr)) == 1
