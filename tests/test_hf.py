@@ -156,6 +156,9 @@ def test_student_round_trip_through_transformers(tmp_path):
   np.testing.assert_allclose(np.asarray(jax.jit(lm.apply)(params, ids)), want, atol=1e-4, rtol=0)
   assert json.load(open(tmp_path / "hf" / "config.json"))["vocab_size"] == 264
   assert dtok.load(str(tmp_path / "hf")).encode("hi") == tok.encode("hi")
+  back = distill.load("hf:" + str(tmp_path / "hf"))  # and our own loader reads it back
+  assert isinstance(back.tokenizer, dtok.ByteTokenizer)
+  np.testing.assert_allclose(back.logits(ids), want, atol=1e-4, rtol=0)
 
 
 class _Boom:

@@ -461,7 +461,7 @@ def _fit_rows(host, want, path, name):
 # tokenizer
 
 def load_tokenizer(path: str, hf: dict | None = None) -> tokenizers.Tokenizer:
-  """tokenizer.json (preferred) or tokenizer.model, with BOS/EOS and `chat_template` set.
+  """tokenizer.json, tokenizer.model or distill's descriptor, with BOS/EOS and `chat_template`.
 
   BOS/EOS come from tokenizer_config.json when it names them, else from the ids in
   generation_config.json / config.json. `tok.chat_template` is the Jinja template string from
@@ -487,6 +487,8 @@ def load_tokenizer(path: str, hf: dict | None = None) -> tokenizers.Tokenizer:
       tok = tokenizers.HFTokenizer(json_file, **names)
     elif os.path.exists(sp_file):
       tok = tokenizers.SentencePieceTokenizer(sp_file)
+    elif os.path.exists(os.path.join(path, tokenizers.DESCRIPTOR_NAME)):
+      tok = tokenizers.load(path)  # written by distill.to_hf (e.g. the byte tokenizer)
     else:
       raise LoadError(f"{path} has no tokenizer.json or tokenizer.model; download the model's "
                       "tokenizer files next to config.json")
