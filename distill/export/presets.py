@@ -65,7 +65,8 @@ def resolve(name: str, **overrides) -> Preset:
 
 
 def _mb(n: float) -> str:
-  return f"{n / MB:.1f} MB" if n >= 0.1 * MB else f"{n / MB:.3f} MB"
+  # Three decimals below 1 MB so tiny test budgets still show the difference.
+  return f"{n / MB:.1f} MB" if abs(n) >= MB else f"{n / MB:.3f} MB"
 
 
 def over_budget_message(p: Preset, nbytes: float, estimated: bool = False) -> str:
