@@ -23,12 +23,16 @@ from distill.models.transformer import LM, ModelConfig, count_params, flops_per_
 VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
 
 
+def padded_vocab(tokenizer_vocab: int) -> int:
+  return -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
   fields = dict(model_cfg)
+  fields.pop("vocab_size", None)  # the teacher/tokenizer decides
   fields.setdefault("max_len", max(config.data.seq_len, 2048))
   fields.setdefault("dtype", dtype or PRESETS[config.preset]["dtype"])
-  padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-  return ModelConfig(vocab_size=padded, **fields)
+  return ModelConfig(vocab_size=vocab_size, **fields)
 
 
 class Context:
@@ -121,7 +125,7 @@ def _teacher(ctx: Context):
     info = {"source": path}
   else:
     ctx.tokenizer = tokenizers.from_config(c.data.tokenizer)
-    cfg = model_config(c.teacher.model, ctx.tokenizer.vocab_size, c)
+    cfg = model_config(c.teacher.model, padded_vocab(ctx.tokenizer.vocab_size), c)
     lm = LM(cfg)
     _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
                            lr=c.teacher.pretrain.lr, fraction=1.0,
@@ -150,10 +154,9 @@ def _run(config, workdir: str) -> dict:
   data.prepare(c.data, workdir)
 
   teacher, t_params, t_shard, t_info = _teacher(ctx)
-  student = LM(model_config(c.student.model, ctx.tokenizer.vocab_size, c))
-  if student.cfg.vocab_size != teacher.cfg.vocab_size:
-    raise ValueError(f"student vocab {student.cfg.vocab_size} != teacher vocab "
-                     f"{teacher.cfg.vocab_size}; the student must use the teacher's tokenizer")
+  # The student shares the teacher's vocab axis (its padding included), so soft targets line
+  # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
+  student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
   loss_cfg = train.LossConfig.from_config(c.distill)
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)

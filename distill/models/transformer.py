@@ -288,7 +288,9 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     self.cfg = cfg
-    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, pd)
+    # Tied: the same matrix makes the logits, so keep them O(1) at init.
+    std = 1.0 / math.sqrt(cfg.d_model) if cfg.tie_embeddings else 1.0
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std, pd)
     if cfg.pos == "learned":
       self.pos_embed = _param(rngs, (cfg.max_len, cfg.d_model), ("length", "embed"), 0.02, pd)
     for i in range(cfg.n_layers):
