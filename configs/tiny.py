@@ -65,10 +65,10 @@ def get_config():
   # Dtype the teacher's weights are held in (read-only).
   c.teacher.dtype = "float32"
   # Teacher shape when pretrained here.
-  c.teacher.model = model(d_model=192, n_layers=4, n_heads=6, n_kv_heads=2, d_ff=512)
+  c.teacher.model = model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)
   c.teacher.pretrain = ml_collections.ConfigDict()
   # Pretraining steps on the full train split (when teacher.checkpoint is empty).
-  c.teacher.pretrain.steps = 400
+  c.teacher.pretrain.steps = 300
   # Peak learning rate for teacher pretraining.
   c.teacher.pretrain.lr = 3e-3
 
@@ -80,7 +80,7 @@ def get_config():
 
   c.distill = ml_collections.ConfigDict()
   # Student training steps (the baseline gets the same).
-  c.distill.steps = 300
+  c.distill.steps = 250
   # Divergence: forward_kl | reverse_kl | jsd | tvd | skew_forward_kl | skew_reverse_kl.
   c.distill.loss = "forward_kl"
   # Softmax temperature on both sides.
@@ -110,8 +110,10 @@ def get_config():
   c.eval.sample_tokens = 64
 
   c.export = ml_collections.ConfigDict()
-  # Export TFLite files for the presets below as the last stage.
-  c.export.enabled = False
-  # Edge presets to export: phone, watch.
+  # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).
+  c.export.enabled = True
+  # Edge presets to export: phone (fp16, context 1024), watch (int8, context 256, <= 8 MB).
   c.export.presets = ("phone", "watch")
+  # LiteRT-vs-JAX check after export: quick (pipeline default), full (acceptance figures), none.
+  c.export.verify = "quick"
   return c
