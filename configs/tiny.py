@@ -87,6 +87,12 @@ def get_config():
   c.distill.temperature = 2.0
   # Weight of hard-label cross-entropy: loss = (1 - alpha) * divergence + alpha * CE.
   c.distill.alpha = 0.0
+  # Schedules for alpha and T over the distill steps: constant | linear | cosine, from the
+  # values above to the *_end values.
+  c.distill.alpha_schedule = "constant"
+  c.distill.alpha_end = 0.0
+  c.distill.temperature_schedule = "constant"
+  c.distill.temperature_end = 1.0
   # Multiply the divergence by T^2 (Hinton et al.) so gradient scale is T-independent.
   c.distill.scale_by_t2 = True
   # JSD mixing weight and skew-KL mixing weight.

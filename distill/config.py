@@ -9,20 +9,17 @@ import math
 import os
 
 from distill.models.transformer import ModelConfig
+from distill.presets import HARDWARE
 
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
 
-# Hardware presets: what each sets unless the config says otherwise.
-PRESETS = {
-    "cpu": dict(dtype="float32", attention="xla"),
-    "gpu": dict(dtype="bfloat16", attention="cudnn"),
-    "tpu_v4": dict(dtype="bfloat16", attention="splash"),
-    "tpu_v5e": dict(dtype="bfloat16", attention="splash"),
-    "tpu_v5p": dict(dtype="bfloat16", attention="splash"),
-    "tpu_v6e": dict(dtype="bfloat16", attention="splash"),
-}
+# Hardware presets: what each sets unless the config says otherwise (dtype, attention, remat,
+# default mesh, HBM per chip, AOT topology); the table lives in distill/presets.py.
+PRESETS = {name: h.as_dict() for name, h in HARDWARE.items()}
 
-MODEL_FIELDS = {f for f in ModelConfig.__dataclass_fields__} - {"vocab_size"}
+# `vocab_size` is allowed so a config can state a teacher's full shape (what `distill.aot`
+# compiles without weights or tokenizer); at run time the tokenizer's vocab is used.
+MODEL_FIELDS = {f for f in ModelConfig.__dataclass_fields__}
 
 
 class ConfigError(ValueError):
@@ -61,6 +58,8 @@ def _model(c, prefix):
        f"valid: {sorted(MODEL_FIELDS)}")
   for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
     _req(_num(c, f"{prefix}.{f}", int) > 0, f"--config.{prefix}.{f} must be > 0")
+  if "vocab_size" in m:
+    _req(_num(c, f"{prefix}.vocab_size", int) > 0, f"--config.{prefix}.vocab_size must be > 0")
   _req(m.n_heads % m.n_kv_heads == 0,
        f"--config.{prefix}.n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}")
   if not m.get("head_dim", 0):
@@ -119,6 +118,16 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.alpha={d.alpha} must be in [0, 1]")
   _req(0.0 <= _num(c, "distill.beta") <= 1.0, f"--config.distill.beta={d.beta} must be in [0, 1]")
   _req(0.0 <= _num(c, "distill.skew") < 1.0, f"--config.distill.skew={d.skew} must be in [0, 1)")
+  for sched in ("alpha_schedule", "temperature_schedule"):
+    v = d.get(sched, "constant")
+    _req(v in ("constant", "linear", "cosine"), f"--config.distill.{sched}={v!r} must be "
+         "constant, linear or cosine")
+  if "temperature_end" in d:
+    _req(_num(c, "distill.temperature_end") > 0,
+         f"--config.distill.temperature_end={d.temperature_end} must be > 0")
+  if "alpha_end" in d:
+    _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
+         f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,

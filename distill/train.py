@@ -46,12 +46,29 @@ class LossConfig:
   skew: float = 0.1
   scale_by_t2: bool = True
   chunk_size: int = 0
+  # alpha and T move from their start value to *_end over `total_steps` (constant: fixed).
+  alpha_schedule: str = "constant"
+  alpha_end: float = 0.0
+  temperature_schedule: str = "constant"
+  temperature_end: float = 1.0
+  total_steps: int = 0
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
     return cls(kind=d.loss, temperature=float(d.temperature), alpha=float(d.alpha),
                beta=float(d.beta), skew=float(d.skew), scale_by_t2=bool(d.scale_by_t2),
-               chunk_size=int(d.chunk_size))
+               chunk_size=int(d.chunk_size), alpha_schedule=d.get("alpha_schedule", "constant"),
+               alpha_end=float(d.get("alpha_end", d.alpha)),
+               temperature_schedule=d.get("temperature_schedule", "constant"),
+               temperature_end=float(d.get("temperature_end", d.temperature)),
+               total_steps=int(d.steps))
+
+  def at(self, step):
+    """(alpha, temperature) at `step`, traced-safe."""
+    alpha = losses.schedule(self.alpha_schedule, self.alpha, self.alpha_end, self.total_steps)
+    temp = losses.schedule(self.temperature_schedule, self.temperature, self.temperature_end,
+                           self.total_steps)
+    return alpha(step), temp(step)
 
 
 def make_optimizer(*, lr: float, steps: int, warmup: int, weight_decay: float = 0.0,
@@ -67,17 +84,19 @@ def make_optimizer(*, lr: float, steps: int, warmup: int, weight_decay: float = 
 # Losses: (params, batch, teacher_params) -> (loss, metrics). Built with functools.partial.
 
 
-def ce_loss(params, batch, teacher_params, *, student: LM):
-  del teacher_params
+def ce_loss(params, batch, teacher_params, step, *, student: LM):
+  del teacher_params, step
   logits = student.apply(params, batch["inputs"])
   ce = losses.cross_entropy(logits, batch["targets"], mask=batch["mask"])
   return ce, {"loss": ce, "ce": ce}
 
 
-def distill_loss(params, batch, teacher_params, *, student: LM, teacher: LM, cfg: LossConfig):
+def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
+                 cfg: LossConfig):
+  alpha, temperature = cfg.at(step)
   t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
   s_hidden = student.hidden(params, batch["inputs"])
-  kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=cfg.alpha, temperature=cfg.temperature,
+  kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
   if cfg.chunk_size:
     t_unembed = jax.lax.stop_gradient(teacher.unembedding(teacher_params))
@@ -89,7 +108,7 @@ def distill_loss(params, batch, teacher_params, *, student: LM, teacher: LM, cfg
     s_logits = student.logits_from_hidden(params, s_hidden)
     t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
-  return loss, metrics
+  return loss, dict(metrics, alpha=alpha, temperature=temperature)
 
 
 def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,
@@ -98,7 +117,7 @@ def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callab
   # extensions: one stream per step, independent of how the loop was resumed.
   del rng
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, teacher_params)
+      state.params, batch, teacher_params, state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
