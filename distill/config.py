@@ -128,6 +128,16 @@ def validate(c, n_devices: int | None = None) -> None:
   if "alpha_end" in d:
     _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
          f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
+  src = d.get("teacher_source", "online")
+  _req(src == "online" or (isinstance(src, str) and src.startswith("cache:") and len(src) > 6),
+       f"--config.distill.teacher_source={src!r} must be 'online' or 'cache:/path'")
+  if src.startswith("cache:"):
+    _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
+         "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
+  _req(d.get("tail", "renormalize") in ("renormalize", "tail_bucket"),
+       f"--config.distill.tail={d.get('tail')!r} must be 'renormalize' or 'tail_bucket'")
+  _req(isinstance(d.get("top_k", 0), int) and d.get("top_k", 0) >= 0,
+       f"--config.distill.top_k={d.get('top_k')!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,

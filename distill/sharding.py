@@ -1,7 +1,8 @@
 """Mesh from the config, ONE table of logical-axis rules, shardings derived from shapes.
 
 Modules name logical axes only; this table is the single place that says where they live on
-the mesh `("data", "fsdp", "tensor")`. Weights are split over `fsdp` (ZeRO-3 style: gathered
+the mesh `("data", "fsdp", "tensor")`. Multi-slice TPU runs set `mesh.slices`: the data axis
+then also spans the slices over DCN (see `make_mesh`). Weights are split over `fsdp` (ZeRO-3 style: gathered
 per layer by XLA) and `tensor` (Megatron style); activations' batch over `data` x `fsdp`.
 """
 from __future__ import annotations
@@ -47,12 +48,35 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:
   elif known != n_devices:
     raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))} needs {known} devices but "
                     f"{n_devices} are present; set one axis to -1 or match the device count")
+  slices = num_slices(mesh_cfg)
+  if shape[0] % slices:
+    raise MeshError(f"mesh data={shape[0]} is not divisible by slices={slices}; the data axis "
+                    "spans the slices, so make it a multiple of the slice count")
   return tuple(shape)
+
+
+def num_slices(mesh_cfg) -> int:
+  """Optional `mesh.slices` (default 1): TPU slices joined over the data-center network."""
+  slices = int(mesh_cfg.get("slices", 1) if hasattr(mesh_cfg, "get") else 1)
+  if slices < 1:
+    raise MeshError(f"mesh slices={slices} must be >= 1")
+  return slices
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
+  slices = num_slices(mesh_cfg)
+  if slices > 1:
+    # Multi-slice: the data axis is split into (slices x data-per-slice) with the slice index
+    # outermost, so only the data-parallel gradient all-reduce crosses the slow DCN links;
+    # fsdp/tensor collectives stay on each slice's ICI. Axis names (and the rules) unchanged.
+    from jax.experimental import mesh_utils
+    ici = (shape[0] // slices,) + shape[1:]
+    dcn = (slices,) + (1,) * (len(shape) - 1)
+    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
+                                               allow_split_physical_axes=True)
+    return Mesh(arr, MESH_AXES)
   try:
     from jax.experimental import mesh_utils
     arr = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)

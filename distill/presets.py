@@ -1,0 +1,71 @@
+"""Hardware presets: what `config.preset` sets unless the config says otherwise.
+
+One row per target (cpu, gpu, tpu_v4, tpu_v5e, tpu_v5p, tpu_v6e). Pure data, no jax import,
+so configs and `distill.config` can read it cheaply. `distill.config.PRESETS` is the dict view
+the pipeline reads (`PRESETS[name]["dtype"]`).
+
+Fields:
+  dtype       activation dtype of the models (bf16 on accelerators: their matmul units and
+              memory both favour it; fp32 on CPU where bf16 is emulated and slower)
+  attention   attention implementation the model should use: "xla" (plain einsum softmax,
+              runs anywhere), "cudnn" (fused flash attention on NVIDIA), "splash" (Pallas
+              TPU kernel). Read by the model once it has an `attention` switch; until then
+              every preset runs the XLA path, which is correct but uses more memory
+  remat       rematerialize every student block in the backward pass (trades ~1/3 more
+              FLOPs for activation memory that no longer grows with depth)
+  mesh        default (data, fsdp, tensor) mesh: FSDP across the chips of one host or slice
+              is the cheapest way to fit teacher + student; data=-1 takes the rest
+  hbm_gib     memory per chip, what `distill.aot` compares the compiled step against
+  topology    default topology for `distill.aot` ('' = not a TPU: nothing to compile for)
+  chips_per_host  chips per host VM, for the launch scripts and the docs
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  name: str
+  dtype: str
+  attention: str
+  remat: bool
+  mesh: tuple  # (data, fsdp, tensor)
+  hbm_gib: float
+  topology: str
+  chips_per_host: int
+
+  def mesh_dict(self) -> dict:
+    return dict(zip(("data", "fsdp", "tensor"), self.mesh))
+
+  def as_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["mesh"] = self.mesh_dict()
+    return d
+
+
+HARDWARE = {h.name: h for h in (
+    # Laptop / CI: fp32, every fake device on the data axis.
+    Hardware("cpu", "float32", "xla", False, (-1, 1, 1), 0.0, "", 1),
+    # 8 x H100 80 GB per node; FSDP within the node over NVLink, data across nodes.
+    Hardware("gpu", "bfloat16", "cudnn", True, (-1, 8, 1), 80.0, "", 8),
+    # v4: 32 GiB per chip, 4 chips per host; compile-only topologies list 2 cores per chip.
+    Hardware("tpu_v4", "bfloat16", "splash", True, (-1, 4, 1), 32.0, "v4:2x2x1", 4),
+    # v5e (v5 lite): 16 GiB per chip, the smallest HBM here: FSDP over 16 chips by default.
+    Hardware("tpu_v5e", "bfloat16", "splash", True, (-1, 16, 1), 16.0, "v5e:4x4", 4),
+    # v5p: 95 GiB per chip.
+    Hardware("tpu_v5p", "bfloat16", "splash", True, (-1, 4, 1), 95.0, "v5p:2x2x1", 4),
+    # v6e (Trillium): 32 GiB per chip.
+    Hardware("tpu_v6e", "bfloat16", "splash", True, (-1, 8, 1), 32.0, "v6e:2x4", 4),
+)}
+
+
+def get(name: str) -> Hardware:
+  if name not in HARDWARE:
+    raise ValueError(f"unknown hardware preset {name!r}; use one of {sorted(HARDWARE)}")
+  return HARDWARE[name]
+
+
+def mesh(name: str) -> dict:
+  """The preset's default mesh as a plain dict (for `c.mesh = ConfigDict(presets.mesh(...))`)."""
+  return get(name).mesh_dict()

@@ -1,0 +1,66 @@
+"""`python -m distill.aot` compiles the real distill step for a TPU topology on this CPU.
+
+Uses libtpu's compile-only devices (no TPU); skipped when libtpu is not installed. The shipped
+v5e config is shrunk (2x2 chips, short sequences, 1 compiled layer) so the test takes
+seconds; the full-size figures are in launch/README.md.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/tpu_v5e_gemma7b_to_300m.py"
+KEYS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "total_bytes",
+        "hbm_bytes", "fits", "topology", "devices", "mesh")
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu not installed (pip install libtpu)")
+
+
+def _aot(*args, timeout=300):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  r = subprocess.run([sys.executable, "-m", "distill.aot", f"--config={CONFIG}", *args],
+                     cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+  lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+  return r, (json.loads(lines[0]) if len(lines) == 1 else None)
+
+
+SMALL = ["--topology=v5e:2x2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--config.data.batch_size=4",
+         "--config.data.seq_len=256", "--config.distill.chunk_size=128"]
+
+
+def test_aot_prints_one_memory_line_for_the_v5e_config():
+  r, out = _aot(*SMALL, "--layers=1")
+  assert out is not None, r.stdout[-2000:] + r.stderr[-3000:]
+  for k in KEYS:
+    assert k in out, k
+  assert out["devices"] == 4 and out["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+  assert out["extrapolated"] is True and out["compiled_layers"] == 1
+  assert out["teacher_layers"] == 28 and out["student_layers"] == 12
+  assert out["hbm_bytes"] == 16 << 30  # v5e chip
+  assert out["argument_bytes"] > 0 and out["temp_bytes"] > 0
+  # Teacher bf16 + student fp32 + Adam, sharded 4 ways: at least the weights' share.
+  assert out["argument_bytes"] >= (2 * out["teacher_params"] + 12 * out["student_params"]) // 4 * 0.95
+  assert out["total_bytes"] == (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] +
+                                out["temp_bytes"] + out["generated_code_bytes"])
+  assert r.returncode == (0 if out["fits"] else 1), r.stderr[-2000:]
+
+
+def test_aot_exits_nonzero_when_the_step_cannot_fit():
+  # 64 sequences of 2048 on 4 chips with dense 256k-vocab logits: far beyond 16 GiB.
+  r, out = _aot("--topology=v5e:2x2", "--config.mesh.fsdp=4", "--config.mesh.tensor=1",
+                "--config.data.batch_size=64",
+                "--config.distill.chunk_size=0", "--layers=1")
+  assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+  assert out is not None and out["fits"] is False and out["total_bytes"] > out["hbm_bytes"]
+  assert "does not fit" in r.stderr
+
+
+def test_aot_config_error_is_one_line_exit_2():
+  r, out = _aot("--topology=v5e:2x2", "--config.data.batch_size=6")
+  assert r.returncode == 2 and out is None
+  assert "error:" in r.stderr and "batch_size=6" in r.stderr
