@@ -98,6 +98,14 @@ def get_config():
   # JSD mixing weight and skew-KL mixing weight.
   c.distill.beta = 0.5
   c.distill.skew = 0.1
+  # Where soft targets come from: 'online' (teacher forward in the step) or 'cache:/path'
+  # (top-k targets written by `python -m distill.teacher_cache`).
+  c.distill.teacher_source = "online"
+  # Keep only the teacher's top-k tokens per position (0 = full distribution); a cache implies k.
+  c.distill.top_k = 0
+  # Missing teacher mass with top-k targets: 'renormalize' both sides over the k ids, or
+  # 'tail_bucket' (student keeps its full distribution; the teacher's rest goes to one bucket).
+  c.distill.tail = "renormalize"
   # Positions per block in the chunked loss; 0 = dense logits.
   c.distill.chunk_size = 0
   # Fraction of the train split the student and baseline see (the transfer set).

@@ -269,6 +269,10 @@ class _Windows:
     return {"inputs": win[:, :-1], "targets": win[:, 1:],
             "mask": real[:, 1:].astype(np.float32)}
 
+  def rows_with_ids(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    # The window id keys per-window side data such as an offline teacher cache.
+    return dict(self.rows(ids), window=np.asarray(ids, np.int32))
+
 
 def _windows(data_cfg, tokenizer, workdir, split) -> _Windows:
   tokenizer = _tokenizer(tokenizer, data_cfg)
@@ -301,7 +305,8 @@ def transfer_window_ids(num_windows: int, fraction: float) -> np.ndarray:
 
 def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_size: int,
                         seed: int, fraction: float | None = None, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
+                        process_count: int = 1,
+                        with_window_ids: bool = False) -> grain.DatasetIterator:
   """Endless, checkpointable iterator of this process's rows of each global batch.
 
   Yields {"inputs": int32 [b, T], "targets": int32 [b, T], "mask": float32 [b, T]},
@@ -315,8 +320,10 @@ def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_si
   ids = transfer_window_ids(windows.num_windows, fraction).tolist()
   lo = process_index * local
 
+  rows = windows.rows_with_ids if with_window_ids else windows.rows
+
   def gather(global_ids: np.ndarray) -> dict[str, np.ndarray]:
-    return windows.rows(global_ids[lo:lo + local].tolist())
+    return rows(global_ids[lo:lo + local].tolist())
 
   ds = (grain.MapDataset.source(ids)
         .shuffle(seed=int(seed) % 2**32)
@@ -326,6 +333,12 @@ def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_si
   # A small buffer: rows are cheap to gather, and memory should not scale with batch x 500.
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
   return iter(ds.to_iter_dataset(options))
+
+
+def train_windows(data_cfg: Any, tokenizer: Any, workdir: str, fraction: float) -> tuple:
+  """(window ids of the transfer set, a `rows_with_ids(ids)` function) for offline passes."""
+  windows = _windows(data_cfg, tokenizer, workdir, "train")
+  return transfer_window_ids(windows.num_windows, fraction), windows.rows_with_ids
 
 
 def eval_batches(data_cfg: Any, tokenizer: Any, workdir: str, *, split: str = "validation",

@@ -16,7 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from distill import api, data, evaluate, lock, report, sharding, tokenizers, train
+from distill import (api, data, evaluate, lock, report, sharding, teacher_cache, tokenizers,
+                     train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -48,11 +49,13 @@ class Context:
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
     self.tokenizer = None
 
-  def train_iter(self, fraction):
+  def train_iter(self, fraction, cache=None):
     c = self.config
-    return data.make_train_iterator(
+    it = data.make_train_iterator(
         c.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
-        fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count())
+        fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count(),
+        with_window_ids=cache is not None)
+    return it if cache is None else teacher_cache.CachedIterator(it, cache)
 
 
 def init_from_teacher(student: LM, teacher: LM, t_params):
@@ -86,7 +89,7 @@ def init_from_teacher(student: LM, teacher: LM, t_params):
 
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
-                 teacher_params=None, teacher_shardings=None, init_params=None):
+                 teacher_params=None, teacher_shardings=None, init_params=None, cache=None):
   """Train (or resume, or skip) one stage; returns (params, info)."""
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   p_shard = sharding.param_shardings(lm, ctx.mesh)
@@ -98,7 +101,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   tx = train.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
-                  data_iter=ctx.train_iter(fraction), steps=steps, loss_fn=loss_fn, tx=tx,
+                  data_iter=ctx.train_iter(fraction, cache), steps=steps, loss_fn=loss_fn, tx=tx,
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
@@ -110,7 +113,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   return res.params, info
 
 
-def _teacher(ctx: Context):
+def load_or_train_teacher(ctx: Context):
   """(LM, params in teacher dtype and shards, shardings, stage info)."""
   c = ctx.config
   path = c.teacher.checkpoint
@@ -153,17 +156,25 @@ def _run(config, workdir: str) -> dict:
   c = config
   data.prepare(c.data, workdir)
 
-  teacher, t_params, t_shard, t_info = _teacher(ctx)
+  teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
   loss_cfg = train.LossConfig.from_config(c.distill)
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
+  source = c.distill.get("teacher_source", "online")
+  if source.startswith(teacher_cache.CACHE_PREFIX):
+    cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
+    cache.check(c, teacher.cfg.vocab_size, ctx.tokenizer)
+    loss_fn = functools.partial(train.cached_distill_loss, student=student, cfg=loss_cfg)
+  else:
+    cache = None
+    loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=init, loss_fn=functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg))
+      init_params=init, loss_fn=loss_fn, cache=cache)
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(

@@ -52,6 +52,10 @@ class LossConfig:
   temperature_schedule: str = "constant"
   temperature_end: float = 1.0
   total_steps: int = 0
+  # Sparse teacher targets: keep the teacher's top_k tokens (0 = the full distribution), and
+  # the rule for the missing tail mass (see losses.sparse_divergence).
+  top_k: int = 0
+  tail: str = "renormalize"
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -61,7 +65,8 @@ class LossConfig:
                alpha_end=float(d.get("alpha_end", d.alpha)),
                temperature_schedule=d.get("temperature_schedule", "constant"),
                temperature_end=float(d.get("temperature_end", d.temperature)),
-               total_steps=int(d.steps))
+               total_steps=int(d.steps), top_k=int(d.get("top_k", 0)),
+               tail=d.get("tail", "renormalize"))
 
   def at(self, step):
     """(alpha, temperature) at `step`, traced-safe."""
@@ -98,6 +103,10 @@ def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: L
   s_hidden = student.hidden(params, batch["inputs"])
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
+  if cfg.top_k:
+    t_logits = teacher.logits_from_hidden(teacher_params, t_hidden)
+    t_ids, t_logprobs = jax.lax.stop_gradient(losses.topk_targets(t_logits, cfg.top_k))
+    return _sparse(student.logits_from_hidden(params, s_hidden), t_ids, t_logprobs, batch, kw, cfg)
   if cfg.chunk_size:
     t_unembed = jax.lax.stop_gradient(teacher.unembedding(teacher_params))
     loss, metrics = losses.chunked_distill_objective(
@@ -109,6 +118,22 @@ def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: L
     t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
   return loss, dict(metrics, alpha=alpha, temperature=temperature)
+
+
+def _sparse(s_logits, t_ids, t_logprobs, batch, kw, cfg: LossConfig):
+  loss, metrics = losses.sparse_distill_objective(s_logits, t_ids, t_logprobs, batch["targets"],
+                                                  tail=cfg.tail, **kw)
+  return loss, dict(metrics, alpha=kw["alpha"], temperature=kw["temperature"])
+
+
+def cached_distill_loss(params, batch, teacher_params, step, *, student: LM, cfg: LossConfig):
+  """Soft targets from an offline teacher cache (top-k ids + log-probs in the batch)."""
+  del teacher_params
+  alpha, temperature = cfg.at(step)
+  kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
+            beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
+  return _sparse(student.apply(params, batch["inputs"]), batch["teacher_ids"],
+                 batch["teacher_logprobs"], batch, kw, cfg)
 
 
 def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,

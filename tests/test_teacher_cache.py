@@ -1,0 +1,52 @@
+"""A student trained from the offline top-k cache matches the online run with the same rule."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from distill import pipeline, teacher_cache
+from tests.helpers import shrunken_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small(**kw):
+  return shrunken_config(**{"baseline.enabled": False, "export.enabled": False,
+                            "data.eval_batches": 1, "eval.prompts": (), "distill.steps": 3,
+                            "distill.transfer_fraction": 0.05, **kw})
+
+
+@pytest.fixture(scope="module")
+def teacher_and_cache(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cache")
+  data_dir = str(root / "data")
+  pipeline.run(_small(**{"data.data_dir": data_dir}), str(root / "base"))  # pretrains it
+  teacher = str(root / "base" / "teacher")
+  ctx = pipeline.Context(_small(**{"data.data_dir": data_dir, "teacher.checkpoint": teacher}),
+                         str(root / "w"))
+  t_lm, t_params, _, _ = pipeline.load_or_train_teacher(ctx)
+  meta = teacher_cache.write(ctx, t_lm, t_params, str(root / "cache"), top_k=8)
+  assert meta["bytes_per_token"] == 8 * 8 and meta["windows"] > 0
+  return data_dir, teacher, str(root / "cache")
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "tail_bucket"])
+def test_cached_student_matches_online_topk(tmp_path, tail, teacher_and_cache):
+  data_dir, teacher, cache = teacher_and_cache
+  common = {"data.data_dir": data_dir, "teacher.checkpoint": teacher, "distill.top_k": 8,
+            "distill.tail": tail}
+  pipeline.run(_small(**common), str(tmp_path / "online"))
+  pipeline.run(_small(**common, **{"distill.teacher_source": "cache:" + cache}),
+               str(tmp_path / "cached"))
+  read = lambda d: [json.loads(l) for l in open(tmp_path / d / "student" / "metrics.jsonl")]
+  online, cached = read("online"), read("cached")
+  assert len(online) == len(cached) == 3
+  np.testing.assert_allclose([r["loss"] for r in cached], [r["loss"] for r in online], rtol=1e-5)
+
+
+def test_cache_mismatch_is_refused(tmp_path):
+  cache = tmp_path / "c"
+  cache.mkdir()
+  with pytest.raises(teacher_cache.CacheError, match="missing or corrupt"):
+    teacher_cache.Cache(str(cache))
