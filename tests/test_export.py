@@ -123,10 +123,10 @@ def _briefly_trained_stage(root, steps=150):
 def test_int8_static_agreement(root):
   from distill.export import export_stage  # pylint: disable=import-outside-toplevel
   stage = _briefly_trained_stage(root)
-  card = export_stage(stage, "watch", str(root / "export" / "int8"), max_context=CONTEXT,
-                      prefill_len=PREFILL, data_cfg=_data_cfg(root), workdir=str(root),
-                      level="full", num_threads=1, log=lambda _: None)
-  assert card["quantization"] == "int8"  # the watch default
+  card = export_stage(stage, "watch", str(root / "export" / "int8"), quant="int8",
+                      max_context=CONTEXT, prefill_len=PREFILL, data_cfg=_data_cfg(root),
+                      workdir=str(root), level="full", num_threads=1, log=lambda _: None)
+  assert card["quantization"] == "int8"
   assert card["verification"]["teacher_forced"]["top1_agreement"] >= 0.95
   assert card["calibration"]["samples"] > 0
 

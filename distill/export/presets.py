@@ -2,8 +2,13 @@
 
 | preset | default quant | budget        | max_context | prefill_len P |
 |--------|---------------|---------------|-------------|---------------|
-| watch  | int8          | 8 MB          | 256         | 64            |
+| watch  | dynamic_int8  | 8 MB          | 256         | 64            |
 | phone  | fp16          | 150 MB        | 1024        | 128           |
+
+The watch default is dynamic-range int8 (int8 weights, float activations): on the trained tiny
+student full int8 (`--quant=int8`, int8 activations too) measured 94.7% teacher-forced top-1
+agreement with JAX in the pipeline's quick check, just under the 95% gate, while
+dynamic-range int8 stays above 99% at the same file size class.
 
 MB here is 10^6 bytes, the unit app stores and OTA limits use. P is the fixed prompt-chunk
 length of the `prefill` signature: prompts are right-padded to P, and longer prompts run as
@@ -38,7 +43,7 @@ class Preset:
 
 
 PRESETS = {
-    "watch": Preset("watch", quant="int8", budget_mb=8.0, max_context=256, prefill_len=64),
+    "watch": Preset("watch", quant="dynamic_int8", budget_mb=8.0, max_context=256, prefill_len=64),
     "phone": Preset("phone", quant="fp16", budget_mb=150.0, max_context=1024, prefill_len=128),
 }
 
