@@ -1,16 +1,35 @@
-"""report.json, report.md and plots in the workdir: what distillation bought."""
+"""report.json, report.md and plots in the workdir: what distillation bought.
+
+The report answers two questions side by side:
+  quality  validation CE / bits per byte / perplexity, KL to the teacher, top-1 agreement,
+           and the share of the teacher-vs-baseline gap the distilled student closed;
+  cost     parameters, forward FLOPs per token, per-token decode latency and CPU seconds per
+           1,000 generated tokens on this CPU (JAX, and LiteRT for the exported files), and
+           the size of each exported .tflite.
+
+Latency is measured while writing the report (a few milliseconds per model for tiny: one
+prefill, then `DECODE_TOKENS` timed greedy decode steps at batch 1), so the numbers describe
+the machine the pipeline ran on. Plots: `quality_vs_compute.png` (validation CE against
+forward FLOPs/token) and `loss_curves.png` (training curves of every stage).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 
 from distill import evaluate
 
 MODELS = ("teacher", "student", "baseline")
+COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
 COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
            ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
            ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
            ("flops_per_token", "FLOPs/token", "{:,.0f}"))
+# Timed greedy decode steps per model: enough to average out timer noise on tiny models while
+# keeping the whole measurement to seconds.
+DECODE_TOKENS = 32
 
 
 def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
@@ -24,6 +43,7 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "data": config.data.name, "seq_len": config.data.seq_len,
       "batch_size": config.data.batch_size, "distill_steps": config.distill.steps,
       "teacher_steps": config.teacher.pretrain.steps if not config.teacher.checkpoint else None,
+      "teacher_checkpoint": config.teacher.checkpoint or None,
       "transfer_fraction": config.distill.transfer_fraction, "loss": config.distill.loss,
       "temperature": config.distill.temperature, "alpha": config.distill.alpha,
       "seed": config.seed,
@@ -33,14 +53,167 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
   return rep
 
 
+def _fmt(value, fmt):
+  return "–" if value is None else fmt.format(value)
+
+
 def table(rep: dict) -> str:
   names = [m for m in MODELS if m in rep]
   lines = ["| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for m in names:
-    cells = [fmt.format(rep[m][k]) for k, _, fmt in COLUMNS]
+    cells = [_fmt(rep[m].get(k), fmt) for k, _, fmt in COLUMNS]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency (measured on this CPU while the report is written).
+
+
+def _model_dir(workdir: str, config, name: str) -> str:
+  if name == "teacher" and config.teacher.checkpoint:
+    return config.teacher.checkpoint  # a stage directory or "hf:/path"
+  return os.path.join(workdir, name)
+
+
+def jax_decode_latency(model, tokens: int = DECODE_TOKENS) -> dict:
+  """Greedy decode at batch 1 with `distill.api.Model`'s compiled cached step.
+
+  One prefill of a one-token prompt and one decode step compile and warm up; the next
+  `tokens` steps are timed in wall and CPU seconds (process_time counts every thread).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  lm = model.lm
+  total = min(tokens + 2, lm.cfg.max_len)
+  cache = lm.init_cache(1, total)
+  step = model._step  # pylint: disable=protected-access
+  logits, cache = step(model.params, jnp.asarray([[model.tokenizer.bos_id or 0]], jnp.int32),
+                       cache, 0)
+  tok = int(np.argmax(np.asarray(logits[0, -1])))
+  logits, cache = step(model.params, jnp.asarray([[tok]], jnp.int32), cache, 1)
+  jax.block_until_ready(logits)
+  steps = total - 2
+  t0, c0 = time.perf_counter(), time.process_time()
+  for pos in range(2, total):
+    tok = int(np.argmax(np.asarray(logits[0, -1])))  # greedy: the host sees every token
+    logits, cache = step(model.params, jnp.asarray([[tok]], jnp.int32), cache, pos)
+  jax.block_until_ready(logits)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  return {"runtime": "jax", "decode_ms_per_token": 1e3 * wall / steps,
+          "cpu_s_per_1k_tokens": 1e3 * cpu / steps, "decode_steps": steps}
+
+
+def tflite_decode_latency(path: str, tokens: int = DECODE_TOKENS) -> dict:
+  """The same measurement on an exported .tflite through LiteRT (its card beside it)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
+  m = LiteRTModel(path)
+  steps = max(1, min(tokens, m.max_context - 2))
+  cache = m.new_cache()
+  last, cache = m.decode(m.card.get("bos_id") or 0, 0, cache)  # allocates, warms XNNPACK
+  t0, c0 = time.perf_counter(), time.process_time()
+  for pos in range(1, steps + 1):
+    last, cache = m.decode(int(np.argmax(last)), pos, cache)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  return {"runtime": "litert", "decode_ms_per_token": 1e3 * wall / steps,
+          "cpu_s_per_1k_tokens": 1e3 * cpu / steps, "decode_steps": steps,
+          "num_threads": m.num_threads}
+
+
+def measure_latency(workdir: str, rep: dict, config) -> dict:
+  """{row name: latency dict}; rows that cannot be measured are left out (logged)."""
+  import distill  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name in ("teacher", "student"):
+    if name not in rep:
+      continue
+    try:
+      out[name] = jax_decode_latency(distill.load(_model_dir(workdir, config, name)))
+    except Exception as e:  # pylint: disable=broad-except  # the report must still be written
+      logging.warning("[report] JAX latency of %s not measured: %s", name, e)
+  for preset, summary in (rep.get("export") or {}).items():
+    path = summary.get("file") if isinstance(summary, dict) else None
+    if not path or not os.path.exists(path):
+      continue
+    try:
+      lat = tflite_decode_latency(path)
+      lat.update(bytes=summary.get("bytes"), quantization=summary.get("quantization"),
+                 file=os.path.basename(path),
+                 card_decode_tokens_per_s=summary.get("decode_tokens_per_s"))
+      out[f"student/{preset}"] = lat
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("[report] LiteRT latency of %s not measured: %s", path, e)
+  return out
+
+
+def cost_table(rep: dict) -> str:
+  """Params, FLOPs/token, decode latency, CPU-s per 1k tokens, file size: one row per runtime."""
+  lat = rep.get("latency", {})
+  rows = []
+  for name in ("teacher", "student"):
+    if name in rep:
+      rows.append((f"{name} (JAX)", rep[name].get("params"), rep[name].get("flops_per_token"),
+                   lat.get(name, {}), None))
+  for key, l in lat.items():
+    if key.startswith("student/"):
+      rows.append((f"{key} (LiteRT, {l.get('quantization')})", rep["student"].get("params"),
+                   rep["student"].get("flops_per_token"), l, l.get("bytes")))
+  lines = ["| model | params | FLOPs/token | decode ms/token | CPU-s per 1k tokens | file |",
+           "|---|---|---|---|---|---|"]
+  for label, params, flops, l, size in rows:
+    lines.append(
+        f"| {label} | {_fmt(params, '{:,}')} | {_fmt(flops, '{:,.0f}')} | "
+        f"{_fmt(l.get('decode_ms_per_token'), '{:.2f}')} | "
+        f"{_fmt(l.get('cpu_s_per_1k_tokens'), '{:.2f}')} | "
+        f"{_fmt(None if size is None else size / 1e6, '{:.2f} MB')} |")
+  return "\n".join(lines)
+
+
+def _ratio(a, b):
+  return a / b if a and b else None
+
+
+def headline(rep: dict) -> list[str]:
+  """Plain-language answer to "what did distillation buy me"."""
+  if "student" not in rep or "teacher" not in rep:
+    return []
+  t, s = rep["teacher"], rep["student"]
+  out = []
+  if "baseline" in rep:
+    b = rep["baseline"]
+    verdict = "better" if s["val_ce"] < b["val_ce"] else "worse"
+    out.append(f"- **Quality**: the distilled student's validation CE is {s['val_ce']:.4f} "
+               f"nats/token vs {b['val_ce']:.4f} for the same-size hard-label baseline "
+               f"({verdict} by {abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has "
+               f"{t['val_ce']:.4f}. Gap closed: {rep.get('gap_closed', float('nan')):.3f}.")
+  flops = _ratio(t.get("flops_per_token"), s.get("flops_per_token"))
+  params = _ratio(t.get("params"), s.get("params"))
+  if flops and params:
+    out.append(f"- **Compute**: the student has {params:.1f}× fewer parameters and needs "
+               f"{flops:.1f}× fewer forward FLOPs per token than the teacher.")
+  lat = rep.get("latency", {})
+  speed = _ratio(lat.get("teacher", {}).get("decode_ms_per_token"),
+                 lat.get("student", {}).get("decode_ms_per_token"))
+  cpu = _ratio(lat.get("teacher", {}).get("cpu_s_per_1k_tokens"),
+               lat.get("student", {}).get("cpu_s_per_1k_tokens"))
+  if speed and cpu:
+    out.append(f"- **Latency (JAX, this CPU, batch 1)**: student decode is {speed:.1f}× faster "
+               f"per token and uses {cpu:.1f}× less CPU time per 1,000 tokens. Tiny models are "
+               "dominated by per-step dispatch overhead, so these ratios are smaller than the "
+               "FLOPs ratio.")
+  files = [(k, v) for k, v in lat.items() if k.startswith("student/") and v.get("bytes")]
+  if files:
+    out.append("- **On device**: " + "; ".join(
+        f"{k.split('/')[1]} file {v['bytes'] / 1e6:.2f} MB ({v.get('quantization')}), "
+        f"{v['decode_ms_per_token']:.2f} ms/token with LiteRT here" for k, v in files) + ".")
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots.
 
 
 def _history(workdir, stage):
@@ -48,28 +221,60 @@ def _history(workdir, stage):
   rows = []
   if os.path.exists(path):
     with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
   return rows
 
 
-def plot_losses(workdir) -> str | None:
+def _pyplot():
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def plot_losses(workdir, rep: dict | None = None) -> str | None:
+  """Train CE of every stage (left) and the student's distillation objective (right).
+
+  Dashed horizontal lines mark each model's final validation CE, so the end of the training
+  curves can be read against held-out quality.
+  """
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  drawn = False
   for stage in MODELS:
-    rows = _history(workdir, stage)
+    rows = [r for r in _history(workdir, stage) if "ce" in r]
     if not rows:
       continue
+    drawn = True
     steps = [r["step"] for r in rows]
-    axes[0].plot(steps, [r["ce"] for r in rows], label=f"{stage} train CE")
+    axes[0].plot(steps, [r["ce"] for r in rows], color=COLORS[stage], label=f"{stage} (train)")
+    if rep and stage in rep and "val_ce" in rep[stage]:
+      axes[0].axhline(rep[stage]["val_ce"], color=COLORS[stage], ls="--", lw=1,
+                      label=f"{stage} (validation)")
     if stage == "student":
-      axes[1].plot(steps, [r["loss"] for r in rows], label="student distill loss")
-  axes[0].set(xlabel="step", ylabel="nats/token", title="Hard-label cross-entropy (train)")
-  axes[1].set(xlabel="step", ylabel="loss", title="Distillation objective")
+      axes[1].plot(steps, [r["loss"] for r in rows], color=COLORS[stage],
+                   label="distillation loss")
+      if any("divergence" in r for r in rows):
+        axes[1].plot(steps, [r.get("divergence", float("nan")) for r in rows],
+                     color=COLORS[stage], ls=":", label="divergence term")
+  if not drawn:
+    plt.close(fig)
+    return None
+  axes[0].set(xlabel="step", ylabel="cross-entropy (nats/token)",
+              title="Hard-label cross-entropy")
+  axes[1].set(xlabel="step", ylabel="loss", title="Student's distillation objective")
+  # Early steps sit near log(vocab) and squash the interesting end of the curves.
+  ends = [r["ce"] for s in MODELS for r in _history(workdir, s)[-5:] if "ce" in r]
+  if ends:
+    axes[0].set_ylim(min(ends) * 0.9, max(ends) * 1.8)
   for a in axes:
     a.grid(alpha=0.3)
-    a.legend()
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=8)
   fig.tight_layout()
   path = os.path.join(workdir, "loss_curves.png")
   fig.savefig(path, dpi=110)
@@ -77,23 +282,77 @@ def plot_losses(workdir) -> str | None:
   return path
 
 
+def plot_quality_vs_compute(workdir, rep: dict) -> str | None:
+  """Validation CE (lower is better) against forward FLOPs/token (log scale), one point each."""
+  names = [m for m in MODELS if m in rep and rep[m].get("flops_per_token")]
+  if not names:
+    return None
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for m in names:
+    x, y = rep[m]["flops_per_token"], rep[m]["val_ce"]
+    ax.scatter([x], [y], s=80, color=COLORS[m], zorder=3, label=m)
+    ax.annotate(f"{m}\n{y:.3f} nats, {rep[m]['params'] / 1e6:.2f}M params", (x, y),
+                textcoords="offset points", xytext=(8, 6), fontsize=8)
+  if "student" in rep and "baseline" in rep:
+    # Same FLOPs: the vertical arrow is exactly what distillation bought at this size.
+    x = rep["student"]["flops_per_token"]
+    ax.annotate("", xy=(x, rep["student"]["val_ce"]), xytext=(x, rep["baseline"]["val_ce"]),
+                arrowprops=dict(arrowstyle="->", color="tab:green", lw=1.5))
+  xs = [rep[m]["flops_per_token"] for m in names]
+  ys = [rep[m]["val_ce"] for m in names]
+  ax.set_xscale("log")
+  ax.set_xlim(min(xs) / 2, max(xs) * 4)  # room for the labels on the right
+  pad = max(0.05, 0.25 * (max(ys) - min(ys)))
+  ax.set_ylim(min(ys) - pad, max(ys) + pad)
+  ax.set(xlabel="forward FLOPs per token (log scale)",
+         ylabel="validation cross-entropy (nats/token)",
+         title="Quality vs compute (lower-left is better)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8, loc="upper right")
+  fig.tight_layout()
+  path = os.path.join(workdir, "quality_vs_compute.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def write(workdir, rep: dict, config) -> None:
+  """Measures latency (added to `rep`), draws the plots, writes report.json and report.md."""
+  t0 = time.time()
+  rep["latency"] = measure_latency(workdir, rep, config)
+  rep["wall_seconds"]["report_latency"] = time.time() - t0
+  plots = [p for p in (plot_quality_vs_compute(workdir, rep), plot_losses(workdir, rep)) if p]
+  rep["plots"] = [os.path.basename(p) for p in plots]
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(rep, f, indent=1, default=float)
-  plot_losses(workdir)
-  md = ["# distill report", "", table(rep), ""]
+  md = ["# distill report", "", "## What distillation bought", ""] + headline(rep) + [""]
+  md += ["![quality vs compute](quality_vs_compute.png)", "", "## Quality", "", table(rep), ""]
   if "gap_closed" in rep:
     md.append(f"**gap closed**: {rep['gap_closed']:.3f}  "
               "(= (CE_baseline − CE_student) / (CE_baseline − CE_teacher))")
     md.append("")
+  md += ["## Cost", "", cost_table(rep), "",
+         f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after a one-token prompt, "
+         "timed on this machine while the report was written (JAX: `distill.api.Model`'s "
+         "cached step; LiteRT: the exported file's `decode` signature). CPU seconds are "
+         "process CPU time, so they add up the threads used; wall latency on a busy machine "
+         "varies more. Files are the exported .tflite sizes; the FLOPs of the exported rows "
+         "are the student's (quantization changes bytes, not FLOPs).", ""]
   s = rep["setup"]
-  md += [f"Setup: data `{s['data']}`, seq_len {s['seq_len']}, batch {s['batch_size']}, "
-         f"teacher steps {s['teacher_steps']}, student/baseline steps {s['distill_steps']} on a "
+  teacher = (f"teacher from `{s['teacher_checkpoint']}`" if s.get("teacher_checkpoint")
+             else f"teacher steps {s['teacher_steps']}")
+  md += ["## Training", "", "![loss curves](loss_curves.png)", "",
+         f"Setup: data `{s['data']}`, seq_len {s['seq_len']}, batch {s['batch_size']}, "
+         f"{teacher}, student/baseline steps {s['distill_steps']} on a "
          f"transfer set of {s['transfer_fraction']:.0%} of the train split, loss "
          f"`{s['loss']}` at T={s['temperature']}, alpha={s['alpha']}, seed {s['seed']}. "
          f"{s['note']}.", "",
          "Wall-clock seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["wall_seconds"].items()),
-         "", "![loss curves](loss_curves.png)", "", "## Samples (greedy)", ""]
+         "", "## Samples (greedy)", ""]
   for m in MODELS:
     for prompt, text in rep.get(m, {}).get("samples", {}).items():
       md.append(f"- **{m}** `{prompt}` → `{text!r}`")
