@@ -172,6 +172,14 @@ def cost_table(rep: dict) -> str:
   return "\n".join(lines)
 
 
+def _count(n) -> str:
+  """1234567 -> '1.23M', 6576 -> '6.6k': readable at every model size in the plots."""
+  for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    if n >= div:
+      return f"{n / div:.3g}{unit}"
+  return str(int(n))
+
+
 def _ratio(a, b):
   return a / b if a and b else None
 
@@ -258,7 +266,8 @@ def plot_losses(workdir, rep: dict | None = None) -> str | None:
     if stage == "student":
       axes[1].plot(steps, [r["loss"] for r in rows], color=COLORS[stage],
                    label="distillation loss")
-      if any("divergence" in r for r in rows):
+      # With alpha > 0 the objective mixes in hard-label CE; show the soft part on its own.
+      if any(abs(r.get("divergence", r["loss"]) - r["loss"]) > 1e-6 for r in rows):
         axes[1].plot(steps, [r.get("divergence", float("nan")) for r in rows],
                      color=COLORS[stage], ls=":", label="divergence term")
   if not drawn:
@@ -267,11 +276,23 @@ def plot_losses(workdir, rep: dict | None = None) -> str | None:
   axes[0].set(xlabel="step", ylabel="cross-entropy (nats/token)",
               title="Hard-label cross-entropy")
   axes[1].set(xlabel="step", ylabel="loss", title="Student's distillation objective")
-  # Early steps sit near log(vocab) and squash the interesting end of the curves.
-  ends = [r["ce"] for s in MODELS for r in _history(workdir, s)[-5:] if "ce" in r]
-  if ends:
-    axes[0].set_ylim(min(ends) * 0.9, max(ends) * 1.8)
+  # The first steps sit near log(vocab) and squash the end of the curves, where the stages
+  # differ: the top of the axis is where the highest curve is a tenth of the way in.
+  lows, tops = [], []
+  for stage in MODELS:
+    ce = [r["ce"] for r in _history(workdir, stage) if "ce" in r]
+    if ce:
+      lows.append(min(ce))
+      tops.append(max(ce[len(ce) // 10:]))
+      if rep and stage in rep and "val_ce" in rep[stage]:
+        lows.append(rep[stage]["val_ce"])
+        tops.append(rep[stage]["val_ce"])
+  if lows:
+    span = max(max(tops) - min(lows), 1e-3)
+    axes[0].set_ylim(min(lows) - 0.05 * span, max(tops) + 0.05 * span)
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   for a in axes:
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.grid(alpha=0.3)
     if a.get_legend_handles_labels()[0]:
       a.legend(fontsize=8)
@@ -292,17 +313,21 @@ def plot_quality_vs_compute(workdir, rep: dict) -> str | None:
   for m in names:
     x, y = rep[m]["flops_per_token"], rep[m]["val_ce"]
     ax.scatter([x], [y], s=80, color=COLORS[m], zorder=3, label=m)
-    ax.annotate(f"{m}\n{y:.3f} nats, {rep[m]['params'] / 1e6:.2f}M params", (x, y),
+    ax.annotate(f"{m}\n{y:.3f} nats, {_count(rep[m]['params'])} params", (x, y),
                 textcoords="offset points", xytext=(8, 6), fontsize=8)
   if "student" in rep and "baseline" in rep:
     # Same FLOPs: the vertical arrow is exactly what distillation bought at this size.
     x = rep["student"]["flops_per_token"]
-    ax.annotate("", xy=(x, rep["student"]["val_ce"]), xytext=(x, rep["baseline"]["val_ce"]),
+    s_ce, b_ce = rep["student"]["val_ce"], rep["baseline"]["val_ce"]
+    ax.annotate("", xy=(x, s_ce), xytext=(x, b_ce),
                 arrowprops=dict(arrowstyle="->", color="tab:green", lw=1.5))
+    ax.annotate(f"distillation\n{s_ce - b_ce:+.3f} nats", (x, (s_ce + b_ce) / 2),
+                textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
+                fontsize=8, color="tab:green")
   xs = [rep[m]["flops_per_token"] for m in names]
   ys = [rep[m]["val_ce"] for m in names]
   ax.set_xscale("log")
-  ax.set_xlim(min(xs) / 2, max(xs) * 4)  # room for the labels on the right
+  ax.set_xlim(min(xs) / 4, max(xs) * 4)  # room for the labels on both sides
   pad = max(0.05, 0.25 * (max(ys) - min(ys)))
   ax.set_ylim(min(ys) - pad, max(ys) + pad)
   ax.set(xlabel="forward FLOPs per token (log scale)",
