@@ -5,6 +5,8 @@ tracebacks only with --verbose.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 import traceback
 
@@ -27,3 +29,71 @@ def guarded(fn, *, verbose: bool = False) -> int:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {msg}", file=sys.stderr)
     return 2 if usage else 1
+
+
+def _config_flag_error(e: Exception, argv) -> str:
+  """One line for an ml_collections override naming a field the config does not have."""
+  text = str(e).replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
+  m = re.search(r"'([^'\s]+)'", text)
+  field = m.group(1) if m else "?"
+  flag = next((a for a in argv if a.startswith("--config.") and
+               re.search(rf"\.{re.escape(field)}(=|$)", a)), f"--config....{field}")
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  fix = (f"did you mean {hint.group(1)!r}?" if hint else
+         "see the commented fields in your configs/*.py file")
+  return f"{flag.split('=')[0]}: the config has no field {field!r}; {fix}"
+
+
+def parse_flags(argv):
+  """absl `flags_parser` for our CLIs: a bad flag is one `error:` line and exit 2.
+
+  absl prints its own multi-line usage and ml_collections a traceback for a typo in a
+  `--config.x.y=` override; both bury the one thing the user got wrong.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    rest = flags.FLAGS(argv, known_only=False)
+  except flags.UnrecognizedFlagError as e:
+    name = getattr(e, "flagname", "") or str(e)
+    sugg = re.findall(r"Did you mean: ([\w.-]+)", str(e))
+    fix = f"did you mean --{sugg[0]}?" if sugg else "run with --helpshort to list the flags"
+    _die(f"unknown flag --{name}; {fix}")
+  except flags.Error as e:
+    msg = " ".join(str(e).split("\n")[0].split()).removeprefix("flag ")
+    if "Error whilst parsing config file" in str(e):
+      cause = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      _die(f"{msg.split(':', 1)[0]} failed to load ({cause}); fix the config file")
+    _die(f"{msg}; give a value of the field's type (see the config file)")
+  except (AttributeError, KeyError) as e:  # ml_collections: no such field
+    _die(_config_flag_error(e, argv))
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else comes from executing a config file (syntax error, NameError, ...).
+    where = next((a for a in argv if a.startswith("--config=")), "the command line")
+    first = (str(e).strip().splitlines() or [""])[0]
+    _die(f"{where} failed to load ({type(e).__name__}: {first}); fix the config file")
+  return rest
+
+
+def check_config_file(flag_name: str = "config"):
+  """Raise FileNotFoundError/ValueError when ml_collections could not load the config file.
+
+  ml_collections defers a failed load until the config is first touched; touch it here so the
+  user reads which file failed and why, not a traceback from deep inside the pipeline.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flag = flags.FLAGS[flag_name]
+  try:
+    flag.value.keys()
+  except OSError as e:
+    path = getattr(flag, "config_filename", "") or ""
+    if not os.path.exists(path.split(":")[0]):
+      raise FileNotFoundError(f"--{flag_name}={path}: no such config file; give a path such as "
+                              "configs/tiny.py") from None
+    cause = str(e.__cause__ or e).strip().splitlines() or ["?"]
+    raise ValueError(f"--{flag_name}={path} failed to load ({cause[-1][:160]}); fix the file"
+                     ) from None
+
+
+def _die(msg: str):
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)

@@ -28,19 +28,27 @@ def _init_distributed():
 
 
 def main(argv):
-  del argv
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   # Orbax and TFDS log every file they touch at INFO; keep the console to our progress lines.
   absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if len(argv) > 1:  # e.g. `config.data.seq_len=64` without the dashes would be ignored
+    print(f"error: unexpected arguments {argv[1:]}; overrides look like "
+          "--config.data.seq_len=64", file=sys.stderr)
+    return 2
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config=configs/tiny.py", file=sys.stderr)
     return 2
   from distill import cli  # pylint: disable=import-outside-toplevel
-  return cli.guarded(lambda: _run(_CONFIG.value, _WORKDIR.value), verbose=_VERBOSE.value)
+  return cli.guarded(lambda: _run(_WORKDIR.value), verbose=_VERBOSE.value)
 
 
-def _run(config, workdir):
+def _run(workdir):
+  from distill import cli  # pylint: disable=import-outside-toplevel
+  cli.check_config_file("config")
+  config = _CONFIG.value
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file; give a directory path")
   _init_distributed()
   from distill import pipeline, report  # pylint: disable=import-outside-toplevel
   rep = pipeline.run(config, workdir)
@@ -50,5 +58,10 @@ def _run(config, workdir):
   return 0
 
 
+def run_cli():
+  from distill import cli  # pylint: disable=import-outside-toplevel
+  app.run(main, flags_parser=cli.parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_cli()
