@@ -3,7 +3,7 @@
 Launch (creates the slice, installs, runs on every worker, streams logs, deletes):
 
   TPU_NAME=distill-v5e ZONE=us-west4-a ACCELERATOR=v5litepod-256 \\
-  CONFIG=configs/tpu_v5e_gemma7b_to_300m.py WORKDIR=gs://BUCKET/runs/gemma7b-300m \\
+  CONFIG=configs/tpu_v5e_gemma7b_to_300m.py WORKDIR=/mnt/shared/runs/gemma7b-300m \\
   EXTRA="--config.teacher.checkpoint=hf:/mnt/models/gemma-7b \\
          --config.data.tokenizer=/mnt/models/gemma-7b" launch/tpu_pod.sh
 

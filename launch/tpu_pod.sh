@@ -5,7 +5,7 @@
 #
 #   TPU_NAME=distill-v5e ZONE=us-west4-a ACCELERATOR=v5litepod-256 \
 #   RUNTIME=v2-alpha-tpuv5-lite \
-#   CONFIG=configs/tpu_v5e_gemma7b_to_300m.py WORKDIR=gs://my-bucket/runs/gemma7b-300m \
+#   CONFIG=configs/tpu_v5e_gemma7b_to_300m.py WORKDIR=/mnt/shared/runs/gemma7b-300m \
 #   EXTRA="--config.teacher.checkpoint=hf:/mnt/models/gemma-7b --config.data.tokenizer=/mnt/models/gemma-7b" \
 #   launch/tpu_pod.sh
 #
@@ -23,15 +23,16 @@
 #      progress and writes reports.
 #   4. gcloud compute tpus queued-resources delete "$TPU_NAME-qr" --force (KEEP=1 skips it).
 #
-# The workdir must be shared by all workers (a gs:// bucket or a mounted filesystem): orbax
-# writes one checkpoint from all hosts there and a re-run resumes from it.
+# The workdir must be a path every worker mounts (gcsfuse bucket, Filestore, NFS): orbax
+# writes one checkpoint from all hosts there and a re-run resumes from it. (Plain gs:// URLs
+# are not supported: the pipeline writes its reports with open().)
 # Multi-slice: set SLICES=n (queued resource with --node-count=n) and --config.mesh.slices=n.
 # Expected runtime: slice creation 2-15 min (queued resources may wait longer), install
 # ~3 min, then the config's own runtime (see its docstring); deletion ~2 min.
 set -euo pipefail
 
 : "${CONFIG:?set CONFIG=configs/<file>.py}"
-: "${WORKDIR:?set WORKDIR=gs://bucket/run or a shared path}"
+: "${WORKDIR:?set WORKDIR to a path every worker mounts (gcsfuse, Filestore, NFS)}"
 TPU_NAME="${TPU_NAME:-distill-tpu}"
 ZONE="${ZONE:-us-west4-a}"
 ACCELERATOR="${ACCELERATOR:-v5litepod-16}"
