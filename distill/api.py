@@ -145,6 +145,8 @@ def load(path: str, *, dtype: str | None = None) -> Model:
     raise LoadError(f"model path {path!r} does not exist; give a stage directory such as "
                     "runs/tiny/student")
   cfg = read_model_config(path)
+  if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+    cfg = cfg.replace(attention="xla")  # trained on GPU, loaded elsewhere: same math
   if dtype:
     cfg = cfg.replace(dtype=dtype)
   lm = _lm(cfg)

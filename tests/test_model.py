@@ -67,3 +67,14 @@ def test_param_count_and_flops_match_arrays():
   dense = cfg.n_layers * (per_layer - 2 * d) + d * v
   expect = 2 * dense + cfg.n_layers * 4 * cfg.n_heads * k * (16 + 1) / 2
   assert flops_per_token(cfg, 16) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_fused_attention_path_matches_einsum(window):
+  """The dot_product_attention path (cudnn/splash presets) equals the einsum path (XLA here)."""
+  cfg = tiny_model_config(sliding_window=window)
+  params = LM(cfg).init(jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 11), 0, cfg.vocab_size)
+  ref = LM(cfg).apply(params, tokens)
+  got = LM(cfg.replace(attention="splash")).apply(params, tokens)
+  np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)

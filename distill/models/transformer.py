@@ -61,6 +61,11 @@ class ModelConfig:
   dtype: str = "float32"  # activation dtype
   param_dtype: str = "float32"
   remat: bool = False
+  # Training-path attention: "xla" (einsum + fp32 softmax, any backend), "cudnn" (fused flash
+  # attention via jax.nn.dot_product_attention on NVIDIA GPUs), "splash" (TPU presets; runs
+  # XLA's dot_product_attention until the Pallas splash kernel is wired). The KV-cache path and
+  # attention soft-capping always use "xla".
+  attention: str = "xla"
 
   def __post_init__(self):
     # JSON gives lists; the config must stay hashable (it keys jit and LM caches).
@@ -213,6 +218,13 @@ class Attention(nnx.Module):
     b, t, n, kd = q.shape
     m = keys.shape[2]
     scale = cfg.query_scale or 1.0 / math.sqrt(kd)
+    if cfg.attention != "xla" and cache is None and not cfg.attn_softcap:
+      out = jax.nn.dot_product_attention(
+          q, keys, values, scale=scale, is_causal=True,
+          local_window_size=(self.window - 1, 0) if self.window else None,
+          implementation="cudnn" if cfg.attention == "cudnn" else None)
+      y = jnp.einsum("BTNK,NKD->BTD", out, self.o[...].astype(dt))
+      return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
     q = (q * scale).reshape(b, t, m, n // m, kd)
     logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, keys, preferred_element_type=jnp.float32)
     logits = _softcap(logits, cfg.attn_softcap)
