@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -46,17 +47,33 @@ class Checkpointer:
     """(step, state, data_state) from the newest readable checkpoint, or None.
 
     A checkpoint that fails to read (partial write, corrupt file) is skipped with a warning
-    and the previous one is tried, so a crash during save never loses the run.
+    and the previous one is tried, so a crash during save never loses the run. The skipped
+    one is moved aside to `unreadable-<step>`: left in place, the resumed run could not save
+    that step again (orbax refuses to overwrite it), and deleting it would destroy evidence.
     """
-    for step in sorted(self.mngr.all_steps(), reverse=True):
-      try:
-        restored = self.mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return step, restored["state"], restored["data"]
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous one",
-                        step, self.mngr.directory, str(e).splitlines()[0][:200])
-    return None
+    bad = []
+    try:
+      for step in sorted(self.mngr.all_steps(), reverse=True):
+        try:
+          restored = self.mngr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+          return step, restored["state"], restored["data"]
+        except Exception as e:  # pylint: disable=broad-except
+          logging.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous "
+                          "one", step, self.mngr.directory, str(e).splitlines()[0][:200])
+          bad.append(step)
+      return None
+    finally:
+      if bad and jax.process_index() == 0:
+        for step in bad:
+          src = os.path.join(os.fspath(self.mngr.directory), str(step))
+          dst = os.path.join(os.fspath(self.mngr.directory), f"unreadable-{step}")
+          if os.path.isdir(src):
+            if os.path.exists(dst):
+              shutil.rmtree(dst)  # an older copy of the same broken step
+            os.replace(src, dst)
+      if bad:
+        self.mngr.reload()
 
   def close(self):
     self.mngr.close()
