@@ -7,10 +7,9 @@ the pipeline reads (`PRESETS[name]["dtype"]`).
 Fields:
   dtype       activation dtype of the models (bf16 on accelerators: their matmul units and
               memory both favour it; fp32 on CPU where bf16 is emulated and slower)
-  attention   attention implementation the model should use: "xla" (plain einsum softmax,
-              runs anywhere), "cudnn" (fused flash attention on NVIDIA), "splash" (Pallas
-              TPU kernel). Read by the model once it has an `attention` switch; until then
-              every preset runs the XLA path, which is correct but uses more memory
+  attention   `ModelConfig.attention` default: "xla" (einsum + fp32 softmax, runs
+              anywhere), "cudnn" (fused flash attention on NVIDIA), "splash" (TPU; XLA's
+              dot_product_attention until the Pallas splash kernel is wired)
   remat       rematerialize every student block in the backward pass (trades ~1/3 more
               FLOPs for activation memory that no longer grows with depth)
   mesh        default (data, fsdp, tensor) mesh: FSDP across the chips of one host or slice
