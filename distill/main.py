@@ -23,7 +23,8 @@ def _init_distributed():
   import jax  # pylint: disable=import-outside-toplevel
   if _COORD.value:
     jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_NTASKS", "1") != "1":
+  elif (os.environ.get("DISTILL_MULTIHOST") == "1" or os.environ.get("TPU_WORKER_HOSTNAMES")
+        or os.environ.get("SLURM_NTASKS", "1") != "1"):
     jax.distributed.initialize()  # auto-detected on TPU VMs and SLURM
 
 

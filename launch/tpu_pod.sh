@@ -18,7 +18,7 @@
 #   3. gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all --command=\
 #        "cd distill && python -m distill.main --config=$CONFIG --workdir=$WORKDIR $EXTRA"
 #      Every worker runs the same command; jax.distributed.initialize() finds the others
-#      from the TPU metadata (distill.main calls it when TPU_WORKER_HOSTNAMES is set).
+#      from the TPU metadata (distill.main calls it when DISTILL_MULTIHOST=1, as this script sets, or TPU_WORKER_HOSTNAMES).
 #      Output of all workers streams here and to $LOGDIR/<TPU_NAME>.log; only process 0 prints
 #      progress and writes reports.
 #   4. gcloud compute tpus queued-resources delete "$TPU_NAME-qr" --force (KEEP=1 skips it).
@@ -122,7 +122,7 @@ install() {
 
 run() {
   mkdir -p "$LOGDIR"
-  local cmd="cd $REMOTE_DIR && python -m distill.main --config=$CONFIG --workdir=$WORKDIR $EXTRA"
+  local cmd="cd $REMOTE_DIR && DISTILL_MULTIHOST=1 python -m distill.main --config=$CONFIG --workdir=$WORKDIR $EXTRA"
   log "running on all workers: $cmd"
   on_all "$cmd" 2>&1 | tee "$LOGDIR/$TPU_NAME.log"
 }
