@@ -77,27 +77,33 @@ def _model_dir(workdir: str, config, name: str) -> str:
   return os.path.join(workdir, name)
 
 
-def jax_decode_latency(model, tokens: int = DECODE_TOKENS) -> dict:
+def jax_decode_latency(model, tokens: int = DECODE_TOKENS, prompt_ids=None,
+                       cache_len: int = 0) -> dict:
   """Greedy decode at batch 1 with `distill.api.Model`'s compiled cached step.
 
-  One prefill of a one-token prompt and one decode step compile and warm up; the next
-  `tokens` steps are timed in wall and CPU seconds (process_time counts every thread).
+  The prompt's prefill and one decode step compile and warm up; the next `tokens` steps are
+  timed in wall and CPU seconds (process_time counts every thread). Given the report
+  samples' prompt and cache length, the shapes are the ones `Model.generate` already
+  compiled for the samples, so a Model sharing their compiled step pays no compile here.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   lm = model.lm
-  total = min(tokens + 2, lm.cfg.max_len)
+  prompt = list(prompt_ids or []) or [model.tokenizer.bos_id or 0]
+  total = min(max(cache_len, len(prompt) + tokens + 1), lm.cfg.max_len)
+  steps = min(tokens, total - len(prompt) - 1)
+  if steps < 1:
+    raise ValueError(f"no room to decode after a {len(prompt)}-token prompt in {total} slots")
   cache = lm.init_cache(1, total)
   step = model._step  # pylint: disable=protected-access
-  logits, cache = step(model.params, jnp.asarray([[model.tokenizer.bos_id or 0]], jnp.int32),
-                       cache, 0)
+  logits, cache = step(model.params, jnp.asarray([prompt], jnp.int32), cache, 0)
   tok = int(np.argmax(np.asarray(logits[0, -1])))
-  logits, cache = step(model.params, jnp.asarray([[tok]], jnp.int32), cache, 1)
+  pos = len(prompt)
+  logits, cache = step(model.params, jnp.asarray([[tok]], jnp.int32), cache, pos)
   jax.block_until_ready(logits)
-  steps = total - 2
   t0, c0 = time.perf_counter(), time.process_time()
-  for pos in range(2, total):
+  for pos in range(pos + 1, pos + 1 + steps):
     tok = int(np.argmax(np.asarray(logits[0, -1])))  # greedy: the host sees every token
     logits, cache = step(model.params, jnp.asarray([[tok]], jnp.int32), cache, pos)
   jax.block_until_ready(logits)
@@ -127,11 +133,16 @@ def measure_latency(workdir: str, rep: dict, config) -> dict:
   """{row name: latency dict}; rows that cannot be measured are left out (logged)."""
   import distill  # pylint: disable=import-outside-toplevel
   out = {}
+  prompts = tuple(config.eval.prompts) if "eval" in config else ()
   for name in ("teacher", "student"):
     if name not in rep:
       continue
     try:
-      out[name] = jax_decode_latency(distill.load(_model_dir(workdir, config, name)))
+      model = distill.load(_model_dir(workdir, config, name))
+      # The samples' first prompt and cache length (see Model.generate_ids).
+      ids = model.tokenizer.encode(prompts[0]) if prompts else []
+      cache_len = len(ids) + int(config.eval.sample_tokens) if ids else 0
+      out[name] = jax_decode_latency(model, prompt_ids=ids, cache_len=cache_len)
     except Exception as e:  # pylint: disable=broad-except  # the report must still be written
       logging.warning("[report] JAX latency of %s not measured: %s", name, e)
   for preset, summary in (rep.get("export") or {}).items():
@@ -244,6 +255,14 @@ def _pyplot():
   return plt
 
 
+def _ema(values, weight: float = 0.9):
+  out, acc = [], None
+  for v in values:
+    acc = v if acc is None else weight * acc + (1 - weight) * v
+    out.append(acc)
+  return out
+
+
 def plot_losses(workdir, rep: dict | None = None) -> str | None:
   """Train CE of every stage (left) and the student's distillation objective (right).
 
@@ -259,7 +278,10 @@ def plot_losses(workdir, rep: dict | None = None) -> str | None:
       continue
     drawn = True
     steps = [r["step"] for r in rows]
-    axes[0].plot(steps, [r["ce"] for r in rows], color=COLORS[stage], label=f"{stage} (train)")
+    # Per-step training CE is noisy (one batch each): faint raw values, an EMA on top.
+    ce = [r["ce"] for r in rows]
+    axes[0].plot(steps, ce, color=COLORS[stage], alpha=0.25, lw=0.8)
+    axes[0].plot(steps, _ema(ce), color=COLORS[stage], label=f"{stage} (train, EMA)")
     if rep and stage in rep and "val_ce" in rep[stage]:
       axes[0].axhline(rep[stage]["val_ce"], color=COLORS[stage], ls="--", lw=1,
                       label=f"{stage} (validation)")
@@ -275,7 +297,11 @@ def plot_losses(workdir, rep: dict | None = None) -> str | None:
     return None
   axes[0].set(xlabel="step", ylabel="cross-entropy (nats/token)",
               title="Hard-label cross-entropy")
-  axes[1].set(xlabel="step", ylabel="loss", title="Student's distillation objective")
+  setup = (rep or {}).get("setup", {})
+  what = (f"{setup['loss']} at T={setup['temperature']}, alpha={setup['alpha']}"
+          if "loss" in setup else "")
+  axes[1].set(xlabel="step", ylabel="loss (divergence × T² when scale_by_t2)",
+              title="Student's distillation objective" + (f"\n({what})" if what else ""))
   # The first steps sit near log(vocab) and squash the end of the curves, where the stages
   # differ: the top of the axis is where the highest curve is a tenth of the way in.
   lows, tops = [], []
@@ -361,7 +387,7 @@ def write(workdir, rep: dict, config) -> None:
               "(= (CE_baseline − CE_student) / (CE_baseline − CE_teacher))")
     md.append("")
   md += ["## Cost", "", cost_table(rep), "",
-         f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after a one-token prompt, "
+         f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after the first sample prompt, "
          "timed on this machine while the report was written (JAX: `distill.api.Model`'s "
          "cached step; LiteRT: the exported file's `decode` signature). CPU seconds are "
          "process CPU time, so they add up the threads used; wall latency on a busy machine "
