@@ -81,6 +81,17 @@ def validate(c, n_devices: int | None = None) -> None:
 
   _req(isinstance(_get(c, "data.name"), str) and c.data.name,
        "--config.data.name must be a TFDS name or 'text:/path/*.txt'")
+  if c.data.name.startswith("text:"):
+    import glob  # pylint: disable=import-outside-toplevel
+    # Checked here, before the workdir is touched, rather than when the data is packed.
+    pattern = os.path.expanduser(c.data.name[len("text:"):])
+    _req(any(os.path.isfile(p) for p in glob.glob(pattern, recursive=True)),
+         f"--config.data.name={c.data.name!r} matches no files; give a glob of UTF-8 text "
+         "files, e.g. 'text:/path/*.txt'")
+  tok = _get(c, "data.tokenizer")
+  if isinstance(tok, str) and tok not in ("", "byte"):
+    _req(os.path.exists(os.path.expanduser(tok)), f"--config.data.tokenizer={tok!r} does not "
+         "exist; give 'byte' or the path of a tokenizer.json, tokenizer.model or model directory")
   _req(_num(c, "data.seq_len", int) > 0, f"--config.data.seq_len={c.data.seq_len} must be > 0")
   _req(_num(c, "data.batch_size", int) > 0,
        f"--config.data.batch_size={c.data.batch_size} must be > 0")
@@ -97,6 +108,10 @@ def validate(c, n_devices: int | None = None) -> None:
     path = ckpt[3:] if ckpt.startswith("hf:") else ckpt
     _req(os.path.exists(path), f"--config.teacher.checkpoint={ckpt!r} does not exist; give a "
          "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', or '' to pretrain")
+    if not ckpt.startswith("hf:"):
+      _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
+           f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
+           "after that run finished, or 'hf:/path' for a Hugging Face directory")
   _req(_get(c, "teacher.dtype") in ("float32", "bfloat16", "float16"),
        f"--config.teacher.dtype={c.teacher.dtype!r} must be float32, bfloat16 or float16")
   _req(_num(c, "teacher.pretrain.steps", int) >= 0, "--config.teacher.pretrain.steps must be >= 0")

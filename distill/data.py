@@ -106,7 +106,13 @@ def _text_documents(name: str, split: str) -> list[str]:
   for path in _text_files(name):
     if split_for_key(os.path.basename(path)) == split:
       with open(path, encoding="utf-8", errors="replace") as f:
-        docs.append(f.read())
+        text = f.read()
+      # Stray bad bytes are replaced, but NUL bytes mean a binary or compressed file that would
+      # silently train the model on garbage.
+      if "\0" in text:
+        raise ValueError(f"data file {path} is not text (it holds NUL bytes: binary or "
+                         "compressed?); remove it from the data.name glob or convert it to UTF-8")
+      docs.append(text)
   return docs
 
 

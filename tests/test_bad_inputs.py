@@ -1,0 +1,265 @@
+"""The bad-input table: every user mistake gives one `error:` line, the right exit code, no
+traceback, and leaves what is on disk as it was.
+
+Each row runs a real CLI (`python -m distill.main | distill.export | distill.generate |
+distill.to_hf`) in a subprocess. Starting Python with JAX costs seconds here, so one module
+fixture launches the selected rows two at a time and each parametrized test checks its own
+result. docs/troubleshooting.md is this table in prose; keep the two in step.
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distill import data, pipeline, tokenizers
+from tests.helpers import shrunken_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = {"main": "distill.main", "export": "distill.export", "generate": "distill.generate",
+           "to_hf": "distill.to_hf"}
+# Small shapes and few steps, so a row that wrongly got past its check ends in seconds (and
+# then fails on its exit code) instead of training the full tiny config.
+SMALL = ["--config.data.seq_len=32", "--config.data.batch_size=8",
+         "--config.teacher.model.d_model=32", "--config.teacher.model.d_ff=64",
+         "--config.student.model.d_model=16", "--config.student.model.d_ff=32",
+         "--config.teacher.pretrain.steps=2", "--config.distill.steps=2",
+         "--config.export.enabled=False", "--config.baseline.enabled=False",
+         "--config.data.eval_batches=1"]
+USAGE, RUNTIME = 2, 1
+
+
+def _main(*args, workdir="{new}", config="configs/tiny.py", small=True):
+  """argv for distill.main: the shared data dir and SMALL unless the row is about flags."""
+  head = [f"--config={config}"] if config else []
+  rest = ["--config.data.data_dir={data}", *SMALL] if small else []
+  return ("main", [*head, f"--workdir={workdir}", *rest, *args])
+
+
+# (id, (tool, argv), exit code, substrings of the error line: the problem, then the fix)
+CASES = [
+    # --- flags and config files
+    ("no_config_flag", _main(config=None, small=False), USAGE,
+     ["--config is required", "--config=configs/tiny.py"]),
+    ("config_file_missing", _main(config="configs/no_such.py", small=False), USAGE,
+     ["configs/no_such.py: no such config file", "give a path"]),
+    ("config_file_broken", _main(config="{broken_cfg}", small=False), USAGE,
+     ["failed to load", "SyntaxError", "fix the config file"]),
+    ("config_field_typo", _main("--config.distill.temprature=2"), USAGE,
+     ["no field 'temprature'", "did you mean 'temperature'"]),
+    ("config_wrong_type", _main("--config.data.seq_len=abc"), USAGE,
+     ["--config.data.seq_len=abc", "give a value of the field's type"]),
+    ("config_not_a_dict", _main("--config.mesh=3"), USAGE,
+     ["--config.mesh=3", "not a dict"]),
+    ("unknown_flag", _main("--wrkdir=x"), USAGE, ["unknown flag --wrkdir", "--workdir"]),
+    ("override_without_dashes", _main("config.distill.steps=5"), USAGE,
+     ["unexpected arguments", "--config.data.seq_len=64"]),
+    ("bad_value", _main("--config.distill.temperature=0"), USAGE,
+     ["--config.distill.temperature=0", "must be > 0"]),
+    ("unknown_loss", _main("--config.distill.loss=kl"), USAGE, ["'kl' is unknown", "use one of"]),
+    ("unknown_preset", _main("--config.preset=tpu_v9"), USAGE, ["'tpu_v9' is unknown", "use one of"]),
+    # --- hardware and shapes (the subprocesses see 2 CPU devices)
+    ("mesh_does_not_divide_devices", _main("--config.mesh.data=3"), USAGE,
+     ["needs 3 devices but 2 are present", "set one axis to -1"]),
+    ("batch_not_divisible", _main("--config.data.batch_size=3"), USAGE,
+     ["batch_size=3 is not divisible", "use a multiple of 2"]),
+    ("seq_len_beyond_model_max", _main(config="{learned_cfg}"), USAGE,
+     ["seq_len=32 exceeds teacher.model.max_len=16", "shorten seq_len"]),
+    ("heads_do_not_divide", _main("--config.student.model.n_kv_heads=3"), USAGE,
+     ["n_heads=4 must be a multiple of n_kv_heads=3"]),
+    # --- data
+    ("text_glob_matches_nothing", _main("--config.data.name=text:{tmp}/no_such/*.txt"), USAGE,
+     ["matches no files", "give a glob"]),
+    ("text_files_empty", _main("--config.data.name=text:{empty_text}/*.txt"), USAGE,
+     ["has no non-empty document", "add text"]),
+    ("text_file_binary", _main("--config.data.name=text:{binary_text}/*.txt"), USAGE,
+     ["is not text", "NUL bytes", "convert it to UTF-8"]),
+    ("unknown_tfds_name", _main("--config.data.name=no_such_corpus_xyz"), USAGE,
+     ["unknown TFDS dataset 'no_such_corpus_xyz'", "text:/path/*.txt"]),
+    ("tokenizer_missing", _main("--config.data.tokenizer={tmp}/no_such/tokenizer.json"), USAGE,
+     ["tokenizer.json' does not exist", "give 'byte'"]),
+    # --- teachers
+    ("teacher_path_missing", _main("--config.teacher.checkpoint={tmp}/no_such_teacher"), USAGE,
+     ["does not exist", "'' to pretrain"]),
+    ("teacher_not_a_checkpoint", _main("--config.teacher.checkpoint={empty_dir}"), USAGE,
+     ["is not a finished distill stage", "runs/tiny/teacher"]),
+    ("hf_teacher_missing", _main("--config.teacher.checkpoint=hf:{tmp}/no_such_hf"), USAGE,
+     ["does not exist"]),
+    ("hf_pickled_weights_only", _main("--config.teacher.checkpoint=hf:{hf_pickled}"), USAGE,
+     ["holds only pickled weights", "safe_serialization=True"]),
+    ("hf_truncated_safetensors", _main("--config.teacher.checkpoint=hf:{hf_truncated}"), USAGE,
+     ["model.safetensors is truncated or corrupt", "re-download it"]),
+    ("hf_corrupt_config_json", ("generate", ["--model=hf:{hf_bad_config}", "--prompt=x"]), USAGE,
+     ["config.json is corrupt", "re-download"]),
+    ("hf_vocab_mismatch", ("generate", ["--model=hf:{hf_vocab}", "--prompt=x"]), USAGE,
+     ["has shape (100, 16), config.json implies (264, 16)", "do not match the weights"]),
+    # --- workdirs
+    ("workdir_is_a_file", _main(workdir="{a_file}"), USAGE, ["is a file", "give a directory"]),
+    ("workdir_locked_by_live_run", _main(workdir="{locked}"), RUNTIME,
+     ["is in use by process", "or use another --workdir"]),
+    # --- exporting and generating
+    ("export_missing_workdir", ("export", ["--workdir={tmp}/no_such_run", "--preset=watch"]),
+     USAGE, ["does not exist", "give a stage directory"]),
+    ("export_no_preset", ("export", ["--workdir={finished}"]), USAGE,
+     ["--preset is required", "phone or watch"]),
+    ("export_over_budget", ("export", ["--workdir={finished}", "--preset=watch",
+                                       "--budget_mb=0.001", "--verify=none"]), USAGE,
+     ["budget is", "over); shrink the student"]),
+    ("generate_missing_tflite", ("generate", ["--tflite={tmp}/no_such.tflite"]), USAGE,
+     ["does not exist", "python -m distill.export"]),
+    ("generate_no_model", ("generate", ["--prompt=x"]), USAGE, ["give exactly one of"]),
+    ("to_hf_not_a_run", ("to_hf", ["--workdir={tmp}/no_such_run", "--out={tmp}/hf_out"]), USAGE,
+     ["is not a distill stage directory", "point at"]),
+]
+
+
+def _tree_hashes(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _text_dir(path, content: bytes):
+  """A text: corpus whose files land in both splits (the train split is packed first)."""
+  os.makedirs(path)
+  names = [f"doc{i}.txt" for i in range(40)]
+  assert {data.split_for_key(n) for n in names} == {"train", "validation"}
+  for n in names:
+    with open(os.path.join(path, n), "wb") as f:
+      f.write(content)
+
+
+def _hf_dir(path, config, files):
+  os.makedirs(path)
+  if config is not None:
+    with open(os.path.join(path, "config.json"), "w") as f:
+      f.write(config if isinstance(config, str) else json.dumps(config))
+  for name, write in files.items():
+    write(os.path.join(path, name))
+  tokenizers.ByteTokenizer().save(path)
+
+
+def _safetensors(rows, truncate=False):
+  def write(path):
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+    save_file({"model.embed_tokens.weight": np.zeros((rows, 16), np.float32)}, path)
+    if truncate:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  return write
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  """Inputs for every row, and a finished run whose files must never change."""
+  tmp = tmp_path_factory.mktemp("bad_inputs")
+  p = {"tmp": str(tmp), "data": str(tmp / "data"), "new": str(tmp / "new_run")}
+  # A finished workdir (in-process: no subprocess start-up to pay).
+  p["finished"] = str(tmp / "finished")
+  pipeline.run(shrunken_config(**{"data.data_dir": p["data"], "baseline.enabled": False,
+                                  "export.enabled": False, "data.eval_batches": 1}), p["finished"])
+
+  p["broken_cfg"] = str(tmp / "broken_cfg.py")
+  (tmp / "broken_cfg.py").write_text("def get_config(:\n  pass\n")
+  p["learned_cfg"] = str(tmp / "learned_cfg.py")
+  (tmp / "learned_cfg.py").write_text(
+      "from configs import tiny\n\n\ndef get_config():\n  c = tiny.get_config()\n"
+      "  c.teacher.model.pos = 'learned'\n  c.teacher.model.max_len = 16\n  return c\n")
+  p["empty_text"] = str(tmp / "empty_text")
+  _text_dir(p["empty_text"], b"  \n")
+  p["binary_text"] = str(tmp / "binary_text")
+  _text_dir(p["binary_text"], b"\x1f\x8b\x08\x00\x00\x00\x00\x00PK\x00\x00 gzip-ish")
+  p["empty_dir"] = str(tmp / "empty_dir")
+  os.makedirs(p["empty_dir"])
+  p["a_file"] = str(tmp / "a_file")
+  (tmp / "a_file").write_text("not a directory\n")
+
+  llama = {"model_type": "llama", "vocab_size": 264, "hidden_size": 16,
+           "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "max_position_embeddings": 64, "rms_norm_eps": 1e-6,
+           "tie_word_embeddings": True, "hidden_act": "silu", "rope_theta": 10000.0}
+  for name, cfg, files in [
+      ("hf_pickled", llama, {"pytorch_model.bin": lambda q: open(q, "wb").write(b"\x80\x04.")}),
+      ("hf_bad_config", "{not json", {}),
+      ("hf_truncated", llama, {"model.safetensors": _safetensors(264, truncate=True)}),
+      ("hf_vocab", llama, {"model.safetensors": _safetensors(100)}),
+  ]:
+    p[name] = str(tmp / name)
+    _hf_dir(p[name], cfg, files)
+
+  # A workdir held by a live process on this host.
+  p["locked"] = str(tmp / "locked")
+  os.makedirs(p["locked"])
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+  import socket  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(p["locked"], ".lock"), "w") as f:
+    json.dump({"pid": holder.pid, "host": socket.gethostname()}, f)
+  yield p
+  holder.kill()
+  holder.wait()
+
+
+def _env():
+  env = dict(os.environ)
+  env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+              "TF_CPP_MIN_LOG_LEVEL": "3",
+              "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
+  return env
+
+
+def _run_case(case, world):
+  name, (tool, argv), _, _ = case
+  # Each row its own fresh workdir: rows run concurrently and a shared one would be locked.
+  argv = [a.format(**dict(world, new=os.path.join(world["tmp"], f"new_{name}"))) for a in argv]
+  try:
+    proc = subprocess.run([sys.executable, "-m", MODULES[tool], *argv], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=180, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+  except subprocess.TimeoutExpired as e:
+    return "timeout", e.stdout or "", e.stderr or ""
+
+
+@pytest.fixture(scope="module")
+def results(world, request):
+  """Runs the rows this session selected, two at a time; hashes the disk before and after."""
+  wanted = {item.callspec.params["case"] for item in request.session.items
+            if getattr(item, "originalname", "") == "test_bad_input"
+            and hasattr(item, "callspec")}
+  todo = [c for c in CASES if c[0] in wanted]
+  guarded = [k for k in world if k not in ("tmp", "data", "new")]
+  before = {k: _tree_hashes(world[k]) for k in guarded if os.path.isdir(world[k])}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    outs = dict(zip([c[0] for c in todo], pool.map(lambda c: _run_case(c, world), todo)))
+  after = {k: _tree_hashes(world[k]) for k in before}
+  return outs, before, after
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_bad_input(case, results, world):
+  _, (tool, argv), code, expect = next(c for c in CASES if c[0] == case)
+  outs, before, after = results
+  rc, stdout, stderr = outs[case]
+  shown = f"\n$ python -m {MODULES[tool]} {' '.join(argv)}\n--- stderr:\n{stderr[-2000:]}"
+  assert "Traceback" not in stderr + stdout, shown
+  errors = [l for l in stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, shown
+  for s in expect:
+    assert s.format(**world) in errors[0], shown
+  assert rc == code, shown
+  # Nothing on disk damaged: the finished run, the inputs and the other run's lock.
+  for k in before:
+    assert after[k] == before[k], f"{k} changed on disk{shown}"
+  if case in ("workdir_locked_by_live_run",):
+    assert os.path.exists(os.path.join(world["locked"], ".lock"))
+
+
+def test_table_covers_enough_cases():
+  assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
