@@ -288,4 +288,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from distill import cli as _cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=_cli.parse_flags)

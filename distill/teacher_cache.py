@@ -150,7 +150,8 @@ def main(argv=None):
       print(json.dumps({"cache": dest, **meta}))
     return cli.guarded(go)
 
-  app.run(run, argv=argv)
+  from distill import cli as cli_lib  # pylint: disable=import-outside-toplevel
+  app.run(run, argv=argv, flags_parser=cli_lib.parse_flags)
 
 
 if __name__ == "__main__":
