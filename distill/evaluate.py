@@ -9,7 +9,6 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from distill import losses, sharding

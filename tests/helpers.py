@@ -1,5 +1,4 @@
 """Shared builders for tests: tiny configs and models."""
-import ml_collections
 
 from distill.models.transformer import ModelConfig
 

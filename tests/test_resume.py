@@ -33,8 +33,9 @@ class KillAfter:
     self.it.set_state(s)
 
 
-def _stage(workdir, stage_dir, kill_after=None):
-  c = shrunken_config()
+def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
+  """6 CE steps of a tiny LM, checkpoint every 2; dies after `kill_after` batches if given."""
+  c = shrunken_config(**{"data.data_dir": data_dir})
   tok = tokenizers.ByteTokenizer()
   lm = LM(tiny_model_config(vocab_size=264, max_len=64))
   it = data.make_train_iterator(c.data, tok, workdir, batch_size=8, seed=3, fraction=0.5)
@@ -50,10 +51,10 @@ def _stage(workdir, stage_dir, kill_after=None):
 def test_resume_after_interruption_is_exact(tmp_path):
   workdir = str(tmp_path)
   data.prepare(shrunken_config().data, workdir)
-  ref = _stage(workdir, str(tmp_path / "ref"))
+  ref = run_stage(workdir, str(tmp_path / "ref"))
   with pytest.raises(Interrupt):
-    _stage(workdir, str(tmp_path / "cut"), kill_after=3)  # dies in step 4, checkpoint at 2
-  resumed = _stage(workdir, str(tmp_path / "cut"))
+    run_stage(workdir, str(tmp_path / "cut"), kill_after=3)  # dies in step 4, checkpoint at 2
+  resumed = run_stage(workdir, str(tmp_path / "cut"))
   assert resumed.resumed_from == 2
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                resumed.params, ref.params)

@@ -20,9 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from distill import data, lock, sharding, tokenizers, train
-from distill.models.transformer import LM
-from tests.helpers import shrunken_config, tiny_model_config
+from distill import data, lock
+from tests.helpers import shrunken_config
+from tests.test_resume import Interrupt, run_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -276,41 +276,7 @@ def test_nonfinite_loss_stops_with_one_line_then_skip_finishes(shared, tmp_path)
 # on one training stage, like tests/test_resume.py).
 
 
-class _Interrupt(Exception):
-  pass
-
-
-class _KillAfter:
-  """A data iterator that dies after `n` batches, like a killed process."""
-
-  def __init__(self, it, n):
-    self.it, self.n = it, n
-
-  def __next__(self):
-    if self.n == 0:
-      raise _Interrupt()
-    self.n -= 1
-    return next(self.it)
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, s):
-    self.it.set_state(s)
-
-
-def _stage(workdir, stage_dir, kill_after=None, data_dir=""):
-  c = shrunken_config(**{"data.data_dir": data_dir})
-  lm = LM(tiny_model_config(vocab_size=264, max_len=64))
-  it = data.make_train_iterator(c.data, tokenizers.ByteTokenizer(), workdir, batch_size=8,
-                                seed=3, fraction=0.5)
-  if kill_after is not None:
-    it = _KillAfter(it, kill_after)
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
-  return train.run(name="t", lm=lm, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
-                   loss_fn=functools.partial(train.ce_loss, student=lm),
-                   tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
-                   checkpoint_every=2, log_every=1, is_main=True)
+_Interrupt, _stage = Interrupt, run_stage  # shared with tests/test_resume.py
 
 
 def _truncate_tree(directory):

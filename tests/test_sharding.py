@@ -4,7 +4,7 @@ import functools
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from distill import evaluate, sharding, train
 from distill.models.transformer import LM
