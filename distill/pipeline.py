@@ -15,6 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distill import (api, data, evaluate, lock, report, sharding, teacher_cache, tokenizers,
                      train)
@@ -191,6 +192,9 @@ def _run(config, workdir: str) -> dict:
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count()))
   n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
+  if jax.process_count() > 1:  # each process counted only its own rows
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    n_bytes = int(np.sum(multihost_utils.process_allgather(np.int64(n_bytes))))
   results = {}
   for name, (lm, params, info) in models.items():
     m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes)
