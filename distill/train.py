@@ -325,7 +325,9 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
     pending.append((step + 1, metrics))
     done = step + 1
-    if done % log_every == 0 or done == steps or ckpt.should_save(done, steps):
+    # Metrics are checked (and logged) before any state is saved, a preemption save included.
+    save = ckpt.should_save(done, steps) or preempt.raised
+    if done % log_every == 0 or done == steps or save:
       fetched = jax.device_get(pending)
       pending = []
       for s, m in fetched:
@@ -343,11 +345,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
           for k, v in m.items():
             writer.add_scalar(f"{name}/{k}", v, s)
       progress.update(done, history[-1][1])
-    if ckpt.should_save(done, steps) or preempt.raised:
-      if preempt.raised and not ckpt.should_save(done, steps):
-        for s, m in jax.device_get(pending):  # never save a state with unchecked metrics
-          if not m.get("skipped") and not all(math.isfinite(float(v)) for v in m.values()):
-            raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}")
+    if save:
       ckpt.save(done, state, data_iter.get_state())
       if preempt.raised and done < steps:
         progress.close()
