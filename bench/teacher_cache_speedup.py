@@ -47,8 +47,7 @@ def main():
   batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "mask": np.ones((b, t), np.float32)}
   ids, lps = losses.topk_targets(teacher.apply(t_params, jnp.asarray(batch["inputs"])), args.top_k)
   cached_batch = dict(batch, teacher_ids=np.asarray(ids), teacher_logprobs=np.asarray(lps))
-  cfg = train.LossConfig.from_config(c.distill).__class__(
-      kind="forward_kl", temperature=2.0, top_k=args.top_k)
+  cfg = train.LossConfig(kind="forward_kl", temperature=2.0, top_k=args.top_k)
   tx = train.make_optimizer(lr=1e-3, steps=100, warmup=1)
   out = {"bench": "teacher_cache_speedup", "top_k": args.top_k, "batch": b, "seq_len": t,
          "bytes_per_token": args.top_k * 8}

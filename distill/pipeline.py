@@ -200,8 +200,9 @@ def _run(config, workdir: str) -> dict:
     m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes)
     m["params"] = count_params(params)
     m["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
-    m["samples"] = {p: api.Model(lm, params, ctx.tokenizer).generate(p, c.eval.sample_tokens)
-                    for p in c.eval.prompts} if ctx.is_main else {}
+    model = api.Model(lm, params, ctx.tokenizer)
+    m["samples"] = ({p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}
+                    if ctx.is_main else {})
     results[name] = m
   walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
   walls["evaluate"] = time.time() - t_eval

@@ -361,6 +361,15 @@ class LM:
     abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
     self.graphdef, self._abstract_state = nnx.split(abstract)
 
+  # Everything here derives from the (frozen, hashable) config, so two LMs of one config are
+  # interchangeable: equality by config lets compile caches keyed by LM (api._compiled,
+  # evaluate._compiled) serve every stage and report that builds its own LM.
+  def __eq__(self, other):
+    return isinstance(other, LM) and other.cfg == self.cfg
+
+  def __hash__(self):
+    return hash(self.cfg)
+
   def abstract_params(self) -> Params:
     return nnx.to_pure_dict(self._abstract_state)
 
