@@ -83,8 +83,11 @@ class Model:
     return np.asarray(self._apply(self.params, jnp.asarray(tokens)), np.float32)
 
   def generate_ids(self, prompt_ids, max_new_tokens=64, *, temperature=0.0, top_k=0, seed=0,
-                   stop_at_eos=True):
-    """Token ids after the prompt; greedy when temperature == 0."""
+                   stop_at_eos=True, on_token=None):
+    """Token ids after the prompt; greedy when temperature == 0.
+
+    `on_token(id)` is called for each new token except a final EOS, for streaming output.
+    """
     prompt_ids = list(prompt_ids) or [self.tokenizer.bos_id or 0]
     total = min(len(prompt_ids) + max_new_tokens, self.lm.cfg.max_len)
     if len(prompt_ids) >= total:
@@ -101,6 +104,8 @@ class Model:
       out.append(tok)
       if stop_at_eos and tok == self.tokenizer.eos_id:
         break
+      if on_token is not None:
+        on_token(tok)
       if pos + 1 == total:
         break
       logits, cache = self._step(self.params, jnp.asarray([[tok]], jnp.int32), cache, pos)

@@ -13,6 +13,21 @@ import traceback
 USAGE_ERRORS = ("ConfigError", "MeshError", "LoadError", "DataError", "BudgetError")
 
 
+def run_main(argv, fn, *, verbose: bool, arg_hint: str, quiet_level: str = "warning") -> int:
+  """The shared body of every CLI's `main`: refuse stray arguments, quiet library logs, run.
+
+  Orbax, TFDS and TensorFlow log every file they touch; the console is for our own lines.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:  # e.g. an override without its dashes would otherwise be ignored
+    print(f"error: unexpected arguments {argv[1:]}; {arg_hint}", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  absl_logging.set_verbosity(absl_logging.DEBUG if verbose else quiet_level)
+  return guarded(fn, verbose=verbose)
+
+
 def guarded(fn, *, verbose: bool = False) -> int:
   try:
     return fn() or 0

@@ -82,31 +82,11 @@ def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, o
 
 def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
                  seed=0, out=sys.stdout):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   import distill  # pylint: disable=import-outside-toplevel
-  from distill import api  # pylint: disable=import-outside-toplevel
   model = distill.load(path)
-  tok, lm = model.tokenizer, model.lm
-  ids = tok.encode(prompt) or [tok.bos_id or 0]
-  total = min(len(ids) + max_new_tokens, lm.cfg.max_len)
-  if len(ids) >= total:
-    raise ValueError(f"prompt of {len(ids)} tokens leaves no room in max_len={lm.cfg.max_len}")
-  step = jax.jit(lm.apply_cached)
-  vocab = min(tok.vocab_size, lm.cfg.vocab_size)
-  logits, cache = step(model.params, jnp.asarray([ids], jnp.int32), lm.init_cache(1, total), 0)
-  last, key, stream = logits[0, -1], jax.random.key(seed), _Streamer(tok, out)
-  for pos in range(len(ids), total):
-    t = api._pick(np.asarray(last, np.float32)[:vocab], temperature, top_k,  # pylint: disable=protected-access
-                  jax.random.fold_in(key, pos))
-    if t == tok.eos_id:
-      break
-    stream.add(t)
-    if pos + 1 == total:
-      break
-    logits, cache = step(model.params, jnp.asarray([[t]], jnp.int32), cache, pos)
-    last = logits[0, -1]
+  stream = _Streamer(model.tokenizer, out)
+  model.generate_ids(model.tokenizer.encode(prompt), max_new_tokens, temperature=temperature,
+                     top_k=top_k, seed=seed, on_token=stream.add)
   return stream.finish()
 
 
@@ -122,16 +102,9 @@ def _run():
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}; quote the prompt: --prompt=\"...\"",
-          file=sys.stderr)
-    return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  # Orbax logs every file it reads at INFO; the terminal is for the generated text.
-  absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
   from distill import cli  # pylint: disable=import-outside-toplevel
-  return cli.guarded(_run, verbose=_VERBOSE.value)
+  return cli.run_main(argv, _run, verbose=_VERBOSE.value,
+                      arg_hint='quote the prompt: --prompt="..."')
 
 
 if __name__ == "__main__":

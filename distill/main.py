@@ -4,7 +4,6 @@ Flags only; the work is `distill.pipeline.run(config, workdir)`, which Colab and
 Overrides: `--config.distill.temperature=2 --config.data.seq_len=256 ...`.
 """
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,19 +28,14 @@ def _init_distributed():
 
 
 def main(argv):
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  # Orbax and TFDS log every file they touch at INFO; keep the console to our progress lines.
-  absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if len(argv) > 1:  # e.g. `config.data.seq_len=64` without the dashes would be ignored
-    print(f"error: unexpected arguments {argv[1:]}; overrides look like "
-          "--config.data.seq_len=64", file=sys.stderr)
-    return 2
-  if _CONFIG.value is None:
-    print("error: --config is required, e.g. --config=configs/tiny.py", file=sys.stderr)
-    return 2
   from distill import cli  # pylint: disable=import-outside-toplevel
-  return cli.guarded(lambda: _run(_WORKDIR.value), verbose=_VERBOSE.value)
+
+  def run():
+    if _CONFIG.value is None:
+      raise ValueError("--config is required, e.g. --config=configs/tiny.py")
+    return _run(_WORKDIR.value)
+  return cli.run_main(argv, run, verbose=_VERBOSE.value,
+                      arg_hint="overrides look like --config.data.seq_len=64")
 
 
 def _run(workdir):

@@ -9,7 +9,6 @@ Calibration (int8) and verification text come from --data (default: the embedded
 reusing <workdir>/data). Exit code 2 with one line for usage errors, budget overruns included.
 """
 import os
-import sys
 
 from absl import app, flags
 
@@ -55,14 +54,9 @@ def _run():
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}; flags look like --preset=watch", file=sys.stderr)
-    return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.ERROR)
   from distill import cli  # pylint: disable=import-outside-toplevel
-  return cli.guarded(_run, verbose=_VERBOSE.value)
+  return cli.run_main(argv, _run, verbose=_VERBOSE.value,
+                      arg_hint="flags look like --preset=watch", quiet_level="error")
 
 
 if __name__ == "__main__":
