@@ -130,6 +130,10 @@ def get_config():
   c.eval.prompts = ("The capital of France is", "In machine learning, distillation")
   # New tokens per sample.
   c.eval.sample_tokens = 64
+  # Prompts sent as a user turn through the tokenizer's chat template (instruct teachers only).
+  c.eval.chat_prompts = ()
+  # Second evaluation text no stage trains on ('docs': the project's docs; '' for none).
+  c.eval.heldout = "docs"
 
   c.export = ml_collections.ConfigDict()
   # A 1.2B student is a phone model at most (int8/int4 quantization in the phone preset).

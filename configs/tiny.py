@@ -98,8 +98,10 @@ def get_config():
   # JSD mixing weight and skew-KL mixing weight.
   c.distill.beta = 0.5
   c.distill.skew = 0.1
-  # Where soft targets come from: 'online' (teacher forward in the step) or 'cache:/path'
-  # (top-k targets written by `python -m distill.teacher_cache`).
+  # Where soft targets come from: 'online' (teacher forward in the step), 'cache' (the
+  # pipeline writes the teacher's top-k once to <workdir>/teacher_cache and trains from it:
+  # one teacher forward per token instead of one per step) or 'cache:/path' (written by
+  # `python -m distill.teacher_cache`).
   c.distill.teacher_source = "online"
   # Keep only the teacher's top-k tokens per position (0 = full distribution); a cache implies k.
   c.distill.top_k = 0
@@ -122,6 +124,11 @@ def get_config():
   c.eval.prompts = ("The for statement", "Exceptions are")
   # New tokens per sample.
   c.eval.sample_tokens = 64
+  # Prompts sent as a user turn through the tokenizer's chat template (instruct teachers only).
+  c.eval.chat_prompts = ()
+  # Second evaluation text no stage trains on: 'docs' (the project's docs, shipped frozen in
+  # distill/datasets/heldout_docs.md), 'text:/glob/*.txt', or '' for none.
+  c.eval.heldout = "docs"
 
   c.export = ml_collections.ConfigDict()
   # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).

@@ -89,6 +89,8 @@ def validate(c, n_devices: int | None = None) -> None:
          f"--config.data.name={c.data.name!r} matches no files; give a glob of UTF-8 text "
          "files, e.g. 'text:/path/*.txt'")
   tok = _get(c, "data.tokenizer")
+  _req(tok != "" or _get(c, "teacher.checkpoint"), "--config.data.tokenizer='' (the teacher's "
+       "tokenizer) needs --config.teacher.checkpoint; give 'byte' or a tokenizer path")
   if isinstance(tok, str) and tok not in ("", "byte"):
     _req(os.path.exists(os.path.expanduser(tok)), f"--config.data.tokenizer={tok!r} does not "
          "exist; give 'byte' or the path of a tokenizer.json, tokenizer.model or model directory")
@@ -105,10 +107,12 @@ def validate(c, n_devices: int | None = None) -> None:
   ckpt = _get(c, "teacher.checkpoint")
   _req(isinstance(ckpt, str), "--config.teacher.checkpoint must be a path string")
   if ckpt:
-    path = ckpt[3:] if ckpt.startswith("hf:") else ckpt
+    remote = ckpt.startswith(("hf:", "gguf:"))
+    path = ckpt.split(":", 1)[1] if remote else ckpt
     _req(os.path.exists(path), f"--config.teacher.checkpoint={ckpt!r} does not exist; give a "
-         "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', or '' to pretrain")
-    if not ckpt.startswith("hf:"):
+         "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', "
+         "'gguf:/path/model.gguf', or '' to pretrain")
+    if not remote:
       _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
            f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
            "after that run finished, or 'hf:/path' for a Hugging Face directory")
@@ -144,8 +148,13 @@ def validate(c, n_devices: int | None = None) -> None:
     _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
          f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
   src = d.get("teacher_source", "online")
-  _req(src == "online" or (isinstance(src, str) and src.startswith("cache:") and len(src) > 6),
-       f"--config.distill.teacher_source={src!r} must be 'online' or 'cache:/path'")
+  _req(src in ("online", "cache") or (isinstance(src, str) and src.startswith("cache:")
+                                      and len(src) > 6),
+       f"--config.distill.teacher_source={src!r} must be 'online', 'cache' or 'cache:/path'")
+  if src == "cache":
+    _req(isinstance(d.get("top_k", 0), int) and d.get("top_k", 0) > 0,
+         "--config.distill.teacher_source='cache' needs --config.distill.top_k > 0 (the "
+         "teacher tokens kept per position, e.g. 64)")
   if src.startswith("cache:"):
     _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
@@ -167,5 +176,13 @@ def validate(c, n_devices: int | None = None) -> None:
     dp = shape["data"] * shape["fsdp"]
     _req(c.data.batch_size % dp == 0, f"--config.data.batch_size={c.data.batch_size} is not "
          f"divisible by the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}")
+  heldout = _get(c, "eval.heldout")
+  _req(isinstance(heldout, str) and (heldout in ("", "docs") or heldout.startswith("text:")),
+       f"--config.eval.heldout={heldout!r} must be 'docs', 'text:/glob/*.txt' or ''")
+  if heldout.startswith("text:"):
+    import glob  # pylint: disable=import-outside-toplevel
+    _req(any(os.path.isfile(p) for p in glob.glob(os.path.expanduser(heldout[5:]),
+                                                  recursive=True)),
+         f"--config.eval.heldout={heldout!r} matches no files; give a glob of UTF-8 text files")
   for p in _get(c, "export.presets"):
     _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")

@@ -234,12 +234,12 @@ def token_stream(data_cfg: Any, tokenizer: Any, workdir: str, split: str) -> np.
   return np.load(path, mmap_mode="r")
 
 
-def prepare(data_cfg: Any, workdir: str) -> None:
+def prepare(data_cfg: Any, workdir: str, tokenizer: Any = None) -> None:
   """Builds the TFDS dataset (if needed) and the packed train/validation streams.
 
   When both streams are cached already, this touches neither TFDS nor TensorFlow.
   """
-  tokenizer = _tokenizer(None, data_cfg)
+  tokenizer = _tokenizer(tokenizer, data_cfg)
   for split in ("train", "validation"):
     token_stream(data_cfg, tokenizer, workdir, split)
 
@@ -351,8 +351,13 @@ def eval_batches(data_cfg: Any, tokenizer: Any, workdir: str, *, split: str = "v
                  batch_size: int, max_batches: int | None = None, process_index: int = 0,
                  process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """All windows of `split` in stream order; the last batch is padded with mask-0 rows."""
-  local = _local_batch(batch_size, process_index, process_count)
   windows = _windows(data_cfg, tokenizer, workdir, split)
+  return _eval_rows(windows, batch_size, max_batches, process_index, process_count)
+
+
+def _eval_rows(windows: _Windows, batch_size: int, max_batches: int | None, process_index: int,
+               process_count: int) -> list[dict[str, np.ndarray]]:
+  local = _local_batch(batch_size, process_index, process_count)
   n = windows.num_windows
   num = -(-n // batch_size)
   if max_batches is not None:
@@ -364,3 +369,29 @@ def eval_batches(data_cfg: Any, tokenizer: Any, workdir: str, *, split: str = "v
     out.append(windows.rows(ids))
   return out
 
+
+# The project's own documentation, frozen as shipped text: a second domain (Markdown prose
+# about ML tooling) no config trains on, to check a student generalises beyond its corpus.
+HELDOUT_DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets",
+                            "heldout_docs.md")
+
+
+def heldout_texts(spec: str) -> list[str]:
+  """'docs' (the shipped held-out text) or 'text:/glob/*.txt' -> list of documents."""
+  files = [HELDOUT_DOCS] if spec == "docs" else _text_files(spec)
+  out = []
+  for path in files:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      out.append(f.read())
+  return out
+
+
+def text_eval_batches(texts: Sequence[str], tokenizer: Any, *, seq_len: int, batch_size: int,
+                      process_index: int = 0, process_count: int = 1
+                      ) -> list[dict[str, np.ndarray]]:
+  """Eval batches (as `eval_batches`) of the given documents, packed like a split."""
+  tokenizer = tok_lib.from_config(tokenizer)
+  stream, _ = _pack(texts, tokenizer, False)
+  pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+  windows = _Windows(stream, seq_len, pad, "the held-out eval text")
+  return _eval_rows(windows, batch_size, None, process_index, process_count)

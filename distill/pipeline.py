@@ -120,9 +120,14 @@ def load_or_train_teacher(ctx: Context):
   """(LM, params in teacher dtype and shards, shardings, stage info)."""
   c = ctx.config
   path = c.teacher.checkpoint
-  if path.startswith("hf:"):
-    from distill.models import hf  # pylint: disable=import-outside-toplevel
-    lm, params, tok = hf.load_teacher(path[3:], ctx.mesh, dtype=c.teacher.dtype)
+  if path.startswith(("hf:", "gguf:")):
+    if path.startswith("hf:"):
+      from distill.models import hf  # pylint: disable=import-outside-toplevel
+      load = hf.load_teacher
+    else:
+      from distill.models import gguf  # pylint: disable=import-outside-toplevel
+      load = gguf.load_teacher
+    lm, params, tok = load(path.split(":", 1)[1], ctx.mesh, dtype=c.teacher.dtype)
     ctx.tokenizer = tok
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
@@ -145,6 +150,65 @@ def load_or_train_teacher(ctx: Context):
   return lm, params, shard, info
 
 
+def _eval_sets(ctx: Context) -> dict:
+  """{name: (per-process batches, target bytes)}: the validation split, and the held-out text
+  when `eval.heldout` names one (text the student never trained on, another domain)."""
+  c = ctx.config
+  kw = dict(batch_size=c.data.batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count())
+  sets = {"validation": data.eval_batches(c.data, ctx.tokenizer, ctx.workdir, split="validation",
+                                          max_batches=c.data.eval_batches or None, **kw)}
+  if c.eval.heldout:
+    sets["heldout"] = data.text_eval_batches(data.heldout_texts(c.eval.heldout), ctx.tokenizer,
+                                             seq_len=c.data.seq_len, **kw)
+  out = {}
+  for name, batches in sets.items():
+    n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
+    if jax.process_count() > 1:  # each process counted only its own rows
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      n_bytes = int(np.sum(multihost_utils.process_allgather(np.int64(n_bytes))))
+    out[name] = (batches, n_bytes)
+  return out
+
+
+def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
+  """Validation metrics per model (the teacher's forward runs once per batch for all of them),
+  with the held-out text's metrics under "heldout"."""
+  results = {}
+  others = {k: v[:2] for k, v in models.items() if k != "teacher"}
+  c = ctx.config
+  for set_name, (batches, n_bytes) in _eval_sets(ctx).items():
+    # The teacher's targets on each eval set are written once per workdir (teacher_eval/).
+    key = json.dumps([c.teacher.checkpoint or "pretrained", c.teacher.dtype,
+                      ctx.tokenizer.fingerprint, c.data.seq_len, c.data.batch_size,
+                      c.data.eval_batches, set_name, c.eval.heldout, jax.process_count()])
+    metrics = evaluate.evaluate_all(
+        others, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes, key=key,
+        cache_file=os.path.join(ctx.workdir, "teacher_eval",
+                                f"{set_name}-p{jax.process_index()}.npz"))
+    for name, m in metrics.items():
+      if set_name == "validation":
+        results.setdefault(name, {}).update(m)
+      else:
+        results.setdefault(name, {})[set_name] = m
+  return results
+
+
+def _samples(ctx: Context, model: api.Model) -> dict:
+  """Greedy continuations of the eval prompts; through the chat template when the tokenizer
+  has one (an instruct teacher), so the teacher is sampled the way it was trained to answer."""
+  c = ctx.config
+  if not ctx.is_main:
+    return {"samples": {}}
+  out = {"samples": {p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}}
+  template = getattr(ctx.tokenizer, "chat_template", None)
+  if template and c.eval.chat_prompts:
+    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(ctx.tokenizer, p),
+                                             c.eval.sample_tokens)
+                           for p in c.eval.chat_prompts}
+  return out
+
+
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
   validate(config, jax.device_count())
@@ -157,9 +221,11 @@ def _run(config, workdir: str) -> dict:
   t0 = time.time()
   ctx = Context(config, workdir)
   c = config
-  data.prepare(c.data, workdir)
-
+  if c.data.tokenizer:  # before any training: a data mistake fails first
+    data.prepare(c.data, workdir)
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
+  if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
+    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
@@ -167,6 +233,17 @@ def _run(config, workdir: str) -> dict:
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
   source = c.distill.get("teacher_source", "online")
+  walls_extra = {}
+  if source == "cache":  # the teacher runs once per token, here, not once per step
+    cache_dir = os.path.join(workdir, "teacher_cache")
+    if not os.path.exists(os.path.join(cache_dir, "meta.json")):
+      t_cache = time.time()
+      logging.info("[teacher_cache] top-%d of the teacher over the transfer set -> %s",
+                   c.distill.top_k, cache_dir)
+      teacher_cache.write(ctx, teacher, t_params, cache_dir, c.distill.top_k,
+                          batch_size=c.data.batch_size)
+      walls_extra["teacher_cache"] = time.time() - t_cache
+    source = teacher_cache.CACHE_PREFIX + cache_dir
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
     cache.check(c, teacher.cfg.vocab_size, ctx.tokenizer)
@@ -186,26 +263,14 @@ def _run(config, workdir: str) -> dict:
     models["baseline"] = (student, b_params, b_info)
 
   t_eval = time.time()
-  batches = list(data.eval_batches(c.data, ctx.tokenizer, workdir, split="validation",
-                                   batch_size=c.data.batch_size,
-                                   max_batches=c.data.eval_batches or None,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count()))
-  n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
-  if jax.process_count() > 1:  # each process counted only its own rows
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    n_bytes = int(np.sum(multihost_utils.process_allgather(np.int64(n_bytes))))
-  results = {}
-  for name, (lm, params, info) in models.items():
-    m = evaluate.evaluate(lm, params, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes)
-    m["params"] = count_params(params)
-    m["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
-    model = api.Model(lm, params, ctx.tokenizer)
-    m["samples"] = ({p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}
-                    if ctx.is_main else {})
-    results[name] = m
+  results = evaluate_models(ctx, models, teacher, t_params)
+  for name, (lm, params, _) in models.items():
+    results[name]["params"] = count_params(params)
+    results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
+    results[name].update(_samples(ctx, api.Model(lm, params, ctx.tokenizer)))
   walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
   walls["evaluate"] = time.time() - t_eval
+  walls.update(walls_extra)
 
   if c.export.enabled:
     from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel

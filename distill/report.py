@@ -38,6 +38,9 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
     rep["gap_closed"] = evaluate.gap_closed(results["teacher"]["val_ce"],
                                             results["student"]["val_ce"],
                                             results["baseline"]["val_ce"])
+    if "heldout" in results["student"]:
+      rep["heldout_gap_closed"] = evaluate.gap_closed(
+          *(results[m]["heldout"]["val_ce"] for m in ("teacher", "student", "baseline")))
   rep["wall_seconds"] = dict(walls, total=total_seconds)
   rep["setup"] = {
       "data": config.data.name, "seq_len": config.data.seq_len,
@@ -57,12 +60,14 @@ def _fmt(value, fmt):
   return "–" if value is None else fmt.format(value)
 
 
-def table(rep: dict) -> str:
-  names = [m for m in MODELS if m in rep]
+def table(rep: dict, part: str | None = None) -> str:
+  """Quality table of the validation split, or of the eval set `part` (e.g. "heldout")."""
+  names = [m for m in MODELS if m in rep and (part is None or part in rep[m])]
   lines = ["| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for m in names:
-    cells = [_fmt(rep[m].get(k), fmt) for k, _, fmt in COLUMNS]
+    row = rep[m] if part is None else dict(rep[m], **rep[m][part])
+    cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -386,6 +391,9 @@ def write(workdir, rep: dict, config) -> None:
     md.append(f"**gap closed**: {rep['gap_closed']:.3f}  "
               "(= (CE_baseline − CE_student) / (CE_baseline − CE_teacher))")
     md.append("")
+  if "heldout_gap_closed" in rep:
+    md += ["### Held-out text (never trained on)", "", table(rep, "heldout"), "",
+           f"**gap closed** on the held-out text: {rep['heldout_gap_closed']:.3f}", ""]
   md += ["## Cost", "", cost_table(rep), "",
          f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after the first sample prompt, "
          "timed on this machine while the report was written (JAX: `distill.api.Model`'s "
@@ -407,5 +415,9 @@ def write(workdir, rep: dict, config) -> None:
   for m in MODELS:
     for prompt, text in rep.get(m, {}).get("samples", {}).items():
       md.append(f"- **{m}** `{prompt}` → `{text!r}`")
+  chats = [(m, p, t) for m in MODELS for p, t in rep.get(m, {}).get("chat_samples", {}).items()]
+  if chats:
+    md += ["", "## Chat samples (the prompt as a user turn through the chat template)", ""]
+    md += [f"- **{m}** `{p}` → `{t!r}`" for m, p, t in chats]
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(md) + "\n")

@@ -23,7 +23,7 @@ import sys
 import jax
 import numpy as np
 
-from distill import data, losses, sharding
+from distill import data, losses, sharding, train
 
 CACHE_PREFIX = "cache:"
 
@@ -53,12 +53,16 @@ def write(ctx, teacher, t_params, out_dir: str, top_k: int, batch_size: int = 32
                                      (n, t, top_k))
   fn = _topk_fn(teacher, top_k)
   rep = sharding.replicated(ctx.mesh)
+  progress = train.Progress("teacher_cache", n, t, enabled=ctx.is_main)
   for start in range(0, n, batch_size):
+    if start // batch_size % 5 == 0:
+      progress.update(start, {"loss": float("nan")})
     chunk = ids[start:start + batch_size]
     tokens = rows(list(chunk) + [chunk[-1]] * (batch_size - len(chunk)))["inputs"]
     k_ids, k_lp = jax.device_get(fn(t_params, jax.device_put(tokens, rep)))
     out_ids[start:start + len(chunk)] = k_ids[:len(chunk)]
     out_lp[start:start + len(chunk)] = k_lp[:len(chunk)]
+  progress.close()
   out_ids.flush()
   out_lp.flush()
   np.save(os.path.join(tmp, "windows.npy"), np.asarray(ids, np.int32))

@@ -545,3 +545,21 @@ def test_hidden_state_loss(kind):
   assert all(np.isfinite(g).all() for g in grads)
   assert float(losses.hidden_state_loss(hs, ht, w, mask=np.zeros((2, 5)),
                                         kind=kind)) == 0.0
+
+
+@pytest.mark.parametrize("shape,k", [((3, 7, 4096), 16), ((5, 1024), 8), ((2, 100), 5)])
+def test_grouped_top_k_equals_full_sort_and_numpy(shape, k):
+  # Continuous values (no ties): the two-stage top-k must return exactly what one sort
+  # over the row returns, and topk_targets' log-probs the NumPy log-softmax at those ids.
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4
+  # Crowd one group with large values so the answer is not spread over many groups.
+  x[..., :64] += 10.0
+  v, i = jax.jit(losses.grouped_top_k, static_argnames=("k",))(jnp.asarray(x), k=k)
+  rv, ri = jax.lax.top_k(jnp.asarray(x), k)
+  np.testing.assert_array_equal(np.asarray(i), np.asarray(ri))
+  np.testing.assert_array_equal(np.asarray(v), np.asarray(rv))
+  ids, lp = j_topk(jnp.asarray(x), k=k)
+  ref = special.log_softmax(x.astype(np.float64), axis=-1)
+  np.testing.assert_array_equal(np.asarray(ids), np.argsort(-x, axis=-1)[..., :k])
+  np.testing.assert_allclose(np.asarray(lp), np.take_along_axis(ref, np.asarray(ids), -1),
+                             atol=2e-5)
