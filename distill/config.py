@@ -26,6 +26,11 @@ class ConfigError(ValueError):
   """A config mistake; the message is one line naming the problem and the fix."""
 
 
+class MissingDependencyError(ConfigError):
+  """A config needs an optional package that is not installed; the message names the
+  install command. Raised while a config file loads (e.g. configs/smollm2_135m.py)."""
+
+
 def _req(cond, msg):
   if not cond:
     raise ConfigError(msg)
