@@ -125,6 +125,10 @@ def load_or_train_teacher(ctx: Context):
     lm, params, tok = hf.load_teacher(path[3:], ctx.mesh, dtype=c.teacher.dtype)
     ctx.tokenizer = tok
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
+  if path.startswith("gguf:"):
+    from distill.models import gguf  # pylint: disable=import-outside-toplevel
+    lm, params, ctx.tokenizer = gguf.load_teacher(path[5:], ctx.mesh, dtype=c.teacher.dtype)
+    return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = api.read_model_config(path)
     ctx.tokenizer = tokenizers.load(os.path.join(path, "tokenizer"))

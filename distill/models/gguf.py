@@ -230,8 +230,9 @@ class Checkpoint:
   def __contains__(self, name: str) -> bool:
     return name in self.where
 
-  def names(self):
-    return list(self.where)
+  def shape(self, name: str) -> tuple[int, ...]:
+    """HF shape of a tensor, without reading it (GGUF lists the fastest axis first)."""
+    return tuple(int(n) for n in reversed(self.where[name].shape))
 
   def read(self, name: str) -> np.ndarray:
     """One tensor as float32 in HF's layout ([out, in] for linears)."""
