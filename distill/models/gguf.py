@@ -70,15 +70,12 @@ def open_reader(path: str):
     raise LoadError(f"GGUF file {path!r} does not exist; give 'gguf:/path/to/model.gguf'")
   try:
     reader = gguf.GGUFReader(path)
-  except ValueError as e:
-    m = re.search(r"(\d+) is not a valid GGMLQuantizationType", str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    m = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", str(e))
     if m:
       raise LoadError(f"{path}: unknown quant type {m.group(1)} (newer than the gguf package?); "
                       f"upgrade it ({_INSTALL} -U) or re-quantize the model to Q8_0/Q4_K/"
                       "F16 with llama.cpp") from None
-    raise LoadError(f"{path} is truncated or corrupt ({_first_line(e)}); re-download it"
-                    ) from None
-  except Exception as e:  # pylint: disable=broad-except
     raise LoadError(f"{path} is truncated or corrupt ({_first_line(e)}); re-download it"
                     ) from None
   size = os.path.getsize(path)
@@ -304,6 +301,14 @@ def load(path: str, mesh, dtype: str = "bfloat16", *, with_tokenizer: bool = Tru
   lm = LM(cfg)
   params = hf.load_params(ckpt, lm, "llama", sharding.param_shardings(lm, mesh))
   return lm, params, tok
+
+
+def load_tokenizer(path: str):
+  """The tokenizer of a GGUF file alone (an HFTokenizer over a generated tokenizer.json)."""
+  from distill.models import gguf_tokenizer  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.path.expanduser(path))
+  reader = open_reader(path)
+  return gguf_tokenizer.load(reader, metadata(reader), path)
 
 
 def load_teacher(path: str, mesh, dtype: str = "bfloat16"):
