@@ -100,7 +100,9 @@ def sp_vocab(tmp_path_factory):
   spm.SentencePieceTrainer.train(
       input=str(d / "corpus.txt"), model_prefix=str(d / "sp"), vocab_size=600,
       model_type="bpe", byte_fallback=True, character_coverage=1.0, minloglevel=2,
-      user_defined_symbols=["<think>"])
+      user_defined_symbols=["<think>"], split_digits=True,
+      # Llama's settings: text kept as is (no NFKC, whitespace runs and newlines kept)
+      normalization_rule_name="identity", remove_extra_whitespaces=False)
   sp = spm.SentencePieceProcessor(model_file=str(d / "sp.model"))
   pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
   scores = [sp.get_score(i) for i in range(sp.get_piece_size())]
