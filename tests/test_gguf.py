@@ -23,6 +23,7 @@ pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 import distill  # noqa: E402
 from distill import api, convert  # noqa: E402
 from distill.models import gguf as dgguf  # noqa: E402
+from tests.helpers import write_gguf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
@@ -370,52 +371,17 @@ def test_convert_round_trip(bpe_vocab, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # bad files: one LoadError line naming the problem, nothing written
 
-def _tiny_file(path, vocab=None, arch="llama", qtype=None):
-  w = gguf.GGUFWriter(path, arch)
-  _meta_llama(w, vocab=len(vocab[0]) if vocab else 300)
-  if vocab:
-    _add_bpe_tokenizer(w, vocab)
-  x = np.ones((4, 32), np.float32)
-  if qtype is None:
-    w.add_tensor("blk.0.ffn_up.weight", x)
-  else:
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 32 // block * size), np.uint8),
-                 raw_dtype=qtype)
-  _close(w)
-  return path
-
-
-def unknown_quant_file(path):
-  """A GGUF whose one tensor claims ggml type 200 (the type id patched in place)."""
-  _tiny_file(path)
-  data = bytearray(open(path, "rb").read())
-  name = b"blk.0.ffn_up.weight"
-  at = data.index(name) + len(name) + 4 + 2 * 8  # n_dims (u32), two dims (u64), then type
-  assert int.from_bytes(data[at:at + 4], "little") == int(Q.F32)
-  data[at:at + 4] = (200).to_bytes(4, "little")
-  open(path, "wb").write(bytes(data))
-  return path
-
-
-def truncated_file(path, vocab):
-  _tiny_file(path, vocab)
-  with open(path, "r+b") as f:
-    f.truncate(os.path.getsize(path) - 64)
-  return path
-
-
-def test_bad_files_give_one_clear_line(bpe_vocab, tmp_path):
+def test_bad_files_give_one_clear_line(tmp_path):
+  t = lambda name: str(tmp_path / name)
   cases = {
-      "truncated": (truncated_file(str(tmp_path / "t.gguf"), bpe_vocab), "is truncated"),
-      "unknown_quant": (unknown_quant_file(str(tmp_path / "u.gguf")),
-                        "unknown quant type 200"),
-      "unsupported_quant": (_tiny_file(str(tmp_path / "q.gguf"), bpe_vocab, qtype=Q.Q8_1),
+      "truncated": (write_gguf(t("t.gguf"), kind="truncated"), "is truncated"),
+      "unknown_quant": (write_gguf(t("u.gguf"), kind="unknown_quant"), "unknown quant type 200"),
+      "unsupported_quant": (write_gguf(t("q.gguf"), kind="unsupported_quant"),
                             "quant type Q8_1"),
-      "architecture": (_tiny_file(str(tmp_path / "a.gguf"), bpe_vocab, arch="falcon"),
+      "architecture": (write_gguf(t("a.gguf"), arch="falcon"),
                        "architecture 'falcon' is not supported"),
-      "no_tokenizer": (_tiny_file(str(tmp_path / "n.gguf")), "has no tokenizer"),
-      "missing": (str(tmp_path / "nope.gguf"), "does not exist"),
+      "no_tokenizer": (write_gguf(t("n.gguf"), tokenizer=False), "has no tokenizer"),
+      "missing": (t("nope.gguf"), "does not exist"),
   }
   for case, (path, expect) in cases.items():
     with pytest.raises(api.LoadError) as e:
