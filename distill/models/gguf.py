@@ -37,7 +37,7 @@ from distill.models.transformer import LM
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 _MODEL_TYPE = {"gemma3": "gemma3_text"}
-_INSTALL = "pip install 'gguf>=0.10'"
+_INSTALL = "pip install 'gguf>=0.14'"
 
 # GGUF block tensor -> HF name inside model.layers.N (Gemma 2/3 rename the two MLP-side norms).
 _BLOCK = {
@@ -98,10 +98,30 @@ def metadata(reader) -> dict:
                                                            "token_type")):
       continue
     try:
-      out[key] = field.contents()
+      out[key] = field_value(field)
     except Exception:  # pylint: disable=broad-except
       continue  # a key we cannot decode is one we do not need
   return out
+
+
+def field_value(field):
+  """A metadata field as Python (str, int, float, bool or a list of them).
+
+  Decoded from the reader's parts rather than `ReaderField.contents()`, which gguf < 0.14
+  lacks: a string is its bytes part, a scalar its one-element part, an array one part each.
+  """
+  kind = int(field.types[0]) if field.types else -1
+  string, array, boolean = 8, 9, 7  # GGUFValueType ids, fixed by the file format
+  inner = int(field.types[-1]) if kind == array else kind
+
+  def one(part):
+    if inner == string:
+      return bytes(part).decode("utf-8")
+    value = part.tolist()[0]
+    return bool(value) if inner == boolean else value
+  if kind == array:
+    return [one(field.parts[i]) for i in field.data]
+  return one(field.parts[field.data[0]])
 
 
 # ---------------------------------------------------------------------------------------------

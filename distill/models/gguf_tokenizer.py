@@ -44,8 +44,9 @@ _PRE = {
 
 
 def _array(reader, key: str):
+  from distill.models import gguf  # pylint: disable=import-outside-toplevel
   field = reader.fields.get(key)
-  return None if field is None else field.contents()
+  return None if field is None else gguf.field_value(field)
 
 
 def load(reader, meta: dict, path: str) -> tokenizers.HFTokenizer:
@@ -105,7 +106,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _byte_level(tokens, merges, pre: str, path: str):
-  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
   if pre not in _PRE:
     raise LoadError(f"{path}: byte-level pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not "
                     f"supported; supported: {', '.join(sorted(_PRE))}")
@@ -129,7 +131,8 @@ def _byte_level(tokens, merges, pre: str, path: str):
 
 
 def _sentencepiece(reader, meta: dict, tokens):
-  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
   gemma = str(meta.get("general.architecture", "")).startswith("gemma")
   if gemma:  # Gemma files spell runs of spaces as spaces; its tokenizer looks up "▁▁"
     tokens = ["\u2581" * len(t) if t and not t.strip(" ") else t for t in tokens]
