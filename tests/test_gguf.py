@@ -433,3 +433,25 @@ def test_smollm2_as_close_to_fp64_as_transformers():
     out = ref32.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
                          eos_token_id=None, pad_token_id=2)
   assert m.generate_ids(prompt, 20, stop_at_eos=False) == out[0, len(prompt):].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline with a GGUF teacher: its tokenizer is the run's, stages save it like any other
+
+@pytest.mark.slow  # about a minute here: data preparation with the teacher's tokenizer, compiles
+def test_pipeline_distills_from_a_gguf_teacher(bpe_vocab, tmp_path):
+  from distill import pipeline  # pylint: disable=import-outside-toplevel
+  from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
+  model = _tiny("llama", len(bpe_vocab[0]))
+  path = str(tmp_path / "teacher.gguf")
+  _write_model(model, "llama", path, bpe_vocab)
+  workdir = str(tmp_path / "run")
+  rep = pipeline.run(shrunken_config(**{
+      "teacher.checkpoint": "gguf:" + path, "baseline.enabled": False,
+      "export.enabled": False, "data.eval_batches": 1}), workdir)
+  assert np.isfinite(rep["student"]["val_ce"])
+  student = distill.load(os.path.join(workdir, "student"))
+  teacher_tok = dgguf.load_tokenizer(path)
+  text = _pydoc_text(1)[:300]
+  assert student.tokenizer.encode(text) == teacher_tok.encode(text)
+  assert student.tokenizer.eos_id == 2

@@ -107,8 +107,9 @@ def metadata(reader) -> dict:
 def field_value(field):
   """A metadata field as Python (str, int, float, bool or a list of them).
 
-  Decoded from the reader's parts rather than `ReaderField.contents()`, which gguf < 0.14
-  lacks: a string is its bytes part, a scalar its one-element part, an array one part each.
+  Decoded from the reader's parts rather than `ReaderField.contents()`, which older gguf
+  releases (0.14) lack: a string is its bytes part, a scalar its one-element part, an array
+  one part each.
   """
   kind = int(field.types[0]) if field.types else -1
   string, array, boolean = 8, 9, 7  # GGUFValueType ids, fixed by the file format
