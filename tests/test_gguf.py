@@ -194,7 +194,7 @@ def _permute(w, heads):
       w.shape)
 
 
-def _write_model(model, arch, path, vocab, f16=False):
+def _write_model(model, arch, path, vocab, f16=False, rope_freqs=None):
   cfg = model.config
   gemma = arch.startswith("gemma")
   w = gguf.GGUFWriter(path, arch)
@@ -205,8 +205,8 @@ def _write_model(model, arch, path, vocab, f16=False):
   w.add_head_count(cfg.num_attention_heads)
   w.add_head_count_kv(cfg.num_key_value_heads)
   w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-  w.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if "rope_theta" in cfg.rope_parameters
-                       else cfg.rope_parameters["full_attention"]["rope_theta"])
+  rope = cfg.rope_parameters
+  w.add_rope_freq_base(rope.get("rope_theta") or rope["full_attention"]["rope_theta"])
   w.add_vocab_size(cfg.vocab_size)
   head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
   if arch == "llama":
@@ -220,6 +220,8 @@ def _write_model(model, arch, path, vocab, f16=False):
     w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     w.add_final_logit_softcapping(cfg.final_logit_softcapping)
   _add_bpe_tokenizer(w, vocab)
+  if rope_freqs is not None:
+    w.add_tensor("rope_freqs.weight", rope_freqs)
   names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items()
                                         if v == arch), cfg.num_hidden_layers)
   for hf_name, p in model.state_dict().items():
@@ -239,10 +241,10 @@ def _write_model(model, arch, path, vocab, f16=False):
   _close(w)
 
 
-def _tiny(arch, vocab_size):
+def _tiny(arch, vocab_size, **overrides):
   cfg_cls, model_cls, kw, _ = FAMILIES[arch]
   cfg = getattr(transformers, cfg_cls)(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2,
-                                       pad_token_id=0, **kw)
+                                       pad_token_id=0, **dict(kw, **overrides))
   cfg._attn_implementation = "eager"  # pylint: disable=protected-access
   torch.manual_seed(0)
   model = getattr(transformers, model_cls)(cfg).eval()
@@ -282,6 +284,39 @@ def test_family_logits_match_transformers(arch, bpe_vocab, tmp_path):
     np.testing.assert_allclose(got, _logits(_transformers_gguf(path), ids), atol=1e-4, rtol=0)
   assert m.tokenizer.chat_template == CHAT
   assert (m.tokenizer.bos_id, m.tokenizer.eos_id, m.tokenizer.pad_id) == (1, 2, 0)
+
+
+def _llama_cpp_rope_freqs(cfg) -> np.ndarray:
+  """What llama.cpp's converter writes as rope_freqs.weight for a Llama 3 rope_scaling."""
+  import math  # pylint: disable=import-outside-toplevel
+  rope = cfg.rope_parameters
+  factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+  old = rope["original_max_position_embeddings"]
+  out = []
+  for i in range(0, cfg.head_dim, 2):
+    wavelen = 2 * math.pi * rope["rope_theta"] ** (i / cfg.head_dim)
+    if wavelen < old / high:
+      out.append(1.0)
+    elif wavelen > old / low:
+      out.append(factor)
+    else:
+      smooth = (old / wavelen - low) / (high - low)
+      out.append(1 / ((1 - smooth) / factor + smooth))
+  return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("factor", [8.0, 32.0])
+def test_llama3_rope_factors_match_the_original(factor, bpe_vocab, tmp_path):
+  # transformers' GGUF loader ignores rope_freqs.weight: the original model is the reference.
+  rope = dict(rope_type="llama3", rope_theta=500000.0, factor=factor, low_freq_factor=1.0,
+              high_freq_factor=4.0, original_max_position_embeddings=8192)
+  model = _tiny("llama", len(bpe_vocab[0]), rope_parameters=rope)
+  path = str(tmp_path / "llama3.gguf")
+  _write_model(model, "llama", path, bpe_vocab, rope_freqs=_llama_cpp_rope_freqs(model.config))
+  ids = np.random.default_rng(4).integers(3, len(bpe_vocab[0]), (2, SEQ)).astype(np.int32)
+  m = distill.load("gguf:" + path)
+  assert m.config.rope_scaling == ("llama3", factor, 1.0, 4.0, 8192)
+  np.testing.assert_allclose(m.logits(ids), _logits(model, ids), atol=1e-4, rtol=0)
 
 
 def test_f16_weights_match_transformers(bpe_vocab, tmp_path):

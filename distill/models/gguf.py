@@ -51,7 +51,7 @@ _BLOCK_GEMMA2 = dict(_BLOCK, ffn_norm="pre_feedforward_layernorm",
                      post_attention_norm="post_attention_layernorm",
                      post_ffw_norm="post_feedforward_layernorm")
 _TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Tensors llama.cpp adds that carry nothing the HF model needs (checked in `_rope_freqs`).
+# Not weights: llama.cpp's Llama 3 rope divisors, turned into rope parameters by `_rope_freqs`.
 _IGNORED = ("rope_freqs.weight",)
 
 
@@ -239,11 +239,25 @@ class Checkpoint:
       self._rope_freqs(next(t for t in self.reader.tensors if t.name == "rope_freqs.weight"))
 
   def _rope_freqs(self, tensor):
-    """Llama 3.1+ files carry per-frequency rope factors; all ones means plain rope."""
-    factors = self._dequantize(tensor)
-    if not np.all(factors == 1.0):
-      raise LoadError(f"{self.path}: Llama 3 rope scaling (rope_freqs.weight) is not supported "
-                      "from GGUF; load the HF checkpoint with 'hf:' instead")
+    """Llama 3.1+ files carry llama.cpp's per-frequency rope divisors instead of the
+    rope_scaling parameters; find the Llama 3 parameters that give exactly these divisors."""
+    # pylint: disable-next=import-outside-toplevel
+    from distill.models.transformer import rope_frequencies
+    stored = self._dequantize(tensor)
+    cfg, rope = self.config, self.config["rope_parameters"]
+    if np.all(stored == 1.0):
+      return
+    base = np.asarray(rope_frequencies(cfg["head_dim"], rope["rope_theta"]))
+    for factor in (8.0, 32.0, 16.0, 4.0, 2.0):  # Llama 3.1/3.3 use 8, Llama 3.2 uses 32
+      params = dict(rope, rope_type="llama3", factor=factor, low_freq_factor=1.0,
+                    high_freq_factor=4.0, original_max_position_embeddings=8192)
+      scaled = np.asarray(rope_frequencies(cfg["head_dim"], rope["rope_theta"], (
+          "llama3", factor, 1.0, 4.0, 8192)))
+      if stored.shape == base.shape and np.allclose(base / scaled, stored, rtol=1e-5):
+        cfg["rope_parameters"] = params
+        return
+    raise LoadError(f"{self.path}: rope_freqs.weight holds rope factors that match no Llama 3 "
+                    "rope scaling; load the HF checkpoint with 'hf:' instead")
 
   def __contains__(self, name: str) -> bool:
     return name in self.where
