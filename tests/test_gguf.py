@@ -178,6 +178,7 @@ FAMILIES = {
     # transformers takes no head size from a qwen3 GGUF (Qwen3Config's 128 applies) and a
     # query scale of 1/sqrt(256) for Gemma 2/3: the tiny models use those sizes.
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(SMALL, head_dim=128), True),
+    # transformers: "GGUF model with architecture gemma is not supported yet"
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(SMALL, head_dim=8), False),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         SMALL, num_attention_heads=2, num_key_value_heads=1, head_dim=256, sliding_window=4,
