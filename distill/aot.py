@@ -25,8 +25,9 @@ optimizer state grow by whole layers); close for temporaries, which XLA may sche
 differently at another depth.
 
 Teacher shape: from `hf:/path/config.json` (or a `gguf:` file's metadata) when that path
-exists, from a distill stage directory's model_config.json, otherwise from `config.teacher.model` (which must then state
-`vocab_size`: shipped accelerator configs do, so AOT works without the checkpoint).
+exists, from a distill stage directory's model_config.json, otherwise from
+`config.teacher.model` (which must then state `vocab_size`: shipped accelerator configs do,
+so AOT works without the checkpoint).
 """
 from __future__ import annotations
 
