@@ -233,7 +233,10 @@ class Checkpoint:
         raise LoadError(f"{self.path}: tensor {t.name!r} has no place in a {self.arch} model; "
                         "is the file a variant this loader does not know?")
       self.where[hf_name] = t
-    for t in self.reader.tensors:  # every quant type checked before anything is placed
+    first = {}  # every quant type checked before anything is placed
+    for t in self.reader.tensors:
+      first.setdefault(t.tensor_type, t)
+    for t in first.values():
       _check_quant(gguf, t, self.path)
     if "rope_freqs.weight" in names:
       self._rope_freqs(next(t for t in self.reader.tensors if t.name == "rope_freqs.weight"))
