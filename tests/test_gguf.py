@@ -404,6 +404,18 @@ def test_convert_round_trip(bpe_vocab, tmp_path):
     convert.convert(path, out)
 
 
+@pytest.mark.slow  # the CLI round trip above covers qwen3 in the default run
+@pytest.mark.parametrize("arch", sorted(set(FAMILIES) - {"qwen3"}))
+def test_convert_every_family(arch, bpe_vocab, tmp_path):
+  model = _tiny(arch, len(bpe_vocab[0]))
+  path = str(tmp_path / f"{arch}.gguf")
+  _write_model(model, arch, path, bpe_vocab)
+  out = convert.convert(path, str(tmp_path / "hf"))
+  ids = np.random.default_rng(5).integers(3, len(bpe_vocab[0]), (2, SEQ))
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  np.testing.assert_allclose(_logits(loaded, ids), _logits(model, ids), atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad files: one LoadError line naming the problem, nothing written
 
