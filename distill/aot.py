@@ -24,9 +24,10 @@ The line then says `"extrapolated": true`. Exact for arguments and outputs (weig
 optimizer state grow by whole layers); close for temporaries, which XLA may schedule
 differently at another depth.
 
-Teacher shape: from `hf:/path/config.json` when that path exists, from a distill stage
-directory's model_config.json, otherwise from `config.teacher.model` (which must then state
-`vocab_size`: shipped accelerator configs do, so AOT works without the checkpoint).
+Teacher shape: from `hf:/path/config.json` (or a `gguf:` file's metadata) when that path
+exists, from a distill stage directory's model_config.json, otherwise from
+`config.teacher.model` (which must then state `vocab_size`: shipped accelerator configs do,
+so AOT works without the checkpoint).
 """
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def teacher_model_config(c):
   if ckpt.startswith("hf:") and os.path.exists(os.path.join(ckpt[3:], "config.json")):
     from distill.models import hf  # pylint: disable=import-outside-toplevel
     cfg = hf.model_config(hf.read_config(ckpt[3:]), dtype=c.teacher.dtype)
+  elif ckpt.startswith("gguf:") and os.path.isfile(ckpt[5:]):
+    from distill.models import gguf, hf  # pylint: disable=import-outside-toplevel
+    cfg = hf.model_config(gguf.Checkpoint(ckpt[5:]).config, dtype=c.teacher.dtype)
   elif ckpt and not ckpt.startswith("hf:") and os.path.isdir(ckpt):
     cfg = api.read_model_config(ckpt)
   else:

@@ -44,7 +44,8 @@ def read_model_config(directory) -> ModelConfig:
   path = os.path.join(directory, "model_config.json")
   if not os.path.exists(path):
     raise LoadError(f"{directory!r} is not a distill stage directory (no model_config.json); "
-                    "point at e.g. runs/tiny/student or use 'hf:/path' for Hugging Face")
+                    "point at e.g. runs/tiny/student or use 'hf:/path' for Hugging Face, "
+                    "'gguf:/path/model.gguf' for GGUF")
   try:
     with open(path) as f:
       return ModelConfig.from_dict(json.load(f))
@@ -141,11 +142,15 @@ def _lm(cfg: ModelConfig) -> LM:
 
 
 def load(path: str, *, dtype: str | None = None) -> Model:
-  """Load a stage directory (`runs/tiny/student`) or a Hugging Face directory (`hf:/path`)."""
+  """Load a stage directory (`runs/tiny/student`), a Hugging Face directory (`hf:/path`) or a
+  GGUF file (`gguf:/path/model.gguf`)."""
   path = os.fspath(path)
   if path.startswith("hf:"):
     from distill.models import hf  # pylint: disable=import-outside-toplevel
     return hf.load_model(path[3:], dtype=dtype)
+  if path.startswith("gguf:"):
+    from distill.models import gguf  # pylint: disable=import-outside-toplevel
+    return gguf.load_model(path[5:], dtype=dtype)
   if not os.path.isdir(path):
     raise LoadError(f"model path {path!r} does not exist; give a stage directory such as "
                     "runs/tiny/student")

@@ -112,12 +112,15 @@ def validate(c, n_devices: int | None = None) -> None:
   ckpt = _get(c, "teacher.checkpoint")
   _req(isinstance(ckpt, str), "--config.teacher.checkpoint must be a path string")
   if ckpt:
-    remote = ckpt.startswith(("hf:", "gguf:"))
-    path = ckpt.split(":", 1)[1] if remote else ckpt
+    prefix = next((p for p in ("hf:", "gguf:") if ckpt.startswith(p)), "")
+    path = ckpt[len(prefix):]
     _req(os.path.exists(path), f"--config.teacher.checkpoint={ckpt!r} does not exist; give a "
          "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', "
          "'gguf:/path/model.gguf', or '' to pretrain")
-    if not remote:
+    if prefix == "gguf:":
+      _req(os.path.isfile(path), f"--config.teacher.checkpoint={ckpt!r} is not a file; give "
+           "'gguf:/path/model.gguf'")
+    if not prefix:
       _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
            f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
            "after that run finished, or 'hf:/path' for a Hugging Face directory")

@@ -3,11 +3,13 @@
   python -m distill.generate --tflite=runs/tiny/export/watch/student-int8.tflite --prompt="The for"
   python -m distill.generate --model=runs/tiny/student --prompt="The for statement"
   python -m distill.generate --model=hf:/path/to/hf_dir --prompt="Hello"
+  python -m distill.generate --model=gguf:/path/model.gguf --prompt="Hello"
 
 With --tflite everything (context, prefill length, signature and cache names, tokenizer file,
 BOS/EOS) comes from the model card beside the file; JAX is not imported. With --model the
-stage directory (or Hugging Face directory) is loaded with `distill.load`. Greedy by default;
---temperature / --top_k sample (JAX path only). Bad paths give one `error:` line, exit 2.
+stage directory (or Hugging Face directory, or GGUF file) is loaded with `distill.load`.
+Greedy by default; --temperature / --top_k sample (JAX path only). Bad paths give one `error:`
+line, exit 2.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import sys
 from absl import app, flags
 
 _TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
-_MODEL = flags.DEFINE_string("model", None, "A stage directory or hf:/path (JAX).")
+_MODEL = flags.DEFINE_string("model", None,
+                             "A stage directory, hf:/path or gguf:/path/model.gguf (JAX).")
 _PROMPT = flags.DEFINE_string("prompt", "", "Prompt text.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy (JAX path: >0 samples).")
@@ -92,7 +95,8 @@ def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0
 
 def _run():
   if bool(_TFLITE.value) == bool(_MODEL.value):
-    raise ValueError("give exactly one of --tflite=PATH.tflite or --model=STAGE_DIR|hf:PATH")
+    raise ValueError("give exactly one of --tflite=PATH.tflite or "
+                     "--model=STAGE_DIR|hf:PATH|gguf:FILE")
   if _TFLITE.value:
     generate_tflite(_TFLITE.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
   else:

@@ -120,15 +120,14 @@ def load_or_train_teacher(ctx: Context):
   """(LM, params in teacher dtype and shards, shardings, stage info)."""
   c = ctx.config
   path = c.teacher.checkpoint
-  if path.startswith(("hf:", "gguf:")):
-    if path.startswith("hf:"):
-      from distill.models import hf  # pylint: disable=import-outside-toplevel
-      load = hf.load_teacher
-    else:
-      from distill.models import gguf  # pylint: disable=import-outside-toplevel
-      load = gguf.load_teacher
-    lm, params, tok = load(path.split(":", 1)[1], ctx.mesh, dtype=c.teacher.dtype)
+  if path.startswith("hf:"):
+    from distill.models import hf  # pylint: disable=import-outside-toplevel
+    lm, params, tok = hf.load_teacher(path[3:], ctx.mesh, dtype=c.teacher.dtype)
     ctx.tokenizer = tok
+    return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
+  if path.startswith("gguf:"):
+    from distill.models import gguf  # pylint: disable=import-outside-toplevel
+    lm, params, ctx.tokenizer = gguf.load_teacher(path[5:], ctx.mesh, dtype=c.teacher.dtype)
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = api.read_model_config(path)

@@ -31,3 +31,51 @@ def shrunken_config(**overrides):
       node = node[p]
     node[parts[-1]] = v
   return c
+
+
+def write_gguf(path, *, kind="ok", arch="llama", tokenizer=True):
+  """A one-tensor llama-shaped GGUF, or one broken in the way `kind` names.
+
+  kind: "ok", "truncated" (last 64 bytes cut), "unknown_quant" (tensor type id patched to 200),
+  "unsupported_quant" (a Q8_1 tensor, which gguf cannot dequantize). The tokenizer, when asked
+  for, is 256 byte tokens after three specials (no merges).
+  """
+  import gguf  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  q = gguf.GGMLQuantizationType
+  tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [chr(0x100 + i) for i in range(256)]
+  w = gguf.GGUFWriter(path, arch)
+  for add, value in (("context_length", 64), ("embedding_length", 32), ("block_count", 1),
+                     ("feed_forward_length", 64), ("head_count", 4), ("head_count_kv", 2),
+                     ("layer_norm_rms_eps", 1e-5), ("vocab_size", len(tokens))):
+    getattr(w, f"add_{add}")(value)
+  if tokenizer:
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * 256)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+  if kind == "unsupported_quant":
+    block, size = gguf.GGML_QUANT_SIZES[q.Q8_1]
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 32 // block * size), np.uint8),
+                 raw_dtype=q.Q8_1)
+  else:
+    w.add_tensor("blk.0.ffn_up.weight", np.ones((4, 32), np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  if kind == "truncated":
+    import os  # pylint: disable=import-outside-toplevel
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) - 64)
+  elif kind == "unknown_quant":
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+    name = b"blk.0.ffn_up.weight"
+    at = data.index(name) + len(name) + 4 + 2 * 8  # n_dims (u32), two dims (u64), then type
+    assert int.from_bytes(data[at:at + 4], "little") == int(q.F32)
+    data[at:at + 4] = (200).to_bytes(4, "little")
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+  return path

@@ -2,7 +2,7 @@
 traceback, and leaves what is on disk as it was.
 
 Each row runs a real CLI (`python -m distill.main | distill.export | distill.generate |
-distill.to_hf`) in a subprocess. Starting Python with JAX costs seconds here, so one module
+distill.to_hf | distill.convert`) in a subprocess. Starting Python with JAX costs seconds here, so one module
 fixture launches the selected rows two at a time and each parametrized test checks its own
 result. docs/troubleshooting.md is this table in prose; keep the two in step.
 """
@@ -21,7 +21,7 @@ from tests.helpers import shrunken_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"main": "distill.main", "export": "distill.export", "generate": "distill.generate",
-           "to_hf": "distill.to_hf"}
+           "to_hf": "distill.to_hf", "convert": "distill.convert"}
 # Small shapes and few steps, so a row that wrongly got past its check ends in seconds (and
 # then fails on its exit code) instead of training the full tiny config.
 SMALL = ["--config.data.seq_len=32", "--config.data.batch_size=8",
@@ -97,6 +97,20 @@ CASES = [
      ["config.json is corrupt", "re-download"]),
     ("hf_vocab_mismatch", ("generate", ["--model=hf:{hf_vocab}", "--prompt=x"]), USAGE,
      ["has shape (100, 16), config.json implies (264, 16)", "do not match the weights"]),
+    # GGUF files (rows skipped when the optional gguf package is absent)
+    ("gguf_teacher_missing", _main("--config.teacher.checkpoint=gguf:{tmp}/no_such.gguf"),
+     USAGE, ["does not exist", "'gguf:/path/model.gguf'"]),
+    ("gguf_truncated", _main("--config.teacher.checkpoint=gguf:{gguf_truncated}"), USAGE,
+     ["is truncated", "re-download it"]),
+    ("gguf_unknown_quant_type", ("generate", ["--model=gguf:{gguf_unknown_quant}", "--prompt=x"]),
+     USAGE, ["unknown quant type 200", "re-quantize the model"]),
+    ("gguf_unsupported_architecture", ("convert", ["--gguf={gguf_falcon}",
+                                                   "--out={tmp}/convert_out"]), USAGE,
+     ["architecture 'falcon' is not supported", "supported: llama"]),
+    ("gguf_without_tokenizer", _main("--config.teacher.checkpoint=gguf:{gguf_no_tokenizer}"),
+     USAGE, ["has no tokenizer", "convert_hf_to_gguf.py"]),
+    ("convert_out_exists", ("convert", ["--gguf={gguf_no_tokenizer}", "--out={finished}"]), USAGE,
+     ["already exists", "give a new directory"]),
     # --- workdirs
     ("workdir_is_a_file", _main(workdir="{a_file}"), USAGE, ["is a file", "give a directory"]),
     ("workdir_locked_by_live_run", _main(workdir="{locked}"), RUNTIME,
@@ -195,6 +209,17 @@ def world(tmp_path_factory):
     p[name] = str(tmp / name)
     _hf_dir(p[name], cfg, files)
 
+  try:  # optional dependency: without it the gguf rows are skipped
+    from tests.helpers import write_gguf  # pylint: disable=import-outside-toplevel
+    import gguf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    for name, kw in (("gguf_truncated", {"kind": "truncated"}),
+                     ("gguf_unknown_quant", {"kind": "unknown_quant"}),
+                     ("gguf_falcon", {"arch": "falcon"}),
+                     ("gguf_no_tokenizer", {"tokenizer": False})):
+      p[name] = write_gguf(str(tmp / f"{name}.gguf"), **kw)
+  except ImportError:
+    pass
+
   # A workdir held by a live process on this host.
   p["locked"] = str(tmp / "locked")
   os.makedirs(p["locked"])
@@ -233,7 +258,7 @@ def results(world, request):
   wanted = {item.callspec.params["case"] for item in request.session.items
             if getattr(item, "originalname", "") == "test_bad_input"
             and hasattr(item, "callspec")}
-  todo = [c for c in CASES if c[0] in wanted]
+  todo = [c for c in CASES if c[0] in wanted and not _missing_input(c, world)]
   guarded = [k for k in world if k not in ("tmp", "data", "new")]
   before = {k: _tree_hashes(world[k]) for k in guarded if os.path.isdir(world[k])}
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -242,9 +267,18 @@ def results(world, request):
   return outs, before, after
 
 
+def _missing_input(case, world) -> bool:
+  """A row whose input file could not be made here (the gguf package is optional)."""
+  return any(f"{{{k}}}" in " ".join(case[1][1]) for k in ("gguf_truncated",
+             "gguf_unknown_quant", "gguf_falcon", "gguf_no_tokenizer") if k not in world)
+
+
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_bad_input(case, results, world):
-  _, (tool, argv), code, expect = next(c for c in CASES if c[0] == case)
+  row = next(c for c in CASES if c[0] == case)
+  if _missing_input(row, world):
+    pytest.skip("the gguf package is not installed (pip install -r requirements-real.txt)")
+  _, (tool, argv), code, expect = row
   outs, before, after = results
   rc, stdout, stderr = outs[case]
   shown = f"\n$ python -m {MODULES[tool]} {' '.join(argv)}\n--- stderr:\n{stderr[-2000:]}"
@@ -257,6 +291,8 @@ def test_bad_input(case, results, world):
   # Nothing on disk damaged: the finished run, the inputs and the other run's lock.
   for k in before:
     assert after[k] == before[k], f"{k} changed on disk{shown}"
+  if tool == "convert":  # no output directory, finished or half-written
+    assert not [n for n in os.listdir(world["tmp"]) if n.startswith("convert_out")], shown
   if case in ("workdir_locked_by_live_run",):
     assert os.path.exists(os.path.join(world["locked"], ".lock"))
 
