@@ -53,10 +53,10 @@ def write(ctx, teacher, t_params, out_dir: str, top_k: int, batch_size: int = 32
                                      (n, t, top_k))
   fn = _topk_fn(teacher, top_k)
   rep = sharding.replicated(ctx.mesh)
-  progress = train.Progress("teacher_cache", n, t, enabled=ctx.is_main)
+  progress = train.Progress("teacher_cache", n, t, enabled=ctx.is_main)  # steps = windows
   for start in range(0, n, batch_size):
     if start // batch_size % 5 == 0:
-      progress.update(start, {"loss": float("nan")})
+      progress.update(start, {})
     chunk = ids[start:start + batch_size]
     tokens = rows(list(chunk) + [chunk[-1]] * (batch_size - len(chunk)))["inputs"]
     k_ids, k_lp = jax.device_get(fn(t_params, jax.device_put(tokens, rep)))

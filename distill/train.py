@@ -222,8 +222,9 @@ class Progress:
       eta = (self.total - step) * dt / max(step - self.s0, 1)
     rate_s = f"{rate / 1e3:.1f}k" if math.isfinite(rate) else "?"
     eta_s = _fmt_time(eta) if math.isfinite(eta) else "?"
-    msg = (f"[{self.name}] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
-           f"tok/s {rate_s} ETA {eta_s}")
+    loss = metrics.get("loss")
+    loss_s = f" loss {loss:.4f}" if loss is not None else ""
+    msg = f"[{self.name}] step {step}/{self.total}{loss_s} tok/s {rate_s} ETA {eta_s}"
     if self.tty:
       sys.stderr.write("\r" + msg + " " * 8)
       sys.stderr.flush()
