@@ -94,8 +94,6 @@ def validate(c, n_devices: int | None = None) -> None:
          f"--config.data.name={c.data.name!r} matches no files; give a glob of UTF-8 text "
          "files, e.g. 'text:/path/*.txt'")
   tok = _get(c, "data.tokenizer")
-  _req(tok != "" or _get(c, "teacher.checkpoint"), "--config.data.tokenizer='' (the teacher's "
-       "tokenizer) needs --config.teacher.checkpoint; give 'byte' or a tokenizer path")
   if isinstance(tok, str) and tok not in ("", "byte"):
     _req(os.path.exists(os.path.expanduser(tok)), f"--config.data.tokenizer={tok!r} does not "
          "exist; give 'byte' or the path of a tokenizer.json, tokenizer.model or model directory")

@@ -120,14 +120,13 @@ def load_or_train_teacher(ctx: Context):
   """(LM, params in teacher dtype and shards, shardings, stage info)."""
   c = ctx.config
   path = c.teacher.checkpoint
-  if path.startswith("hf:"):
-    from distill.models import hf  # pylint: disable=import-outside-toplevel
-    lm, params, tok = hf.load_teacher(path[3:], ctx.mesh, dtype=c.teacher.dtype)
-    ctx.tokenizer = tok
-    return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
-  if path.startswith("gguf:"):
-    from distill.models import gguf  # pylint: disable=import-outside-toplevel
-    lm, params, ctx.tokenizer = gguf.load_teacher(path[5:], ctx.mesh, dtype=c.teacher.dtype)
+  if path.startswith(("hf:", "gguf:")):
+    if path.startswith("hf:"):
+      from distill.models import hf as loader  # pylint: disable=import-outside-toplevel
+    else:
+      from distill.models import gguf as loader  # pylint: disable=import-outside-toplevel
+    lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
+                                                    dtype=c.teacher.dtype)
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = api.read_model_config(path)

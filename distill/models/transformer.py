@@ -171,11 +171,15 @@ def project(x, w):
   """
   n_in = x.ndim - 2
   lead, d_in = x.shape[:2], math.prod(x.shape[2:])
-  w2 = w.astype(x.dtype).reshape(d_in, -1)
+  # Matmul inputs in the narrower of the two dtypes: bf16 weights under an fp32 residual stream
+  # (a read-only teacher) multiply as bf16 without rounding the stream between layers.
+  cdt = x.dtype if jnp.finfo(x.dtype).bits <= jnp.finfo(w.dtype).bits else w.dtype
+  w2 = w.astype(cdt).reshape(d_in, -1)
   # fp32 accumulation whatever the input dtype: on CPUs with AVX-512 BF16 (and on GPU/TPU)
   # bf16 x bf16 -> fp32 is the fast path (~3x fp32 here); bf16 accumulation is both slower on
   # XLA:CPU and less accurate.
-  y = jnp.einsum("XI,IO->XO", x.reshape(-1, d_in), w2, preferred_element_type=jnp.float32)
+  y = jnp.einsum("XI,IO->XO", x.reshape(-1, d_in).astype(cdt), w2,
+                 preferred_element_type=jnp.float32)
   return y.astype(x.dtype).reshape(*lead, *w.shape[n_in:])
 
 
