@@ -357,8 +357,10 @@ def _texts():
                    "<|im_start|>user\nhi<|im_end|>", "<think>x</think> 中文 ¿qué?"]
 
 
-def test_bpe_tokenizer_ids_match_transformers(bpe_vocab, tmp_path):
-  ours, theirs = _tokenizer_pair(_tokenizer_file(tmp_path, _add_bpe_tokenizer, bpe_vocab))
+@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2"])
+def test_bpe_tokenizer_ids_match_transformers(pre, bpe_vocab, tmp_path):
+  add = lambda w, vocab: _add_bpe_tokenizer(w, vocab, pre=pre)
+  ours, theirs = _tokenizer_pair(_tokenizer_file(tmp_path, add, bpe_vocab))
   for text in _texts():
     assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
   assert ours.decode(ours.encode("def f(x):\n  return x")) == "def f(x):\n  return x"
