@@ -75,8 +75,16 @@ def get_config():
   c.student = ml_collections.ConfigDict()
   # Student shape (shared by the distilled student and the baseline).
   c.student.model = model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
-  # 'random', or 'teacher_layers' to copy every k-th teacher layer where shapes allow.
+  # 'random', 'teacher_layers' to copy every k-th teacher layer where shapes allow, or
+  # 'prune' to cut the shape above out of the teacher (Minitron; keeps the teacher's head_dim).
+  # The baseline starts from the same init when it is 'prune'.
   c.student.init = "random"
+  c.student.prune = ml_collections.ConfigDict()
+  # 'activation': keep the units with the largest mean activations on calibration batches of
+  # the transfer set; 'random': keep a random choice of the same size (the control).
+  c.student.prune.method = "activation"
+  # Transfer-set batches (data.batch_size each) for the importance pass.
+  c.student.prune.calib_batches = 8
 
   c.distill = ml_collections.ConfigDict()
   # Student training steps (the baseline gets the same).

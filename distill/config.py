@@ -70,6 +70,25 @@ def _model(c, prefix):
          f"exceeds {prefix}.max_len={m.get('max_len', 2048)}; shorten seq_len")
 
 
+def _prune(c):
+  """`student.init='prune'`: method and calibration size; the shape when the teacher's is known."""
+  method = _get(c, "student.prune.method")
+  _req(method in ("activation", "random"), f"--config.student.prune.method={method!r} must be "
+       "'activation' (Minitron ranking) or 'random' (the control)")
+  _req(_num(c, "student.prune.calib_batches", int) >= 1,
+       f"--config.student.prune.calib_batches={c.student.prune.calib_batches} must be >= 1")
+  if c.teacher.checkpoint:
+    return  # checked against the loaded teacher's config before any training
+  t, s = c.teacher.model, c.student.model
+  group = t.n_heads // t.n_kv_heads
+  for f in ("n_layers", "d_model", "d_ff", "n_heads"):
+    _req(s[f] <= t[f], f"--config.student.model.{f}={s[f]} is larger than the teacher's {t[f]}; "
+         "init='prune' only removes units")
+  _req(s.n_heads % group == 0 and s.n_kv_heads * group == s.n_heads,
+       f"--config.student.model.n_heads={s.n_heads}, n_kv_heads={s.n_kv_heads}: init='prune' "
+       f"keeps whole KV groups of {group} query heads; give n_kv_heads = n_heads / {group}")
+
+
 def validate(c, n_devices: int | None = None) -> None:
   """Raise ConfigError for the first problem found."""
   _num(c, "seed", int)
@@ -120,8 +139,10 @@ def validate(c, n_devices: int | None = None) -> None:
          "teacher checkpoint is given")
     _model(c, "teacher.model")
   _model(c, "student.model")
-  _req(_get(c, "student.init") in ("random", "teacher_layers"),
-       f"--config.student.init={c.student.init!r} must be 'random' or 'teacher_layers'")
+  _req(_get(c, "student.init") in ("random", "teacher_layers", "prune"),
+       f"--config.student.init={c.student.init!r} must be 'random', 'teacher_layers' or 'prune'")
+  if c.student.init == "prune":
+    _prune(c)
 
   d = _get(c, "distill")
   _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")

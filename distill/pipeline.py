@@ -166,6 +166,9 @@ def _run(config, workdir: str) -> dict:
   loss_cfg = train.LossConfig.from_config(c.distill)
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
+  if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
+    from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
+    student, init = pipeline_init.from_teacher(ctx, student, teacher, t_params)
   source = c.distill.get("teacher_source", "online")
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
@@ -182,7 +185,8 @@ def _run(config, workdir: str) -> dict:
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
-        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student))
+        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student),
+        init_params=init if c.student.init == "prune" else None)  # same pruned start as student
     models["baseline"] = (student, b_params, b_info)
 
   t_eval = time.time()
