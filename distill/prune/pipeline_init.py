@@ -91,7 +91,7 @@ def prune_to_stage(teacher_path: str, out: str, target, *, data_cfg, fraction: f
   cfg = target
   if vocab is not None:
     ids, rows = data.train_windows(data_cfg, tok, workdir, fraction)
-    trim = vocab_lib.trim(tok, vocab_lib.count_ids(ids, rows, tok.vocab_size), vocab, workdir)
+    trim = vocab_lib.trim(tok, vocab_lib.count_ids(ids, rows, lm.cfg.vocab_size), vocab, workdir)
     pruned, cfg = vocab_lib.trim_params(pruned, cfg, trim)
     tok = trim.tokenizer
   info = {"pruned_from": teacher_path, "method": method, "plan": plan.to_json(),
