@@ -176,6 +176,16 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.top_k={d.get('top_k')!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
+  if "hidden" in d:
+    h = d.hidden
+    _req(_num(c, "distill.hidden.weight") >= 0, f"--config.distill.hidden.weight={h.weight} "
+         "must be >= 0 (0 = off)")
+    _req(h.get("kind", "mse") in ("mse", "cosine"),
+         f"--config.distill.hidden.kind={h.get('kind')!r} must be 'mse' or 'cosine'")
+    _req(isinstance(h.layers, str), "--config.distill.hidden.layers must be a string: '', "
+         "'auto' or pairs such as '0:1,1:3'")
+    _req(not (h.layers and h.weight and src != "online"), "--config.distill.hidden needs "
+         "teacher_source='online' (a cache holds no hidden states); set hidden.weight=0")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 

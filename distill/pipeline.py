@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, lock, report, sharding, teacher_cache, tokenizers,
-                     train)
+from distill import (api, data, evaluate, features, lock, report, sharding, teacher_cache,
+                     tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -169,6 +169,9 @@ def _run(config, workdir: str) -> dict:
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
     from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
     student, init = pipeline_init.from_teacher(ctx, student, teacher, t_params)
+  # Feature losses: the student (not the baseline) also trains hidden-state projections.
+  loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
+                                    getattr(init, "plan", None))
   source = c.distill.get("teacher_source", "online")
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
@@ -180,7 +183,7 @@ def _run(config, workdir: str) -> dict:
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=init, loss_fn=loss_fn, cache=cache)
+      init_params=s_init, loss_fn=loss_fn, cache=cache)
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(

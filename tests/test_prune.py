@@ -307,3 +307,70 @@ def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
     assert m.tokenizer.decode(m.tokenizer.encode(text)) == text
   assert m.logits(np.asarray([m.tokenizer.encode(CORPUS[:30])])).shape[-1] == m.config.vocab_size
   assert isinstance(m.generate("The for", max_new_tokens=3), str)
+
+
+# --------------------------------------------------------------------- feature losses in the step
+
+
+def test_hidden_state_objective_matches_numpy():
+  from distill import features, train  # pylint: disable=import-outside-toplevel
+  t_lm, t_params = _model(seed=0, n_layers=3)
+  s_lm, s_params = _model(seed=5, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32, head_dim=16)
+  pairs = features.pairs("0:1,1:2", 2, 3)
+  assert pairs == ((0, 1), (1, 2)) and features.pairs("auto", 2, 3) == ((0, 1), (1, 2))
+  assert features.pairs("auto", 2, 3, source_layers=[0, 2]) == ((0, 0), (1, 2))
+  with pytest.raises(ConfigError, match="outside the student's 2"):
+    features.pairs("2:0", 2, 3)
+  rng = np.random.default_rng(0)
+  projs = {f"proj_{n}": np.float32(rng.normal(size=(16, 32))) for n in range(2)}
+  toks = np.asarray(_tokens())
+  mask = np.float32(rng.uniform(size=toks.shape) > 0.2)
+  batch = {"inputs": toks, "targets": np.roll(toks, -1, 1), "mask": mask}
+  for kind in ("mse", "cosine"):
+    cfg = train.LossConfig(hidden_pairs=pairs, hidden_weight=0.5, hidden_kind=kind)
+    loss, metrics = train.distill_loss(dict(s_params, features=projs), batch, t_params, 0,
+                                       student=s_lm, teacher=t_lm, cfg=cfg)
+    base, _ = train.distill_loss(s_params, batch, t_params, 0, student=s_lm, teacher=t_lm,
+                                 cfg=train.LossConfig())
+    _, s_states = s_lm.hidden_states(s_params, toks)
+    _, t_states = t_lm.hidden_states(t_params, toks)
+    ref = []
+    for n, (i, j) in enumerate(pairs):
+      proj = np.float64(s_states[i]) @ np.float64(projs[f"proj_{n}"])
+      t = np.float64(t_states[j])
+      if kind == "mse":
+        per = ((proj - t) ** 2).mean(-1)
+      else:
+        per = 1 - (proj * t).sum(-1) / (np.linalg.norm(proj, axis=-1) * np.linalg.norm(t, axis=-1))
+      ref.append((per * mask).sum() / mask.sum())
+    np.testing.assert_allclose(float(metrics["hidden"]), np.mean(ref), rtol=1e-4)
+    np.testing.assert_allclose(float(loss), float(base) + 0.5 * np.mean(ref), rtol=1e-4)
+  # The last state is the stream the final norm reads: hidden_states agrees with hidden.
+  h, states = t_lm.hidden_states(t_params, toks)
+  np.testing.assert_array_equal(np.asarray(h), np.asarray(t_lm.hidden(t_params, toks)))
+  assert len(states) == 3
+
+
+def test_pruned_projection_starts_as_channel_selection():
+  from distill import features  # pylint: disable=import-outside-toplevel
+  p = features.projection(3, 5, channels=[0, 2, 4])
+  x = np.float32([[1.0, 2.0, 3.0]])
+  np.testing.assert_array_equal(x @ p, [[1.0, 0.0, 2.0, 0.0, 3.0]])
+
+
+@pytest.mark.slow
+def test_pipeline_prune_init_with_feature_loss(tmp_path):
+  from distill import pipeline  # pylint: disable=import-outside-toplevel
+  from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
+  over = {"data.data_dir": str(tmp_path / "data"), "export.enabled": False,
+          "student.init": "prune", "student.prune.calib_batches": 2}
+  c = shrunken_config(**over, **{"distill.steps": 0})
+  rep = pipeline.run(c, str(tmp_path / "zero"))
+  # Zero steps: student and baseline are the pruned init itself, the same one.
+  assert rep["student"]["val_ce"] == pytest.approx(rep["baseline"]["val_ce"], rel=1e-6)
+  c = shrunken_config(**over, **{"distill.hidden.layers": "auto", "distill.hidden.weight": 1.0})
+  pipeline.run(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "student" / "metrics.jsonl")]
+  assert all("hidden" in r for r in rows)
+  m = distill.load(str(tmp_path / "run" / "student"))  # no projections in the saved stage
+  assert m.config.head_dim == 8 and m.logits(np.ones((1, 4), np.int32)).shape[-1] == 264

@@ -60,6 +60,7 @@ def from_teacher(ctx, student: LM, teacher: LM, t_params):
     del key  # the same pruned weights for every stage that starts from them
     want = pruned.abstract_params()
     return jax.tree.map(lambda x, w: jnp.asarray(x, w.dtype), params, want)
+  init.plan = plan  # the layer and channel map feature losses start from (distill.features)
   return pruned, init
 
 
