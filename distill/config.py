@@ -62,7 +62,9 @@ def _model(c, prefix):
     _req(_num(c, f"{prefix}.vocab_size", int) > 0, f"--config.{prefix}.vocab_size must be > 0")
   _req(m.n_heads % m.n_kv_heads == 0,
        f"--config.{prefix}.n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}")
-  if not m.get("head_dim", 0):
+  # A pruned student keeps its teacher's head_dim, so its d_model need not split into heads.
+  pruned = prefix == "student.model" and c.student.get("init") == "prune"
+  if not m.get("head_dim", 0) and not pruned:
     _req(m.d_model % m.n_heads == 0, f"--config.{prefix}.d_model={m.d_model} must be divisible "
          f"by n_heads={m.n_heads} (or set head_dim)")
   if m.get("pos", "rope") == "learned":

@@ -374,3 +374,18 @@ def test_pipeline_prune_init_with_feature_loss(tmp_path):
   assert all("hidden" in r for r in rows)
   m = distill.load(str(tmp_path / "run" / "student"))  # no projections in the saved stage
   assert m.config.head_dim == 8 and m.logits(np.ones((1, 4), np.int32)).shape[-1] == 264
+
+
+def test_config_validation_for_prune_init():
+  from distill.config import validate  # pylint: disable=import-outside-toplevel
+  from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
+  c = shrunken_config(**{"student.init": "prune"})
+  c.student.model.d_model = 15  # fine: the pruned student keeps the teacher's head_dim
+  validate(c)
+  for field, value, msg in [("student.model.d_ff", 65, "d_ff=65 is larger than the teacher's 64"),
+                            ("student.prune.method", "magnitude", "must be 'activation'"),
+                            ("student.prune.calib_batches", 0, "must be >= 1"),
+                            ("distill.hidden.kind", "l1", "must be 'mse' or 'cosine'")]:
+    bad = shrunken_config(**{"student.init": "prune", field: value})
+    with pytest.raises(ConfigError, match=msg):
+      validate(bad)

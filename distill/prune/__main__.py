@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
                                           "configs/*.py file whose data section gives the "
-                                          "calibration (transfer) set.", lock_config=False)
+                                          "calibration (transfer) set.", lock_config=True)
 _TEACHER = flags.DEFINE_string("teacher", None, "Teacher stage directory or hf:DIR.")
 _OUT = flags.DEFINE_string("out", None, "Output stage directory (must not exist).")
 _DEPTH = flags.DEFINE_integer("depth", None, "Blocks to keep (default: all).")
