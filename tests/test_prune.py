@@ -232,14 +232,35 @@ def test_vocab_trim_params_and_targets_match_numpy(tmp_path):
   s_logits = np.asarray(LM(cfg).apply(new, s_ids))
   np.testing.assert_allclose(s_logits, t_logits[..., tr.rows], rtol=1e-5, atol=1e-5)
   # Targets: teacher log-probs on the kept ids; dropped mass is the sparse-target tail.
-  ids, lp = vocab_lib.student_targets(jnp.asarray(t_logits), tr)
+  ids, lp = vocab_lib.student_targets(jnp.asarray(t_logits), tr.kept)
   ref = t_logits - np.log(np.exp(t_logits - t_logits.max(-1, keepdims=True)).sum(-1, keepdims=True)
                           ) - t_logits.max(-1, keepdims=True)
   np.testing.assert_allclose(np.asarray(lp), ref[..., tr.kept], rtol=1e-5, atol=1e-5)
+  # The trimmed-vocab objective against NumPy forward KL (T = 1, no CE).
+  from distill import train  # pylint: disable=import-outside-toplevel
+  batch = {"inputs": s_ids, "targets": np.roll(s_ids, -1, 1), "mask": np.ones(s_ids.shape)}
+  u = tr.kept.size
+  # A student that is not the teacher's exact slice, so the divergence is not ~0.
+  noise = np.random.default_rng(0).normal(size=new["unembed"].shape).astype(np.float32)
+  new = dict(new, unembed=new["unembed"] + 0.5 * noise)
+  s_logits = np.asarray(LM(cfg).apply(new, s_ids))
+
+  def softmax(z):
+    e = np.exp(np.float64(z) - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
   for tail in ("renormalize", "tail_bucket"):
-    loss = losses.sparse_distill_objective(jnp.asarray(s_logits), ids, lp, jnp.asarray(s_ids),
-                                           tail=tail)
-    assert np.isfinite(float(loss[0] if isinstance(loss, tuple) else loss))
+    cfg_l = train.LossConfig(temperature=1.0, scale_by_t2=False, tail=tail)
+    loss, _ = vocab_lib.distill_loss(new, batch, params, 0, student=LM(cfg), teacher=lm,
+                                     cfg=cfg_l, kept=tr.kept)
+    if tail == "renormalize":
+      p, q = softmax(t_logits[..., tr.kept]), softmax(s_logits[..., :u])
+    else:  # kept ids + one bucket: the teacher's dropped mass, the student's padding rows
+      pt, qs = softmax(t_logits)[..., tr.kept], softmax(s_logits)
+      p = np.concatenate([pt, 1 - pt.sum(-1, keepdims=True)], -1)
+      q = np.concatenate([qs[..., :u], qs[..., u:].sum(-1, keepdims=True)], -1)
+    ref = (p * np.log(p / q)).sum(-1).mean()
+    assert ref > 0.01
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------ pruned stages

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import tokenizers
+from distill import losses, tokenizers
 from distill.config import ConfigError
 
 
@@ -229,13 +229,32 @@ def trim_params(params, cfg, t: Trim):
   return out, cfg.replace(vocab_size=int(t.rows.size))
 
 
-def student_targets(teacher_logits, t: Trim):
-  """Teacher log-probs at T = 1 on the kept ids, in student id space: (ids [..., U'],
-  log-probs [..., U']) for `losses.sparse_distill_objective`. The mass on dropped ids is the
-  missing tail: renormalized away or put in the tail bucket, the same rules as top-k targets.
+def student_targets(teacher_logits, kept):
+  """Teacher log-probs at T = 1 on the kept ids [U'] (`Trim.kept`), in student id space:
+  (ids [..., U'], log-probs [..., U']) for `losses.sparse_distill_objective`. The mass on
+  dropped ids is the missing tail: renormalized away or put in the tail bucket, the same
+  rules as top-k targets.
   """
   logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
-  kept = jnp.asarray(t.kept, jnp.int32)
+  kept = jnp.asarray(kept, jnp.int32)
   lp = jnp.take(logp, kept, axis=-1)
   ids = jnp.broadcast_to(jnp.arange(kept.size, dtype=jnp.int32), lp.shape)
   return ids, lp
+
+
+def distill_loss(params, batch, teacher_params, step, *, student, teacher, cfg, kept):
+  """`train.distill_loss` for a trimmed-vocab student: batches hold student ids.
+
+  The teacher reads the same tokens by their teacher ids (`kept[ids]`); its distribution on
+  the kept ids is the target, the mass on dropped ids the tail (`cfg.tail`: renormalize or
+  tail_bucket). `kept` [U'] as in `Trim.kept`.
+  """
+  alpha, temperature = cfg.at(step)
+  t_logits = jax.lax.stop_gradient(
+      teacher.apply(teacher_params, jnp.asarray(kept, jnp.int32)[batch["inputs"]]))
+  ids, lp = student_targets(t_logits, kept)
+  loss, metrics = losses.sparse_distill_objective(
+      student.apply(params, batch["inputs"]), ids, lp, batch["targets"], mask=batch["mask"],
+      kind=cfg.kind, alpha=alpha, temperature=temperature, beta=cfg.beta, skew=cfg.skew,
+      scale_by_t2=cfg.scale_by_t2, tail=cfg.tail)
+  return loss, dict(metrics, alpha=alpha, temperature=temperature)
