@@ -16,6 +16,8 @@ def model(d_model, n_layers, n_heads, n_kv_heads, d_ff):
   m.n_heads = n_heads
   m.n_kv_heads = n_kv_heads
   m.d_ff = d_ff
+  # Per-head width; 0 = d_model // n_heads (a pruned student keeps its teacher's).
+  m.head_dim = 0
   # Extra transformer.ModelConfig fields (norm, pos, mlp, tie_embeddings, ...) may be added.
   return m
 
@@ -75,8 +77,16 @@ def get_config():
   c.student = ml_collections.ConfigDict()
   # Student shape (shared by the distilled student and the baseline).
   c.student.model = model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
-  # 'random', or 'teacher_layers' to copy every k-th teacher layer where shapes allow.
+  # 'random', 'teacher_layers' to copy every k-th teacher layer where shapes allow, or
+  # 'prune' to cut the shape above out of the teacher (Minitron; keeps the teacher's head_dim).
+  # The baseline starts from the same init when it is 'prune'.
   c.student.init = "random"
+  c.student.prune = ml_collections.ConfigDict()
+  # 'activation': keep the units with the largest mean activations on calibration batches of
+  # the transfer set; 'random': keep a random choice of the same size (the control).
+  c.student.prune.method = "activation"
+  # Transfer-set batches (data.batch_size each) for the importance pass.
+  c.student.prune.calib_batches = 8
 
   c.distill = ml_collections.ConfigDict()
   # Student training steps (the baseline gets the same).
@@ -114,6 +124,15 @@ def get_config():
   c.distill.transfer_fraction = 0.1
   # Peak learning rate for the student and the baseline.
   c.distill.lr = 3e-3
+  c.distill.hidden = ml_collections.ConfigDict()
+  # Hidden-state distillation (distill/features.py): '' off, 'auto' (each student block with
+  # the teacher block pruning kept for it, else evenly spaced ones), or pairs '0:1,1:3'
+  # (student block:teacher block). Needs teacher_source='online'.
+  c.distill.hidden.layers = ""
+  # Weight of the mean feature loss added to the objective (0 = off).
+  c.distill.hidden.weight = 0.0
+  # 'mse' or 'cosine' between the projected student state and the teacher's.
+  c.distill.hidden.kind = "mse"
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for comparison.

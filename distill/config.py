@@ -67,12 +67,33 @@ def _model(c, prefix):
     _req(_num(c, f"{prefix}.vocab_size", int) > 0, f"--config.{prefix}.vocab_size must be > 0")
   _req(m.n_heads % m.n_kv_heads == 0,
        f"--config.{prefix}.n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}")
-  if not m.get("head_dim", 0):
+  # A pruned student keeps its teacher's head_dim, so its d_model need not split into heads.
+  pruned = prefix == "student.model" and c.student.get("init") == "prune"
+  if not m.get("head_dim", 0) and not pruned:
     _req(m.d_model % m.n_heads == 0, f"--config.{prefix}.d_model={m.d_model} must be divisible "
          f"by n_heads={m.n_heads} (or set head_dim)")
   if m.get("pos", "rope") == "learned":
     _req(c.data.seq_len <= m.get("max_len", 2048), f"--config.data.seq_len={c.data.seq_len} "
          f"exceeds {prefix}.max_len={m.get('max_len', 2048)}; shorten seq_len")
+
+
+def _prune(c):
+  """`student.init='prune'`: method and calibration size; the shape when the teacher's is known."""
+  method = _get(c, "student.prune.method")
+  _req(method in ("activation", "random"), f"--config.student.prune.method={method!r} must be "
+       "'activation' (Minitron ranking) or 'random' (the control)")
+  _req(_num(c, "student.prune.calib_batches", int) >= 1,
+       f"--config.student.prune.calib_batches={c.student.prune.calib_batches} must be >= 1")
+  if c.teacher.checkpoint:
+    return  # checked against the loaded teacher's config before any training
+  t, s = c.teacher.model, c.student.model
+  group = t.n_heads // t.n_kv_heads
+  for f in ("n_layers", "d_model", "d_ff", "n_heads"):
+    _req(s[f] <= t[f], f"--config.student.model.{f}={s[f]} is larger than the teacher's {t[f]}; "
+         "init='prune' only removes units")
+  _req(s.n_heads % group == 0 and s.n_kv_heads * group == s.n_heads,
+       f"--config.student.model.n_heads={s.n_heads}, n_kv_heads={s.n_kv_heads}: init='prune' "
+       f"keeps whole KV groups of {group} query heads; give n_kv_heads = n_heads / {group}")
 
 
 def validate(c, n_devices: int | None = None) -> None:
@@ -130,8 +151,10 @@ def validate(c, n_devices: int | None = None) -> None:
          "teacher checkpoint is given")
     _model(c, "teacher.model")
   _model(c, "student.model")
-  _req(_get(c, "student.init") in ("random", "teacher_layers"),
-       f"--config.student.init={c.student.init!r} must be 'random' or 'teacher_layers'")
+  _req(_get(c, "student.init") in ("random", "teacher_layers", "prune"),
+       f"--config.student.init={c.student.init!r} must be 'random', 'teacher_layers' or 'prune'")
+  if c.student.init == "prune":
+    _prune(c)
 
   d = _get(c, "distill")
   _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")
@@ -170,6 +193,16 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.top_k={d.get('top_k')!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
+  if "hidden" in d:
+    h = d.hidden
+    _req(_num(c, "distill.hidden.weight") >= 0, f"--config.distill.hidden.weight={h.weight} "
+         "must be >= 0 (0 = off)")
+    _req(h.get("kind", "mse") in ("mse", "cosine"),
+         f"--config.distill.hidden.kind={h.get('kind')!r} must be 'mse' or 'cosine'")
+    _req(isinstance(h.layers, str), "--config.distill.hidden.layers must be a string: '', "
+         "'auto' or pairs such as '0:1,1:3'")
+    _req(not (h.layers and h.weight and src != "online"), "--config.distill.hidden needs "
+         "teacher_source='online' (a cache holds no hidden states); set hidden.weight=0")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, lock, report, sharding, teacher_cache, tokenizers,
-                     train)
+from distill import (api, data, evaluate, features, lock, report, sharding, teacher_cache,
+                     tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -230,6 +230,12 @@ def _run(config, workdir: str) -> dict:
   loss_cfg = train.LossConfig.from_config(c.distill)
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
+  if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
+    from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
+    student, init = pipeline_init.from_teacher(ctx, student, teacher, t_params)
+  # Feature losses: the student (not the baseline) also trains hidden-state projections.
+  loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
+                                    getattr(init, "plan", None))
   source = c.distill.get("teacher_source", "online")
   walls_extra = {}
   if source == "cache":  # the teacher runs once per token, here, not once per step
@@ -252,12 +258,13 @@ def _run(config, workdir: str) -> dict:
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=init, loss_fn=loss_fn, cache=cache)
+      init_params=s_init, loss_fn=loss_fn, cache=cache)
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
-        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student))
+        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student),
+        init_params=init if c.student.init == "prune" else None)  # same pruned start as student
     models["baseline"] = (student, b_params, b_info)
 
   t_eval = time.time()

@@ -56,6 +56,11 @@ class LossConfig:
   # the rule for the missing tail mass (see losses.sparse_divergence).
   top_k: int = 0
   tail: str = "renormalize"
+  # Hidden-state distillation: ((student layer, teacher layer), ...) compared after those
+  # blocks through learned projections params[FEATURES]["proj_i"] (see distill.features).
+  hidden_pairs: tuple = ()
+  hidden_weight: float = 0.0
+  hidden_kind: str = "mse"
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -96,11 +101,44 @@ def ce_loss(params, batch, teacher_params, step, *, student: LM):
   return ce, {"loss": ce, "ce": ce}
 
 
+# Trainable leaves that are not the student's (feature-loss projections): trained and
+# checkpointed beside it, dropped from the params a stage returns and saves.
+FEATURES = "features"
+
+
+def split_features(params):
+  """(student params, feature params or None)."""
+  if FEATURES not in params:
+    return params, None
+  return {k: v for k, v in params.items() if k != FEATURES}, params[FEATURES]
+
+
 def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
                  cfg: LossConfig):
+  params, feats = split_features(params)
+  if not cfg.hidden_pairs:
+    return _soft_target_loss(params, batch, teacher_params, step, student=student,
+                             teacher=teacher, cfg=cfg)
+  t_hidden, t_states = jax.lax.stop_gradient(teacher.hidden_states(teacher_params,
+                                                                    batch["inputs"]))
+  s_hidden, s_states = student.hidden_states(params, batch["inputs"])
+  loss, metrics = _soft_target_loss(params, batch, teacher_params, step, student=student,
+                                    teacher=teacher, cfg=cfg, hidden=(s_hidden, t_hidden))
+  hid = sum(losses.hidden_state_loss(s_states[i], t_states[j], feats[f"proj_{n}"],
+                                     mask=batch["mask"], kind=cfg.hidden_kind)
+            for n, (i, j) in enumerate(cfg.hidden_pairs)) / len(cfg.hidden_pairs)
+  return loss + cfg.hidden_weight * hid, dict(metrics, loss=loss + cfg.hidden_weight * hid,
+                                              hidden=hid)
+
+
+def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
+                      cfg: LossConfig, hidden=None):
   alpha, temperature = cfg.at(step)
-  t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
-  s_hidden = student.hidden(params, batch["inputs"])
+  if hidden is None:
+    t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
+    s_hidden = student.hidden(params, batch["inputs"])
+  else:
+    s_hidden, t_hidden = hidden
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
   if cfg.top_k:
@@ -361,4 +399,4 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     hist_file.close()
   if writer is not None:
     writer.flush()
-  return StageResult(state.params, history, time.time() - t_start, start)
+  return StageResult(split_features(state.params)[0], history, time.time() - t_start, start)

@@ -2,7 +2,8 @@
 traceback, and leaves what is on disk as it was.
 
 Each row runs a real CLI (`python -m distill.main | distill.export | distill.generate |
-distill.to_hf | distill.convert`) in a subprocess. Starting Python with JAX costs seconds here, so one module
+distill.to_hf | distill.convert |
+distill.prune`) in a subprocess. Starting Python with JAX costs seconds here, so one module
 fixture launches the selected rows two at a time and each parametrized test checks its own
 result. docs/troubleshooting.md is this table in prose; keep the two in step.
 """
@@ -21,7 +22,8 @@ from tests.helpers import shrunken_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"main": "distill.main", "export": "distill.export", "generate": "distill.generate",
-           "to_hf": "distill.to_hf", "convert": "distill.convert"}
+           "to_hf": "distill.to_hf", "convert": "distill.convert",
+           "prune": "distill.prune"}
 # Small shapes and few steps, so a row that wrongly got past its check ends in seconds (and
 # then fails on its exit code) instead of training the full tiny config.
 SMALL = ["--config.data.seq_len=32", "--config.data.batch_size=8",
@@ -132,6 +134,22 @@ CASES = [
     ("generate_missing_tflite", ("generate", ["--tflite={tmp}/no_such.tflite"]), USAGE,
      ["does not exist", "python -m distill.export"]),
     ("generate_no_model", ("generate", ["--prompt=x"]), USAGE, ["give exactly one of"]),
+    # --- pruning (the finished run's teacher: 4 heads in KV groups of 2, d_ff 64, byte vocab)
+    ("prune_more_heads_than_teacher", ("prune", ["--teacher={finished}/teacher",
+                                                 "--out={tmp}/pruned_a", "--width.heads=8"]),
+     USAGE, ["heads=8 is larger than the teacher's 4", "give heads <= 4"]),
+    ("prune_heads_not_whole_groups", ("prune", ["--teacher={finished}/teacher",
+                                                "--out={tmp}/pruned_b", "--width.heads=3"]),
+     USAGE, ["not a multiple of the teacher's KV group size 2", "give a multiple of 2"]),
+    ("prune_d_ff_larger", ("prune", ["--teacher={finished}/teacher", "--out={tmp}/pruned_c",
+                                     "--width.d_ff=128"]),
+     USAGE, ["d_ff=128 is larger than the teacher's 64", "give d_ff <= 64"]),
+    ("prune_vocab_below_specials", ("prune", ["--teacher={finished}/teacher",
+                                              "--out={tmp}/pruned_d", "--vocab=10"]),
+     USAGE, ["--vocab=10 is smaller than the 259 special and byte-fallback", "--vocab >= 259"]),
+    ("prune_student_not_whole_groups", _main("--config.student.init=prune",
+                                             "--config.student.model.n_kv_heads=1"),
+     USAGE, ["init='prune' keeps whole KV groups of 2", "n_kv_heads = n_heads / 2"]),
     ("to_hf_not_a_run", ("to_hf", ["--workdir={tmp}/no_such_run", "--out={tmp}/hf_out"]), USAGE,
      ["is not a distill stage directory", "point at"]),
 ]
@@ -305,6 +323,9 @@ def test_bad_input(case, results, world):
     assert after[k] == before[k], f"{k} changed on disk{shown}"
   if tool == "convert":  # no output directory, finished or half-written
     assert not [n for n in os.listdir(world["tmp"]) if n.startswith("convert_out")], shown
+  if tool == "prune":  # a refused prune writes no output directory
+    out = next(a for a in argv if a.startswith("--out=")).format(**world)[len("--out="):]
+    assert not os.path.exists(out), shown
   if case in ("workdir_locked_by_live_run",):
     assert os.path.exists(os.path.join(world["locked"], ".lock"))
 

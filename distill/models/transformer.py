@@ -340,8 +340,11 @@ class Transformer(nnx.Module):
     """[D, V] matrix mapping final hidden states to logits."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
 
-  def __call__(self, tokens, positions, cache=None, cache_index=None):
-    """Returns (final-normed hidden [B, T, D], new cache or None)."""
+  def __call__(self, tokens, positions, cache=None, cache_index=None, states=None):
+    """Returns (final-normed hidden [B, T, D], new cache or None).
+
+    `states`, a list, receives the residual stream after each block (feature distillation).
+    """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
@@ -358,6 +361,8 @@ class Transformer(nnx.Module):
       else:
         x, c = block(x, positions, layer_cache, cache_index)
       new_cache.append(c)
+      if states is not None:
+        states.append(x)
     return self.final_norm(x), (None if cache is None else new_cache)
 
 
@@ -397,6 +402,13 @@ class LM:
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return self.module(params)(tokens, positions)[0]
+
+  def hidden_states(self, params, tokens):
+    """(final-normed hidden [B, T, D], [residual stream [B, T, D] after block i for each i])."""
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    states = []
+    hidden = self.module(params)(tokens, positions, states=states)[0]
+    return hidden, states
 
   def unembedding(self, params):
     return self.module(params).unembedding()

@@ -1,0 +1,104 @@
+"""Glue between pruning and the rest of distill: calibration data, teachers, stage output.
+
+`from_teacher` is the pipeline's `--config.student.init=prune` (one init function that the
+student and the baseline both start from); `prune_to_stage` is the CLI's body.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from distill import api, data, sharding
+from distill.config import ConfigError
+from distill.models.transformer import LM, count_params
+from distill.prune import core
+
+
+def calibration_batches(it, n: int, mesh=None):
+  """The first `n` batches of a train iterator (as global arrays when a mesh is given)."""
+  out = []
+  for local in itertools.islice(it, n):
+    out.append(sharding.global_batch(local, mesh) if mesh is not None else local)
+  return out
+
+
+def student_target(teacher: LM, student: LM):
+  """The pruned config for a pipeline student shape; run-time fields from the student."""
+  s = student.cfg
+  target = core.target_config(teacher.cfg, n_layers=s.n_layers, d_model=s.d_model, d_ff=s.d_ff,
+                              n_heads=s.n_heads)
+  if target.n_kv_heads != s.n_kv_heads:
+    raise ConfigError(f"--config.student.model.n_kv_heads={s.n_kv_heads}: init='prune' keeps "
+                      f"whole KV groups of the teacher, so n_kv_heads must be n_heads / "
+                      f"{teacher.cfg.n_heads // teacher.cfg.n_kv_heads} = {target.n_kv_heads}")
+  return target.replace(dtype=s.dtype, param_dtype=s.param_dtype, attention=s.attention,
+                        remat=s.remat, max_len=max(s.max_len, target.max_len))
+
+
+def from_teacher(ctx, student: LM, teacher: LM, t_params):
+  """(student LM as pruned, init function) for `--config.student.init=prune`.
+
+  The student keeps the teacher's head_dim (and every switch: norm, mlp, rope), so its config
+  is the teacher's with the student's shape; the pruned weights are computed once here.
+  """
+  c = ctx.config
+  p = c.student.prune
+  cfg = student_target(teacher, student)
+  batches = []
+  if p.method == "activation":
+    it = ctx.train_iter(c.distill.transfer_fraction)
+    batches = calibration_batches(it, int(p.calib_batches), ctx.mesh)
+  params, plan, imp = core.prune(teacher, t_params, cfg, batches, method=p.method, seed=c.seed)
+  logging.info("[prune] %s pruning kept layers %s of %d (%s calibration tokens)", p.method,
+               plan.layers.tolist(), teacher.cfg.n_layers, imp.tokens if imp else 0)
+  pruned = LM(cfg)
+
+  def init(key):
+    del key  # the same pruned weights for every stage that starts from them
+    want = pruned.abstract_params()
+    return jax.tree.map(lambda x, w: jnp.asarray(x, w.dtype), params, want)
+  init.plan = plan  # the layer and channel map feature losses start from (distill.features)
+  return pruned, init
+
+
+def load_teacher(path: str):
+  """(LM, params, tokenizer) of a stage directory or `hf:DIR`, fp32 on the default devices."""
+  if path.startswith("hf:"):
+    from distill.models import hf  # pylint: disable=import-outside-toplevel
+    return hf.load(path[3:], hf.default_mesh(), "float32")
+  m = api.load(path, dtype="float32")
+  return m.lm, m.params, m.tokenizer
+
+
+def prune_to_stage(teacher_path: str, out: str, target, *, data_cfg, fraction: float,
+                   workdir: str, calib_batches: int, method: str = "activation", seed: int = 0,
+                   vocab: int | None = None) -> dict:
+  """Prune a teacher to `target` and write a stage directory; returns its stage info."""
+  lm, params, tok = load_teacher(teacher_path)
+  trim = None
+  if vocab is not None:
+    from distill.prune import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+    vocab_lib.check_k(tok, vocab)  # before the data pass or any file
+  batches = []
+  if method == "activation" or vocab is not None:
+    it = data.make_train_iterator(data_cfg, tok, workdir, batch_size=int(data_cfg.batch_size),
+                                  seed=seed, fraction=fraction)
+    batches = calibration_batches(it, calib_batches)
+  pruned, plan, imp = core.prune(lm, params, target, batches if method == "activation" else (),
+                                 method=method, seed=seed)
+  cfg = target
+  if vocab is not None:
+    ids, rows = data.train_windows(data_cfg, tok, workdir, fraction)
+    trim = vocab_lib.trim(tok, vocab_lib.count_ids(ids, rows, lm.cfg.vocab_size), vocab, workdir)
+    pruned, cfg = vocab_lib.trim_params(pruned, cfg, trim)
+    tok = trim.tokenizer
+  info = {"pruned_from": teacher_path, "method": method, "plan": plan.to_json(),
+          "calibration_tokens": imp.tokens if imp else 0,
+          "teacher_params": count_params(params), "params": count_params(pruned)}
+  if trim is not None:
+    info["vocab"] = {"kept": int(trim.kept.size), "teacher_vocab": lm.cfg.vocab_size}
+  api.save_stage(out, cfg, tok, pruned, info)
+  return info
