@@ -112,6 +112,11 @@ def get_config():
   c.distill.transfer_fraction = 0.1
   # Peak learning rate for the student and the baseline.
   c.distill.lr = 3e-3
+  # Quantization-aware distillation: none | int8 | int4_block32 fake-quantizes the student's
+  # weights as that export will (straight-through gradients; distill/qat.py), from the
+  # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).
+  c.distill.qat = "none"
+  c.distill.qat_start_fraction = 0.0
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for comparison.

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, losses, sharding
+from distill import checkpoint, losses, qat, sharding
 from distill.models.transformer import LM
 
 
@@ -56,6 +56,10 @@ class LossConfig:
   # the rule for the missing tail mass (see losses.sparse_divergence).
   top_k: int = 0
   tail: str = "renormalize"
+  # Quantization-aware distillation (distill/qat.py): fake-quantize the student's weights as
+  # the export recipe will, from step qat_start_step on.
+  qat: str = "none"
+  qat_start_step: int = 0
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -66,7 +70,14 @@ class LossConfig:
                temperature_schedule=d.get("temperature_schedule", "constant"),
                temperature_end=float(d.get("temperature_end", d.temperature)),
                total_steps=int(d.steps), top_k=int(d.get("top_k", 0)),
-               tail=d.get("tail", "renormalize"))
+               tail=d.get("tail", "renormalize"), qat=_qat_mode(d.get("qat", "none")),
+               qat_start_step=int(round(float(d.get("qat_start_fraction", 0.0)) * int(d.steps))))
+
+  def student_params(self, params, step):
+    """(body, head) params for the student forward: fake-quantized under QAT, else as is."""
+    if self.qat == "none":
+      return params, params
+    return qat.fake_quant(params, self.qat, qat.schedule_on(step, self.qat_start_step))
 
   def at(self, step):
     """(alpha, temperature) at `step`, traced-safe."""
@@ -74,6 +85,12 @@ class LossConfig:
     temp = losses.schedule(self.temperature_schedule, self.temperature, self.temperature_end,
                            self.total_steps)
     return alpha(step), temp(step)
+
+
+def _qat_mode(mode: str) -> str:
+  if mode not in qat.QAT_MODES:
+    raise ValueError(f"--config.distill.qat={mode!r}: use one of {', '.join(qat.QAT_MODES)}")
+  return mode
 
 
 def make_optimizer(*, lr: float, steps: int, warmup: int, weight_decay: float = 0.0,
@@ -99,8 +116,9 @@ def ce_loss(params, batch, teacher_params, step, *, student: LM):
 def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
                  cfg: LossConfig):
   alpha, temperature = cfg.at(step)
+  body, params = cfg.student_params(params, step)  # `params` (the head) from here on
   t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
-  s_hidden = student.hidden(params, batch["inputs"])
+  s_hidden = student.hidden(body, batch["inputs"])
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
   if cfg.top_k:
@@ -132,8 +150,9 @@ def cached_distill_loss(params, batch, teacher_params, step, *, student: LM, cfg
   alpha, temperature = cfg.at(step)
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
-  return _sparse(student.apply(params, batch["inputs"]), batch["teacher_ids"],
-                 batch["teacher_logprobs"], batch, kw, cfg)
+  body, head = cfg.student_params(params, step)
+  s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
+  return _sparse(s_logits, batch["teacher_ids"], batch["teacher_logprobs"], batch, kw, cfg)
 
 
 def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,
