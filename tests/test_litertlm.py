@@ -12,9 +12,7 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 
 pytest.importorskip("litert_lm", reason="LiteRT-LM runtime not installed: pip install litert-lm-api")
@@ -36,9 +34,9 @@ def _data_cfg(root):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
   """A workdir with a briefly trained student stage and its text corpus."""
-  import optax  # pylint: disable=import-outside-toplevel
   from pydoc_data import topics  # pylint: disable=import-outside-toplevel
   from distill import data  # pylint: disable=import-outside-toplevel
+  from tests.helpers import fit_ce  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("litertlm")
   text = root / "text"
   text.mkdir()
@@ -48,23 +46,8 @@ def root(tmp_path_factory):
   cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
                     max_len=CONTEXT)
   lm, tok = LM(cfg), tokenizers.ByteTokenizer()
-  params = lm.init(jax.random.key(0))
   it = data.make_train_iterator(_data_cfg(root), tok, str(root), batch_size=16, seed=0)
-  tx = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt, x, y, m):
-    def loss(p):
-      logp = jax.nn.log_softmax(lm.apply(p, x))
-      nll = -jnp.take_along_axis(logp, y[..., None], -1)[..., 0]
-      return (nll * m).sum() / m.sum()
-    upd, opt = tx.update(jax.grad(loss)(params), opt, params)
-    return jax.tree.map(lambda a, b: a + b, params, upd), opt
-
-  opt = tx.init(params)
-  for _ in range(120):
-    b = next(it)
-    params, opt = step(params, opt, b["inputs"], b["targets"], b["mask"])
+  params = fit_ce(lm, lm.init(jax.random.key(0)), it, 120, lr=1e-2)
   api.save_stage(str(root / "student"), cfg, tok, params, {"note": "briefly trained"})
   return root
 
