@@ -144,3 +144,35 @@ def test_bench_prints_one_json_line(root):
   assert len(lines) == 1
   row = json.loads(lines[0])
   assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
+
+
+def test_hf_bpe_tokenizer_bundle(root, tmp_path):
+  """An HF BPE tokenizer.json whose post-processor adds BOS: the bundle gives our ids (the
+  engine adds BOS itself, once) and carries the chat template from tokenizer_config.json."""
+  import tokenizers as hf  # pylint: disable=import-outside-toplevel
+  from distill.export import litertlm, litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
+  card, out = _export(root, "fp32")
+  texts = [p.read_text() for p in sorted((root / "text").glob("*.txt"))]
+  t = hf.Tokenizer(hf.models.BPE(unk_token=None))
+  t.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  t.decoder = hf.decoders.ByteLevel()
+  t.train_from_iterator(texts, hf.trainers.BpeTrainer(
+      vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
+      initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet()))
+  t.post_processor = hf.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+  tok_dir = tmp_path / "tok"
+  tok_dir.mkdir()
+  t.save(str(tok_dir / "tokenizer.json"))
+  (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+      "bos_token": "<s>", "eos_token": "</s>",
+      "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
+  tok = tokenizers.load(str(tok_dir / "tokenizer.json"))
+  bundle = str(tmp_path / "hf.litertlm")
+  info = litertlm.build(str(out / card["model_file"]), bundle, tokenizer=tok,
+                        n_layers=card["num_layers"], max_context=CONTEXT,
+                        tokenizer_dir=str(tok_dir))
+  assert info["chat_template"] and info["start_token"] == 1 and info["stop_tokens"] == [2]
+  engine = lrt.open_engine(bundle)
+  assert lrt.tokenizer_matches(engine, tok, texts)["all_identical"]
+  assert len(tok.encode(texts[0])) < 0.8 * len(texts[0].encode())  # really merged
+  engine.close()
