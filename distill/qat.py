@@ -21,6 +21,12 @@ an fp32 copy for the gather and quantizes only the unembedding's, so `fake_quant
 two param trees: `body` (embedding fp32, for the hidden states) and `head` (embedding
 quantized, for the logits). Activations (quantized on the fly to int8 by the dynamic
 kernels) are not simulated: only the weights are.
+
+After training the student is saved as its quantized weights (`LossConfig.final_params`):
+QAD optimizes the fake-quantized forward, and its fp32 master weights sit anywhere inside
+their rounding bins. Grid values re-quantize to themselves (the block maximum is 7 * scale,
+so the scale comes back bit-identical), so the exported int4 file holds exactly the saved
+weights. This holds for fp32 params; bf16 params cannot hold every grid value.
 """
 from __future__ import annotations
 

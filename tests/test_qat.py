@@ -127,3 +127,15 @@ def test_loss_config_selects_qat():
     d = tiny.get_config().distill
     d.qat = "int3"
     train.LossConfig.from_config(d)
+
+
+def test_final_params_are_the_grid_and_requantize_to_themselves():
+  """Saved QAD weights are grid values, so the export's int4 quantization returns them as is."""
+  params = LM(CFG).init(jax.random.key(2))
+  c = train.LossConfig(qat="int4_block32")
+  snapped = c.final_params(params)
+  again = qat.fake_quant(snapped, "int4_block32")[1]
+  for a, b in zip(jax.tree.leaves(snapped), jax.tree.leaves(again)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(snapped["embed"]), np.asarray(params["embed"]))
+  assert train.LossConfig().final_params(params) is params
