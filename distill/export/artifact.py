@@ -181,7 +181,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     if litertlm:
       t0 = time.time()
       card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, cfg, vocab,
-                                 tokenizer_dir, data_cfg, workdir, need, level, num_threads)
+                                 tokenizer_dir, data_cfg, workdir, need, level, model)
       timings["litertlm_s"] = round(time.time() - t0, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
     card["export_timings"] = timings
@@ -205,7 +205,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
 
 
 def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_cfg,
-            workdir, need, level, num_threads) -> dict:
+            workdir, need, level, model) -> dict:
   """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it."""
   from distill.export import litertlm as litertlm_lib  # pylint: disable=import-outside-toplevel
   from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
@@ -216,7 +216,7 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
     # The bundle adds the tokenizer and metadata to a .tflite that fitted.
     raise presets.BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
         "file is", ".litertlm bundle is"))
-  engine = lrt.open_engine(out, threads=num_threads)
+  engine = lrt.open_engine(out, threads=model.num_threads)
   if level != "none":
     length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
     windows, _ = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
@@ -226,8 +226,9 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
         new_tokens=need["new_tokens"], vocab=vocab, max_context=preset.max_context)
   engine.close()
   decode = max(1, min(32, preset.max_context - preset.prefill_len - 1))
+  # The same thread count as the .tflite figures (the engine's own default oversubscribes).
   info["latency"] = lrt.benchmark(out, prefill_tokens=preset.prefill_len, decode_tokens=decode,
-                                  threads=num_threads)
+                                  threads=model.num_threads)
   return info
 
 
