@@ -217,14 +217,16 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
     raise presets.BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
         "file is", ".litertlm bundle is"))
   engine = lrt.open_engine(out, threads=model.num_threads)
-  if level != "none":
-    length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
-    windows, _ = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
-                                    length=length)
-    info["engine_check"] = verify.bundle_check(
-        engine, lm32, p32, tokenizer, preset.quant, windows=windows, prompts=need["prompts"],
-        new_tokens=need["new_tokens"], vocab=vocab, max_context=preset.max_context)
-  engine.close()
+  try:
+    if level != "none":
+      length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
+      windows, _ = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
+                                      length=length)
+      info["engine_check"] = verify.bundle_check(
+          engine, lm32, p32, tokenizer, preset.quant, windows=windows, prompts=need["prompts"],
+          new_tokens=need["new_tokens"], vocab=vocab, max_context=preset.max_context)
+  finally:
+    engine.close()
   decode = max(1, min(32, preset.max_context - preset.prefill_len - 1))
   # The same thread count as the .tflite figures (the engine's own default oversubscribes).
   info["latency"] = lrt.benchmark(out, prefill_tokens=preset.prefill_len, decode_tokens=decode,
