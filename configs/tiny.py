@@ -133,6 +133,11 @@ def get_config():
   c.distill.hidden.weight = 0.0
   # 'mse' or 'cosine' between the projected student state and the teacher's.
   c.distill.hidden.kind = "mse"
+  # Quantization-aware distillation: none | int8 | int4_block32 fake-quantizes the student's
+  # weights as that export will (straight-through gradients; distill/qat.py), from the
+  # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).
+  c.distill.qat = "none"
+  c.distill.qat_start_fraction = 0.0
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for comparison.

@@ -4,12 +4,14 @@
   python -m distill.generate --model=runs/tiny/student --prompt="The for statement"
   python -m distill.generate --model=hf:/path/to/hf_dir --prompt="Hello"
   python -m distill.generate --model=gguf:/path/model.gguf --prompt="Hello"
+  python -m distill.generate --litertlm=runs/tiny/export/watch/student.litertlm --prompt="The for"
 
 With --tflite everything (context, prefill length, signature and cache names, tokenizer file,
 BOS/EOS) comes from the model card beside the file; JAX is not imported. With --model the
-stage directory (or Hugging Face directory, or GGUF file) is loaded with `distill.load`.
-Greedy by default; --temperature / --top_k sample (JAX path only). Bad paths give one `error:`
-line, exit 2.
+stage directory (or Hugging Face directory, or GGUF file) is loaded with `distill.load`. With --litertlm
+the bundle runs in LiteRT-LM's engine (`litert_lm`, CPU), which adds BOS, tokenizes and stops
+at EOS itself; neither JAX nor TensorFlow is imported. Greedy by default;
+--temperature / --top_k sample (JAX path only). Bad paths give one `error:` line, exit 2.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 from absl import app, flags
 
 _TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
+_LITERTLM = flags.DEFINE_string("litertlm", None, "A .litertlm bundle (LiteRT-LM engine, CPU).")
 _MODEL = flags.DEFINE_string("model", None,
                              "A stage directory, hf:/path or gguf:/path/model.gguf (JAX).")
 _PROMPT = flags.DEFINE_string("prompt", "", "Prompt text.")
@@ -83,6 +86,24 @@ def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, o
   return stream.finish()
 
 
+def generate_litertlm(path: str, prompt: str, max_new_tokens: int, threads=None,
+                      out=sys.stdout) -> str:
+  """Greedy text from LiteRT-LM's engine, streamed as it produces it."""
+  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
+  engine = lrt.open_engine(path, threads=threads)
+  try:
+    parts = []
+    for chunk in lrt.stream(engine, prompt, max_new_tokens):
+      parts.append(chunk)
+      out.write(chunk)
+      out.flush()
+    out.write("\n")
+    out.flush()
+    return "".join(parts)
+  finally:
+    engine.close()
+
+
 def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
                  seed=0, out=sys.stdout):
   import distill  # pylint: disable=import-outside-toplevel
@@ -94,10 +115,12 @@ def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0
 
 
 def _run():
-  if bool(_TFLITE.value) == bool(_MODEL.value):
-    raise ValueError("give exactly one of --tflite=PATH.tflite or "
+  if sum(map(bool, (_TFLITE.value, _MODEL.value, _LITERTLM.value))) != 1:
+    raise ValueError("give exactly one of --tflite=PATH.tflite, --litertlm=PATH.litertlm or "
                      "--model=STAGE_DIR|hf:PATH|gguf:FILE")
-  if _TFLITE.value:
+  if _LITERTLM.value:
+    generate_litertlm(_LITERTLM.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
+  elif _TFLITE.value:
     generate_tflite(_TFLITE.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
   else:
     generate_jax(_MODEL.value, _PROMPT.value, _MAX_NEW.value, temperature=_TEMP.value,

@@ -92,7 +92,8 @@ def init_from_teacher(student: LM, teacher: LM, t_params):
 
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
-                 teacher_params=None, teacher_shardings=None, init_params=None, cache=None):
+                 teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
+                 finalize=None):
   """Train (or resume, or skip) one stage; returns (params, info)."""
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   p_shard = sharding.param_shardings(lm, ctx.mesh)
@@ -108,7 +109,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
-                  skip_nonfinite=bool(c.train.skip_nonfinite))
+                  skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize)
   info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
           "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction}
@@ -258,7 +259,7 @@ def _run(config, workdir: str) -> dict:
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=s_init, loss_fn=loss_fn, cache=cache)
+      init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params)
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(

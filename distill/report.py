@@ -165,6 +165,25 @@ def measure_latency(workdir: str, rep: dict, config) -> dict:
   return out
 
 
+def litertlm_lines(rep: dict) -> list[str]:
+  """LiteRT-LM engine rows for the exported .litertlm bundles (measured at export)."""
+  rows = [(p, x) for p, x in (rep.get("export") or {}).items()
+          if isinstance(x, dict) and x.get("litertlm_file")]
+  if not rows:
+    return []
+  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | top-1 agreement |",
+           "|---|---|---|---|---|---|"]
+  for p, x in rows:
+    agree = x.get("litertlm_top1_agreement")
+    lines.append(f"| {p}/{os.path.basename(x['litertlm_file'])} | {x.get('quantization')} | "
+                 f"{x['litertlm_bytes'] / 1e6:.2f} MB | {x['litertlm_prefill_tokens_per_s']:,.0f} | "
+                 f"{x['litertlm_decode_tokens_per_s']:,.0f} | "
+                 f"{'n/a' if agree is None else f'{agree:.1%}'} |")
+  return ["LiteRT-LM (`.litertlm`, Google's on-device LLM runtime): its own benchmark "
+          "(`litert_lm.Benchmark`, one prefill chunk, then decode) at export, and teacher-forced "
+          "top-1 agreement with the JAX student through its engine.", "", *lines, ""]
+
+
 def cost_table(rep: dict) -> str:
   """Params, FLOPs/token, decode latency, CPU-s per 1k tokens, file size: one row per runtime."""
   lat = rep.get("latency", {})
@@ -401,6 +420,7 @@ def write(workdir, rep: dict, config) -> None:
          "process CPU time, so they add up the threads used; wall latency on a busy machine "
          "varies more. Files are the exported .tflite sizes; the FLOPs of the exported rows "
          "are the student's (quantization changes bytes, not FLOPs).", ""]
+  md += litertlm_lines(rep)
   s = rep["setup"]
   teacher = (f"teacher from `{s['teacher_checkpoint']}`" if s.get("teacher_checkpoint")
              else f"teacher steps {s['teacher_steps']}")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, losses, sharding
+from distill import checkpoint, losses, qat, sharding
 from distill.models.transformer import LM
 
 
@@ -61,6 +61,10 @@ class LossConfig:
   hidden_pairs: tuple = ()
   hidden_weight: float = 0.0
   hidden_kind: str = "mse"
+  # Quantization-aware distillation (distill/qat.py): fake-quantize the student's weights as
+  # the export recipe will, from step qat_start_step on.
+  qat: str = "none"
+  qat_start_step: int = 0
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -71,7 +75,26 @@ class LossConfig:
                temperature_schedule=d.get("temperature_schedule", "constant"),
                temperature_end=float(d.get("temperature_end", d.temperature)),
                total_steps=int(d.steps), top_k=int(d.get("top_k", 0)),
-               tail=d.get("tail", "renormalize"))
+               tail=d.get("tail", "renormalize"), qat=_qat_mode(d.get("qat", "none")),
+               qat_start_step=int(round(float(d.get("qat_start_fraction", 0.0)) * int(d.steps))))
+
+  def student_params(self, params, step):
+    """(body, head) params for the student forward: fake-quantized under QAT, else as is."""
+    if self.qat == "none":
+      return params, params
+    return qat.fake_quant(params, self.qat, qat.schedule_on(step, self.qat_start_step))
+
+  def final_params(self, params):
+    """The params to save after training: under QAT the quantized weights themselves.
+
+    QAD optimizes the fake-quantized forward, not the fp32 master weights (those end up
+    anywhere inside their rounding bins: on the tiny run their own int4 export agreed only
+    86% with them). Saving the grid values makes the stage the model QAD trained, and its
+    export reproduces them exactly (re-quantizing grid values is the identity; see qat.py).
+    """
+    if self.qat == "none":
+      return params
+    return jax.jit(lambda p: qat.fake_quant(p, self.qat)[1])(params)
 
   def at(self, step):
     """(alpha, temperature) at `step`, traced-safe."""
@@ -79,6 +102,12 @@ class LossConfig:
     temp = losses.schedule(self.temperature_schedule, self.temperature, self.temperature_end,
                            self.total_steps)
     return alpha(step), temp(step)
+
+
+def _qat_mode(mode: str) -> str:
+  if mode not in qat.QAT_MODES:
+    raise ValueError(f"--config.distill.qat={mode!r}: use one of {', '.join(qat.QAT_MODES)}")
+  return mode
 
 
 def make_optimizer(*, lr: float, steps: int, warmup: int, weight_decay: float = 0.0,
@@ -134,9 +163,10 @@ def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: L
 def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
                       cfg: LossConfig, hidden=None):
   alpha, temperature = cfg.at(step)
+  body, params = cfg.student_params(params, step)  # `params` (the head) from here on
   if hidden is None:
     t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
-    s_hidden = student.hidden(params, batch["inputs"])
+    s_hidden = student.hidden(body, batch["inputs"])
   else:
     s_hidden, t_hidden = hidden
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
@@ -170,8 +200,9 @@ def cached_distill_loss(params, batch, teacher_params, step, *, student: LM, cfg
   alpha, temperature = cfg.at(step)
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
-  return _sparse(student.apply(params, batch["inputs"]), batch["teacher_ids"],
-                 batch["teacher_logprobs"], batch, kw, cfg)
+  body, head = cfg.student_params(params, step)
+  s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
+  return _sparse(s_logits, batch["teacher_ids"], batch["teacher_logprobs"], batch, kw, cfg)
 
 
 def train_step(state: TrainState, batch, rng, teacher_params, *, loss_fn: Callable,
@@ -323,8 +354,12 @@ class _PreemptionFlag:
 def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_fn: Callable,
         tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
         teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
-        writer=None, is_main: bool = True, skip_nonfinite: bool = False) -> StageResult:
-  """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present."""
+        writer=None, is_main: bool = True, skip_nonfinite: bool = False,
+        finalize: Callable | None = None) -> StageResult:
+  """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present.
+
+  `finalize(params)` maps the trained params to those returned (LossConfig.final_params).
+  """
   t_start = time.time()
   p_shard = sharding.param_shardings(lm, mesh)
   rng = jax.random.key(seed)
@@ -399,4 +434,6 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     hist_file.close()
   if writer is not None:
     writer.flush()
-  return StageResult(split_features(state.params)[0], history, time.time() - t_start, start)
+  params = split_features(state.params)[0]
+  params = finalize(params) if finalize is not None else params
+  return StageResult(params, history, time.time() - t_start, start)

@@ -79,3 +79,29 @@ def write_gguf(path, *, kind="ok", arch="llama", tokenizer=True):
     with open(path, "wb") as f:
       f.write(bytes(data))
   return path
+
+
+def fit_ce(lm, params, batches, steps: int, lr: float = 3e-3):
+  """`steps` of Adam on hard-label CE over `batches` (an iterator of distill.data batches).
+
+  For tests that need a briefly trained model: peaked logits, real text from greedy decoding.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  tx = optax.adam(lr)
+
+  @jax.jit
+  def step(params, opt, x, y, m):
+    def loss(p):
+      logp = jax.nn.log_softmax(lm.apply(p, x))
+      nll = -jnp.take_along_axis(logp, y[..., None], -1)[..., 0]
+      return (nll * m).sum() / m.sum()
+    upd, opt = tx.update(jax.grad(loss)(params), opt, params)
+    return optax.apply_updates(params, upd), opt
+
+  opt = tx.init(params)
+  for _ in range(steps):
+    b = next(batches)
+    params, opt = step(params, opt, b["inputs"], b["targets"], b["mask"])
+  return params

@@ -133,6 +133,15 @@ CASES = [
      ["budget is", "over); shrink the student"]),
     ("generate_missing_tflite", ("generate", ["--tflite={tmp}/no_such.tflite"]), USAGE,
      ["does not exist", "python -m distill.export"]),
+    # --- .litertlm bundles (LiteRT-LM)
+    ("export_litertlm_builder_missing", ("export", ["--workdir={finished}", "--preset=watch",
+                                                    "--format=litertlm", "--verify=none"]),
+     USAGE, ["needs litert-lm-builder", "pip install litert-lm-builder"]),
+    ("export_litertlm_no_stop_token", ("export", ["--workdir={no_eos_run}", "--preset=watch",
+                                                  "--format=litertlm", "--verify=none"]),
+     USAGE, ["no BOS token", "LiteRT-LM needs a start and a stop token id"]),
+    ("generate_missing_litertlm", ("generate", ["--litertlm={tmp}/no_such.litertlm"]), USAGE,
+     ["does not exist", "--format=litertlm"]),
     ("generate_no_model", ("generate", ["--prompt=x"]), USAGE, ["give exactly one of"]),
     # --- pruning (the finished run's teacher: 4 heads in KV groups of 2, d_ff 64, byte vocab)
     ("prune_more_heads_than_teacher", ("prune", ["--teacher={finished}/teacher",
@@ -195,6 +204,22 @@ def _safetensors(rows, truncate=False):
   return write
 
 
+def _no_special_tokens_run(path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import tokenizers as hf  # pylint: disable=import-outside-toplevel
+  from distill import api  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
+  os.makedirs(path)
+  vocab = {chr(0x100 + i): i for i in range(64)}
+  tok = hf.Tokenizer(hf.models.WordLevel(vocab, unk_token=chr(0x100)))
+  tok.save(os.path.join(path, "tokenizer.json"))
+  cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+                    max_len=64)
+  api.save_stage(os.path.join(path, "student"), cfg,
+                 tokenizers.load(os.path.join(path, "tokenizer.json")),
+                 LM(cfg).init(jax.random.key(0)), {"note": "no special tokens"})
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """Inputs for every row, and a finished run whose files must never change."""
@@ -249,6 +274,14 @@ def world(tmp_path_factory):
       p[name] = write_gguf(str(tmp / f"{name}.gguf"), **kw)
   except ImportError:
     pass
+  # A run whose tokenizer has no special tokens: LiteRT-LM needs start/stop ids.
+  p["no_eos_run"] = str(tmp / "no_eos_run")
+  _no_special_tokens_run(p["no_eos_run"])
+  # A litert_lm_builder that fails to import, shadowing the installed one.
+  p["no_builder"] = str(tmp / "no_builder")
+  os.makedirs(os.path.join(p["no_builder"], "litert_lm_builder"))
+  with open(os.path.join(p["no_builder"], "litert_lm_builder", "__init__.py"), "w") as f:
+    f.write("raise ImportError('hidden by tests/test_bad_inputs.py')\n")
 
   # A workdir held by a live process on this host.
   p["locked"] = str(tmp / "locked")
@@ -274,8 +307,11 @@ def _run_case(case, world):
   name, (tool, argv), _, _ = case
   # Each row its own fresh workdir: rows run concurrently and a shared one would be locked.
   argv = [a.format(**dict(world, new=os.path.join(world["tmp"], f"new_{name}"))) for a in argv]
+  env = _env()
+  if name.endswith("builder_missing"):
+    env["PYTHONPATH"] = world["no_builder"] + os.pathsep + env["PYTHONPATH"]
   try:
-    proc = subprocess.run([sys.executable, "-m", MODULES[tool], *argv], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", MODULES[tool], *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180, check=False)
     return proc.returncode, proc.stdout, proc.stderr
   except subprocess.TimeoutExpired as e:

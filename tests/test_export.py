@@ -93,28 +93,11 @@ def _briefly_trained_stage(root, steps=150):
   A random model's next-token distribution is nearly flat, so top-1 flips under any
   activation quantization; a trained student (as in the pipeline) is what int8 is for.
   """
-  import optax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from distill import data  # pylint: disable=import-outside-toplevel
+  from tests.helpers import fit_ce  # pylint: disable=import-outside-toplevel
   model = api.load(str(root / "student"))
-  lm, params = model.lm, model.params
   it = data.make_train_iterator(_data_cfg(root), model.tokenizer, str(root), batch_size=16, seed=0)
-  tx = optax.adam(3e-3)
-
-  @jax.jit
-  def step(params, opt, x, y, m):
-    def loss(p):
-      logp = jax.nn.log_softmax(lm.apply(p, x))
-      nll = -jnp.take_along_axis(logp, y[..., None], -1)[..., 0]
-      return (nll * m).sum() / m.sum()
-    g = jax.grad(loss)(params)
-    upd, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, upd), opt
-
-  opt = tx.init(params)
-  for _ in range(steps):
-    b = next(it)
-    params, opt = step(params, opt, b["inputs"], b["targets"], b["mask"])
+  lm, params = model.lm, fit_ce(model.lm, model.params, it, steps)
   api.save_stage(str(root / "trained"), lm.cfg, model.tokenizer, params, {"steps": steps})
   return str(root / "trained")
 

@@ -3,8 +3,11 @@
   python -m distill.export --workdir=runs/tiny --preset=watch
   python -m distill.export --workdir=runs/tiny --preset=phone --quant=int8 --stage=student
   python -m distill.export --workdir=runs/tiny --preset=watch --budget_mb=0.1   # BudgetError
+  python -m distill.export --workdir=runs/tiny --preset=watch --format=litertlm  # + LiteRT-LM
 
-Output: <workdir>/export/<preset>[-<quant>]/{student-<quant>.tflite, model_card.json, tokenizer}.
+Output: <workdir>/export/<preset>[-<quant>]/{student-<quant>.tflite, model_card.json, tokenizer}
+and, with --format=litertlm, student.litertlm (the .tflite + tokenizer + metadata in the one
+file LiteRT-LM's engine loads; checked in that engine, its figures in the card).
 Calibration (int8) and verification text come from --data (default: the embedded corpus,
 reusing <workdir>/data). Exit code 2 with one line for usage errors, budget overruns included.
 """
@@ -21,6 +24,8 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/export
 _CONTEXT = flags.DEFINE_integer("max_context", None, "Override the preset's cache length.")
 _PREFILL = flags.DEFINE_integer("prefill_len", None, "Override the preset's prefill length P.")
 _BUDGET = flags.DEFINE_float("budget_mb", None, "Override the preset's size budget (10^6 bytes).")
+_FORMAT = flags.DEFINE_enum("format", "tflite", ["tflite", "litertlm"],
+                            "litertlm: also write student.litertlm for LiteRT-LM.")
 _VERIFY = flags.DEFINE_enum("verify", "full", ["full", "quick", "none"],
                             "full: 5 prompts x 64 tokens + 16 windows; quick: 2 x 16 + 4.")
 _DATA = flags.DEFINE_string("data", "pydoc_topics", "data.name for calibration/verification text.")
@@ -48,8 +53,10 @@ def _run():
   card = export_stage(stage, _PRESET.value, out, quant=_QUANT.value, max_context=_CONTEXT.value,
                       prefill_len=_PREFILL.value, budget_mb=_BUDGET.value, data_cfg=data_cfg,
                       workdir=_WORKDIR.value, level=_VERIFY.value, num_threads=_THREADS.value,
-                      keep_saved_model=_KEEP_SM.value)
+                      keep_saved_model=_KEEP_SM.value, litertlm=_FORMAT.value == "litertlm")
   print(os.path.join(out, card["model_file"]))
+  if "litertlm" in card:
+    print(os.path.join(out, card["litertlm"]["file"]))
   return 0
 
 

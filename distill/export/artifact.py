@@ -82,11 +82,21 @@ def _publish(tmp: str, out_dir: str) -> None:
 def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_cfg=None,
            workdir: str | None = None, level: str = "full", tokenizer_dir: str | None = None,
            source: dict | None = None, num_threads: int | None = None,
-           keep_saved_model: bool = False, log=print) -> dict:
-  """Exports, verifies and publishes one preset; returns the model card."""
+           keep_saved_model: bool = False, litertlm: bool = False, log=print) -> dict:
+  """Exports, verifies and publishes one preset; returns the model card.
+
+  litertlm: also bundle the verified .tflite with the tokenizer and metadata into
+  `student.litertlm` for LiteRT-LM, checked through its engine (see litertlm.py).
+  """
   t_start = time.time()
   if level not in LEVELS:
     raise ValueError(f"verification level {level!r}: use one of {sorted(LEVELS)}")
+  if litertlm:
+    # Fail before minutes of conversion when the bundle cannot be made at all.
+    from distill.export import litertlm as litertlm_lib  # pylint: disable=import-outside-toplevel
+    litertlm_lib.builder_module()
+    litertlm_lib.engine_module()
+    litertlm_lib.llm_metadata(tokenizer, preset.max_context)
   cfg = lm.cfg
   if cfg.pos == "learned" and preset.max_context > cfg.max_len:
     raise ValueError(f"max_context={preset.max_context} exceeds the model's {cfg.max_len} "
@@ -168,6 +178,11 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     else:
       card["verification"] = {"level": "none", "passed": None}
     card["latency"] = model.latency()
+    if litertlm:
+      t0 = time.time()
+      card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, cfg, vocab,
+                                 tokenizer_dir, data_cfg, workdir, need, level, model)
+      timings["litertlm_s"] = round(time.time() - t0, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
     card["export_timings"] = timings
     card_lib.write(tmp, card)
@@ -181,7 +196,42 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
   log(f"[export] {preset.name}: {os.path.join(out_dir, name)} {preset.quant} "
       f"{len(flat) / 1e6:.2f} MB, decode {card['latency']['decode_tokens_per_s']} tok/s, "
       f"verification {_verdict(card)}, {timings['total_s']:.1f}s")
+  if "litertlm" in card:
+    b = card["litertlm"]
+    log(f"[export] {preset.name}: {os.path.join(out_dir, b['file'])} {b['bytes'] / 1e6:.2f} MB, "
+        f"LiteRT-LM prefill {b['latency']['prefill_tokens_per_s']} tok/s, decode "
+        f"{b['latency']['decode_tokens_per_s']} tok/s")
   return card
+
+
+def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_cfg,
+            workdir, need, level, model) -> dict:
+  """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it."""
+  from distill.export import litertlm as litertlm_lib  # pylint: disable=import-outside-toplevel
+  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
+  out = os.path.join(tmp, litertlm_lib.BUNDLE_NAME)
+  info = litertlm_lib.build(tflite_path, out, tokenizer=tokenizer, n_layers=cfg.n_layers,
+                            max_context=preset.max_context, tokenizer_dir=tokenizer_dir)
+  if info["bytes"] > preset.budget_bytes:
+    # The bundle adds the tokenizer and metadata to a .tflite that fitted.
+    raise presets.BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
+        "file is", ".litertlm bundle is"))
+  engine = lrt.open_engine(out, threads=model.num_threads)
+  try:
+    if level != "none":
+      length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
+      windows, _ = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
+                                      length=length)
+      info["engine_check"] = verify.bundle_check(
+          engine, lm32, p32, tokenizer, preset.quant, windows=windows, prompts=need["prompts"],
+          new_tokens=need["new_tokens"], vocab=vocab, max_context=preset.max_context)
+  finally:
+    engine.close()
+  decode = max(1, min(32, preset.max_context - preset.prefill_len - 1))
+  # The same thread count as the .tflite figures (the engine's own default oversubscribes).
+  info["latency"] = lrt.benchmark(out, prefill_tokens=preset.prefill_len, decode_tokens=decode,
+                                  threads=model.num_threads)
+  return info
 
 
 def _verdict(card: dict) -> str:

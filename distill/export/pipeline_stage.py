@@ -7,6 +7,10 @@ tiny pipeline stays fast; `python -m distill.export` runs the full check.
 Optional config fields (read with defaults, so configs/tiny.py needs none of them):
   config.export.verify            "quick" | "full" | "none"            (default "quick")
   config.export.<preset>.quant / .max_context / .prefill_len / .budget_mb   (overrides)
+  config.export.litertlm          "auto" | True | False                 (default "auto")
+      also write <preset>/student.litertlm for LiteRT-LM; "auto" does so when
+      litert-lm-builder and litert-lm-api are installed (requirements-edge.txt) and logs one
+      line otherwise, True requires them (exit 2 without them).
 
 Like the other stages it is skipped when its output exists: a preset folder whose card was
 made from the same student stage with the same settings is reused.
@@ -32,13 +36,27 @@ def _get(node, key, default=None):
   return default if value is None else value
 
 
-def _key(preset: presets.Preset, student_dir: str, level: str) -> str:
+def _want_litertlm(value) -> bool:
+  if value != "auto":
+    return bool(value)
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  have = all(importlib.util.find_spec(m) for m in ("litert_lm_builder", "litert_lm"))
+  if not have:
+    logging.info("[export] litert-lm-builder / litert-lm-api not installed: no .litertlm "
+                 "(pip install -r requirements-edge.txt)")
+  return have
+
+
+def _key(preset: presets.Preset, student_dir: str, level: str, litertlm: bool = False) -> str:
   info = ""
   path = os.path.join(student_dir, "stage.json")
   if os.path.exists(path):
     with open(path) as f:
       info = f.read()
-  raw = json.dumps({"preset": preset.__dict__, "stage": info, "level": level}, sort_keys=True)
+  raw = {"preset": preset.__dict__, "stage": info, "level": level}
+  if litertlm:  # only then, so exports made before the bundle existed stay reusable
+    raw["litertlm"] = True
+  raw = json.dumps(raw, sort_keys=True)
   return hashlib.md5(raw.encode()).hexdigest()[:16]
 
 
@@ -55,20 +73,33 @@ def summary(card: dict, out_dir: str) -> dict:
                            if "greedy" in v else None),
       "top1_agreement": v.get("teacher_forced", {}).get("top1_agreement"),
       "export_seconds": card.get("export_timings", {}).get("total_s"),
+      **_bundle_summary(card, out_dir),
   }
+
+
+def _bundle_summary(card: dict, out_dir: str) -> dict:
+  b = card.get("litertlm")
+  if not b:
+    return {}
+  check = b.get("engine_check", {})
+  return {"litertlm_file": os.path.join(out_dir, b["file"]), "litertlm_bytes": b["bytes"],
+          "litertlm_prefill_tokens_per_s": b["latency"]["prefill_tokens_per_s"],
+          "litertlm_decode_tokens_per_s": b["latency"]["decode_tokens_per_s"],
+          "litertlm_top1_agreement": check.get("teacher_forced", {}).get("top1_agreement")}
 
 
 def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
   """Exports every preset in config.export.presets; returns {preset: summary}."""
   c = config.export
   level = _get(c, "verify", "quick")
+  litertlm = _want_litertlm(_get(c, "litertlm", "auto"))
   student_dir = os.path.join(workdir, "student")
   results = {}
   for name in _get(c, "presets", ("phone", "watch")):
     node = _get(c, name, {})
     preset = presets.resolve(name, **{k: _get(node, k) for k in _OVERRIDES})
     out_dir = os.path.join(workdir, "export", name)
-    key = _key(preset, student_dir, level)
+    key = _key(preset, student_dir, level, litertlm)
     card_file = os.path.join(out_dir, CARD_NAME)
     if os.path.exists(card_file):
       with open(card_file) as f:
@@ -81,6 +112,6 @@ def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
     card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
                            data_cfg=config.data, workdir=workdir, level=level,
                            tokenizer_dir=os.path.join(student_dir, "tokenizer"), source=source,
-                           log=lambda msg: print(msg, flush=True))
+                           litertlm=litertlm, log=lambda msg: print(msg, flush=True))
     results[name] = summary(card, out_dir)
   return results

@@ -104,3 +104,58 @@ def verify(model: LiteRTModel, lm, params, quant: str, *, prompts, new_tokens, w
         f"{parity['prompts']} greedy generations identical, teacher-forced top-1 agreement "
         f"{tf_agree['top1_agreement']:.1%}; try a less aggressive --quant")
   return result
+
+
+def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompts: int,
+                 new_tokens: int, vocab: int, max_context: int, positions: int = 32) -> dict:
+  """The .litertlm in LiteRT-LM's engine vs the JAX student; raises VerificationError.
+
+  Three figures: the bundled tokenizer's ids equal ours on the validation text; greedy
+  generations through the engine (which adds BOS itself) equal JAX's from [BOS] + prompt;
+  teacher-forced top-1 agreement through the engine on prefixes of `prompts` windows.
+  fp32 must be token-identical; the other modes need the .tflite's agreement threshold.
+  """
+  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
+  texts = [tokenizer.decode(w) for w in windows]
+  tok = lrt.tokenizer_matches(engine, tokenizer, texts)
+  bos = tokenizer.bos_id
+  step = jax.jit(lm.apply_cached)
+  lengths = [5, 24, 40, 11, 17]
+  prompt_texts, refs = [], []
+  for i in range(prompts):
+    ids = tokenizer.encode(texts[i % len(texts)])[:lengths[i % len(lengths)]]
+    text = tokenizer.decode(ids)
+    ids = [bos] + tokenizer.encode(text)
+    n = max(1, min(new_tokens, max_context - len(ids) - 1))
+    prompt_texts.append(text)
+    refs.append(jax_greedy(lm, params, ids, n, vocab, max_context, step))
+  greedy = lrt.greedy_matches(engine, tokenizer, prompt_texts, refs, tokenizer.eos_id)
+
+  apply = jax.jit(lm.apply)
+  agree = total = 0
+  k = max(1, min(4, prompts))
+  for text in texts[:k]:
+    ids = tokenizer.encode(text)[:min(positions, max_context - 2)]
+    ref = np.asarray(apply(params, jnp.asarray([[bos] + ids], jnp.int32)))[0, :, :vocab]
+    got = lrt.next_token_agreement(engine, tokenizer, [ids], len(ids))["predictions"][0]
+    for n, pred in enumerate(got, start=1):
+      if tokenizer.encode(tokenizer.decode(ids[:n])) != ids[:n]:
+        continue  # a cut inside a multi-byte character: the engine sees other ids
+      agree += int(pred == int(ref[n].argmax()))
+      total += 1
+  rate = round(agree / max(total, 1), 5)
+  if quant == "fp32":
+    passed = tok["all_identical"] and greedy["all_identical"]
+    rule = "tokenizer ids and greedy generations identical to JAX through LiteRT-LM"
+  else:
+    need = AGREEMENT_THRESHOLD[quant]
+    passed = tok["all_identical"] and rate >= need
+    rule = f"tokenizer ids identical, teacher-forced top-1 agreement >= {need:.0%} in LiteRT-LM"
+  result = {"passed": bool(passed), "rule": rule, "tokenizer": tok, "greedy": greedy,
+            "teacher_forced": {"windows": k, "positions": total, "top1_agreement": rate}}
+  if not passed:
+    raise VerificationError(
+        f".litertlm failed its LiteRT-LM check ({rule}): tokenizer {tok['identical']}/"
+        f"{tok['texts']} texts identical, {greedy['identical_prompts']}/{greedy['prompts']} "
+        f"greedy generations identical, top-1 agreement {rate:.1%}")
+  return result

@@ -1,0 +1,125 @@
+"""Quantization-aware distillation: the student's weights fake-quantized as the export will.
+
+`--config.distill.qat=none|int8|int4_block32` (and `qat_start_fraction`, the fraction of the
+distill steps after which it switches on; 0 = from the start). The distill losses pass the
+params through `fake_quant` before the forward, with a straight-through estimator
+(`w + stop_gradient(q(w) - w)`: the forward sees the quantized weight, the gradient reaches
+the fp32 master weight unchanged), so the student learns weights whose rounding the exported
+file no longer notices.
+
+What the exports do, measured on our .tflite files (tests/test_qat.py checks equality):
+  int4_block32  ai-edge-quantizer's dynamic_wi4 recipe (distill/export/quantize.py): every
+                fully connected weight, as TFLite stores it ([out, in]), in blocks of 32
+                along the input axis; symmetric signed int4 (q in [-8, 7], no narrow range),
+                scale = max|w| / 7 per block, rounded to a 7-bit mantissa (bfloat16, then
+                stored as float16); q = clip(rint(w / scale)).
+  int8          TF's dynamic-range int8 (the `dynamic_int8` export): per output channel,
+                symmetric narrow range q in [-127, 127], scale = max|w| / 127 (fp32).
+The fully connected weights are the attention q/k/v/o projections, the MLP and the
+unembedding. The embedding *lookup* stays fp32: with tied embeddings the converter keeps
+an fp32 copy for the gather and quantizes only the unembedding's, so `fake_quant` returns
+two param trees: `body` (embedding fp32, for the hidden states) and `head` (embedding
+quantized, for the logits). Activations (quantized on the fly to int8 by the dynamic
+kernels) are not simulated: only the weights are.
+
+After training the student is saved as its quantized weights (`LossConfig.final_params`):
+QAD optimizes the fake-quantized forward, and its fp32 master weights sit anywhere inside
+their rounding bins. Grid values re-quantize to themselves (the block maximum is 7 * scale,
+so the scale comes back bit-identical), so the exported int4 file holds exactly the saved
+weights. This holds for fp32 params; bf16 params cannot hold every grid value.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+QAT_MODES = ("none", "int8", "int4_block32")
+INT4_BLOCK = 32
+
+
+def _ste(w, q, on):
+  """Forward q (when `on`), gradient of the identity."""
+  return w + jax.lax.stop_gradient(jnp.where(on, q - w, jnp.zeros_like(w)))
+
+
+def _fp16_scale(scale):
+  # ai-edge-quantizer: scale.astype(bfloat16).astype(float16) (a 7-bit mantissa).
+  return scale.astype(jnp.bfloat16).astype(jnp.float16).astype(jnp.float32)
+
+
+def int4_blockwise(w_in_out, block: int = INT4_BLOCK):
+  """Dequantized int4 of a [in, out] matrix, blocks of `block` along `in` per output column."""
+  w = w_in_out.astype(jnp.float32)
+  d_in, d_out = w.shape
+  wb = w.reshape(d_in // block, block, d_out)
+  bound = jnp.maximum(jnp.max(jnp.abs(wb), axis=1, keepdims=True), 1e-9)
+  scale = _fp16_scale(bound / 7.0)
+  q = jnp.clip(jnp.rint(wb / scale), -8.0, 7.0)
+  return (q * scale).reshape(d_in, d_out)
+
+
+def int8_per_channel(w_in_out):
+  """Dequantized symmetric int8 of a [in, out] matrix, one scale per output column."""
+  w = w_in_out.astype(jnp.float32)
+  scale = jnp.maximum(jnp.max(jnp.abs(w), axis=0, keepdims=True), 1e-9) / 127.0
+  return jnp.clip(jnp.round(w / scale), -127.0, 127.0) * scale
+
+
+def _as_matrix(name: str, w):
+  """The [in, out] matrix TFLite's fully connected op sees for a parameter, or None."""
+  if name in ("q", "k", "v"):          # [D, H, K]: einsum BTD,DHK -> FC over D
+    return w.reshape(w.shape[0], -1)
+  if name == "o":                      # [H, K, D]: einsum BTHK,HKD -> FC over H*K
+    return w.reshape(-1, w.shape[-1])
+  if name in ("gate", "up", "down", "unembed") and w.ndim == 2:
+    return w
+  return None
+
+
+def _quantizer(mode: str):
+  if mode == "int4_block32":
+    return int4_blockwise
+  if mode == "int8":
+    return int8_per_channel
+  raise ValueError(f"qat={mode!r}: use one of {QAT_MODES}")
+
+
+def _fq_matrix(mode, m):
+  if mode == "int4_block32" and m.shape[0] % INT4_BLOCK:
+    return None  # not a whole number of blocks: the quantizer would not block it either
+  return _quantizer(mode)(m)
+
+
+def fake_quant(params, mode: str, on=True):
+  """(body, head) params with the export's quantized weights (STE); see the module doc.
+
+  `on` may be a traced bool (the qat_start_fraction schedule); mode "none" is the identity.
+  """
+  if mode == "none":
+    return params, params
+  _quantizer(mode)
+
+  def walk(node, name=""):
+    if isinstance(node, dict):
+      return {k: walk(v, k) for k, v in node.items()}
+    m = _as_matrix(name, node) if hasattr(node, "ndim") else None
+    if m is None:
+      return node
+    q = _fq_matrix(mode, m)
+    if q is None:
+      return node
+    return _ste(node, q.reshape(node.shape).astype(node.dtype), on)
+
+  body = walk(params)
+  head = body
+  if isinstance(params, dict) and "embed" in params and "unembed" not in params:
+    e = params["embed"]  # tied: the unembedding is embed.T ([D, V], FC over D)
+    q = _fq_matrix(mode, e.T)
+    if q is not None:
+      head = dict(body, embed=_ste(e, q.T.astype(e.dtype), on))
+  return body, head
+
+
+def schedule_on(step, start_step: int):
+  """Whether fake quantization is active at `step` (traced-safe)."""
+  return jnp.asarray(step) >= start_step

@@ -1,0 +1,141 @@
+"""QAT fake quantization equals what the export writes, and its gradient is the identity.
+
+The exported-weights check converts one small random student (2 layers, d_model 64) to int4
+(ai-edge-quantizer) and dynamic-range int8 (TF converter), dequantizes every quantized
+weight tensor in the flatbuffer, and finds each one among `qat.fake_quant`'s matrices.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill import qat, train
+from distill.models.transformer import LM, ModelConfig
+
+CFG = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
+                  max_len=64)
+
+
+def _tflite_weights(flat: bytes) -> list[np.ndarray]:
+  """Every int4 / int8 constant of the first subgraph, dequantized, as [out, in]."""
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+  m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flat, 0))
+  sub = m.subgraphs[0]
+  out = []
+  for t in sub.tensors:
+    data = m.buffers[t.buffer].data if t.buffer else None
+    if data is None or t.type not in (schema.TensorType.INT4, schema.TensorType.INT8):
+      continue
+    shape = tuple(int(d) for d in t.shape)
+    q = t.quantization
+    raw = np.asarray(data, np.uint8)
+    if t.type == schema.TensorType.INT4:
+      lo, hi = (raw & 0xF).astype(np.int8), (raw >> 4).astype(np.int8)
+      vals = np.stack([lo, hi], -1).reshape(-1)[:np.prod(shape)]
+      vals = np.where(vals > 7, vals - 16, vals).astype(np.float32).reshape(shape)
+      st = sub.tensors[q.details.scales]
+      scales = np.frombuffer(bytes(m.buffers[st.buffer].data), np.float16).astype(np.float32)
+      scales = scales.reshape(shape[0], -1)
+      out.append(vals * np.repeat(scales, q.details.blockSize, axis=1))
+    else:
+      vals = raw.view(np.int8).astype(np.float32).reshape(shape)
+      out.append(vals * np.asarray(q.scale, np.float32).reshape(-1, 1))
+  return out
+
+
+def _candidates(params, mode) -> list[np.ndarray]:
+  """fake_quant's matrices as TFLite stores them ([out, in])."""
+  body, head = qat.fake_quant(params, mode)
+  mats = [np.asarray(head["embed"], np.float32)]  # the unembedding: [V, D] = [out, in]
+  for i in range(CFG.n_layers):
+    for name, w in body[f"block_{i}"]["attn"].items():
+      mats.append(np.asarray(qat._as_matrix(name, w), np.float32).T)  # pylint: disable=protected-access
+    for w in body[f"block_{i}"]["mlp"].values():
+      mats.append(np.asarray(w, np.float32).T)
+  return mats
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  from distill.export import converter  # pylint: disable=import-outside-toplevel
+  lm = LM(CFG)
+  params = lm.init(jax.random.key(3))
+  lm32, p32 = converter.export_lm(lm, params)
+  sm = str(tmp_path_factory.mktemp("qat") / "sm")
+  converter.save_saved_model(converter.build_module(lm32, p32, vocab=259, max_context=32,
+                                                    prefill_len=8), sm)
+  return p32, sm
+
+
+@pytest.mark.parametrize("mode,quant", [("int4_block32", "int4"), ("int8", "dynamic_int8")])
+def test_fake_quant_equals_exported_weights(exported, mode, quant):
+  from distill.export import converter  # pylint: disable=import-outside-toplevel
+  p32, sm = exported
+  flat, _ = converter.to_tflite(sm, quant)
+  got = _tflite_weights(flat)
+  want = _candidates(p32, mode)
+  # Every fully connected weight (7 projections per layer + the unembedding) is quantized.
+  assert len(got) == len(want) == 7 * CFG.n_layers + 1
+  for g in got:
+    diffs = [np.abs(g - w).max() for w in want if w.shape == g.shape]
+    # int8: TF rounds half away from zero, we round half to even; a tie is one step.
+    tol = 0.0 if mode == "int4_block32" else 1e-6
+    assert min(diffs) <= tol + 1e-7 * np.abs(g).max(), (g.shape, min(diffs))
+  # Not the identity: the weights really moved to the grid.
+  assert max(np.abs(w - np.asarray(p32["embed"])).max() for w in want[:1]) > 0
+
+
+def test_ste_gradient_is_identity():
+  params = LM(CFG).init(jax.random.key(0))
+  for mode in ("int8", "int4_block32"):
+    def f(p):
+      body, head = qat.fake_quant(p, mode)
+      return sum(jnp.sum(x * 1.5) for x in jax.tree.leaves(body)) + jnp.sum(head["embed"])
+    g = jax.grad(f)(params)
+    assert np.allclose(g["block_0"]["mlp"]["up"], 1.5)
+    assert np.allclose(g["embed"], 2.5)  # body (1.5) + head (1), both straight through
+
+
+def test_int4_grid_and_schedule():
+  w = jax.random.normal(jax.random.key(1), (64, 8))
+  q = qat.int4_blockwise(w)
+  blocks = np.asarray(q).reshape(2, 32, 8)
+  scale = np.abs(blocks).max(1, keepdims=True) / 7  # max |w| maps to 7 (up to scale rounding)
+  assert np.allclose(blocks / scale, np.rint(blocks / scale), atol=0.08)
+  params = LM(CFG).init(jax.random.key(0))
+  off, _ = qat.fake_quant(params, "int4_block32", on=False)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(off), jax.tree.leaves(params)))
+  assert qat.fake_quant(params, "none")[0] is params
+
+
+def test_loss_config_selects_qat():
+  c = train.LossConfig(qat="int4_block32", qat_start_step=5, total_steps=10)
+  lm = LM(CFG)
+  params = lm.init(jax.random.key(0))
+  x = jnp.asarray(np.random.default_rng(0).integers(3, 200, (2, 16)), jnp.int32)
+  batch = {"inputs": x, "targets": x, "mask": jnp.ones_like(x, jnp.float32)}
+  loss = functools.partial(train.distill_loss, student=lm, teacher=lm, cfg=c)
+  before, _ = loss(params, batch, params, 0)
+  after, _ = loss(params, batch, params, 5)
+  assert float(before) == pytest.approx(0.0, abs=1e-5)  # student == teacher, QAT not yet on
+  assert float(after) > 1e-4  # the quantized student differs from its fp32 self
+  with pytest.raises(ValueError, match="qat"):
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from configs import tiny  # pylint: disable=import-outside-toplevel
+    d = tiny.get_config().distill
+    d.qat = "int3"
+    train.LossConfig.from_config(d)
+
+
+def test_final_params_are_the_grid_and_requantize_to_themselves():
+  """Saved QAD weights are grid values, so the export's int4 quantization returns them as is."""
+  params = LM(CFG).init(jax.random.key(2))
+  c = train.LossConfig(qat="int4_block32")
+  snapped = c.final_params(params)
+  again = qat.fake_quant(snapped, "int4_block32")[1]
+  for a, b in zip(jax.tree.leaves(snapped), jax.tree.leaves(again)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(snapped["embed"]), np.asarray(params["embed"]))
+  assert train.LossConfig().final_params(params) is params
