@@ -42,6 +42,7 @@ def test_quickstart(tmp_path, monkeypatch):
   print(f"quickstart.ipynb: {seconds:.0f} s")
 
 
+@pytest.mark.slow  # ~50 s; the quickstart notebook covers the notebook path by default
 def test_hf_teacher(tmp_path, monkeypatch):
   pytest.importorskip("transformers")
   pytest.importorskip("torch")

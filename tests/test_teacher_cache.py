@@ -31,7 +31,8 @@ def teacher_and_cache(tmp_path_factory):
   return data_dir, teacher, str(root / "cache")
 
 
-@pytest.mark.parametrize("tail", ["renormalize", "tail_bucket"])
+@pytest.mark.parametrize("tail", [pytest.param("renormalize", marks=pytest.mark.slow),
+                                  "tail_bucket"])
 def test_cached_student_matches_online_topk(tmp_path, tail, teacher_and_cache):
   data_dir, teacher, cache = teacher_and_cache
   common = {"data.data_dir": data_dir, "teacher.checkpoint": teacher, "distill.top_k": 8,
