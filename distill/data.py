@@ -280,13 +280,17 @@ class _Windows:
     return dict(self.rows(ids), window=np.asarray(ids, np.int32))
 
 
+def _pad_id(tokenizer: tok_lib.Tokenizer) -> int:
+  # Padded positions carry mask 0, so any id works; 0 keeps them in range.
+  if tokenizer.pad_id is not None:
+    return tokenizer.pad_id
+  return tokenizer.eos_id if tokenizer.eos_id is not None else 0
+
+
 def _windows(data_cfg, tokenizer, workdir, split) -> _Windows:
   tokenizer = _tokenizer(tokenizer, data_cfg)
   stream = token_stream(data_cfg, tokenizer, workdir, split)
-  pad = tokenizer.pad_id
-  if pad is None:
-    # Padded positions carry mask 0, so any id works; 0 keeps them in range.
-    pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+  pad = _pad_id(tokenizer)
   seq_len = int(_cfg(data_cfg, "seq_len", 128))
   return _Windows(stream, seq_len, pad, f"split {split!r} of data.name={_name(data_cfg)!r}")
 
@@ -392,6 +396,5 @@ def text_eval_batches(texts: Sequence[str], tokenizer: Any, *, seq_len: int, bat
   """Eval batches (as `eval_batches`) of the given documents, packed like a split."""
   tokenizer = tok_lib.from_config(tokenizer)
   stream, _ = _pack(texts, tokenizer, False)
-  pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-  windows = _Windows(stream, seq_len, pad, "the held-out eval text")
+  windows = _Windows(stream, seq_len, _pad_id(tokenizer), "the held-out eval text")
   return _eval_rows(windows, batch_size, None, process_index, process_count)
