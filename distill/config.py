@@ -155,6 +155,9 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.student.init={c.student.init!r} must be 'random', 'teacher_layers' or 'prune'")
   if c.student.init == "prune":
     _prune(c)
+  if "vocab" in c.student:
+    _req(_num(c, "student.vocab", int) >= 0, f"--config.student.vocab={c.student.vocab} must be "
+         ">= 0 (0 = the teacher's vocabulary)")
 
   d = _get(c, "distill")
   _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")
@@ -187,6 +190,10 @@ def validate(c, n_devices: int | None = None) -> None:
   if src.startswith("cache:"):
     _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
+  _req(not c.student.get("vocab", 0) or src != "online",
+       f"--config.student.vocab={c.student.get('vocab', 0)} (a trimmed student vocabulary) "
+       "needs --config.distill.teacher_source='cache' (with top_k > 0): the teacher's targets "
+       "are mapped to the student's ids when the cache is written")
   _req(d.get("tail", "renormalize") in ("renormalize", "tail_bucket"),
        f"--config.distill.tail={d.get('tail')!r} must be 'renormalize' or 'tail_bucket'")
   _req(isinstance(d.get("top_k", 0), int) and d.get("top_k", 0) >= 0,

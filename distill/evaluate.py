@@ -66,10 +66,12 @@ EXACT_VOCAB = 1024
 
 def _teacher_pass(t_params, batch, *, teacher: LM, k: int):
   logits = teacher.apply(t_params, batch["inputs"])
-  ids, logprobs = losses.topk_targets(logits, k)
+  normalized = getattr(teacher, "normalized", False)  # prune.trimmed.TrimmedTeacher
+  ids, logprobs = losses.topk_targets(logits, k, normalized=normalized)
   mask = batch["mask"]
   n = mask.sum()
-  return ids, logprobs, {"ce": losses.cross_entropy(logits, batch["targets"], mask=mask) * n,
+  ce = losses.cross_entropy(logits, batch["targets"], mask=mask, normalized=normalized)
+  return ids, logprobs, {"ce": ce * n,
                          "kl": jax.numpy.zeros(()), "agree": n, "n": n}
 
 

@@ -179,13 +179,18 @@ def _ce_per_token(logits, labels):
   return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def cross_entropy(logits, labels, *, mask=None):
+def cross_entropy(logits, labels, *, mask=None, normalized: bool = False):
   """Masked mean CE in nats of integer `labels` [...] under `logits` [..., V].
 
   Labels are aligned with logits (label[t] is the target of logits[t]); the
-  caller does the next-token shift.
+  caller does the next-token shift. `normalized`: `logits` are log-probs already (see
+  `topk_targets`), so CE is -logits[label].
   """
-  return _masked_mean(_ce_per_token(_upcast(logits), labels), mask)
+  logits = _upcast(logits)
+  if normalized:
+    labels = jnp.clip(jnp.asarray(labels).astype(jnp.int32), 0, logits.shape[-1] - 1)
+    return _masked_mean(-jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0], mask)
+  return _masked_mean(_ce_per_token(logits, labels), mask)
 
 
 def _combine(div, ce, alpha):
@@ -290,10 +295,16 @@ def chunked_distill_objective(student_hidden, student_unembed, teacher_hidden,
 # ---------------------------------------------------------------------------
 
 
-def topk_targets(teacher_logits, k: int):
-  """Teacher top-k at T = 1: (ids [..., K] int32, log-probs [..., K] fp32)."""
+def topk_targets(teacher_logits, k: int, *, normalized: bool = False):
+  """Teacher top-k at T = 1: (ids [..., K] int32, log-probs [..., K] fp32).
+
+  `normalized`: the input already holds log-probs that may sum to < 1 (a teacher seen through
+  a trimmed vocabulary): they are kept as they are, so the missing mass stays in the tail.
+  """
   logits = _upcast(teacher_logits)
   values, ids = grouped_top_k(logits, k)
+  if normalized:
+    return ids.astype(jnp.int32), values
   # Top-k of the logits, then the normaliser: never materialises log-softmax over [..., V].
   return ids.astype(jnp.int32), values - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
 

@@ -200,9 +200,9 @@ def _samples(ctx: Context, model: api.Model) -> dict:
   if not ctx.is_main:
     return {"samples": {}}
   out = {"samples": {p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}}
-  template = getattr(ctx.tokenizer, "chat_template", None)
+  template = getattr(model.tokenizer, "chat_template", None)
   if template and c.eval.chat_prompts:
-    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(ctx.tokenizer, p),
+    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(model.tokenizer, p),
                                              c.eval.sample_tokens)
                            for p in c.eval.chat_prompts}
   return out
@@ -225,6 +225,14 @@ def _run(config, workdir: str) -> dict:
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
     data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
+  t_lm, t_tokenizer, trim = teacher, ctx.tokenizer, None
+  if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
+    from distill.prune import trimmed  # pylint: disable=import-outside-toplevel
+    trim = trimmed.make_trim(teacher, ctx.tokenizer, c.data, workdir, int(c.student.vocab),
+                             c.distill.transfer_fraction)
+    ctx.tokenizer = trim.tokenizer
+    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
+    teacher = trimmed.TrimmedTeacher(t_lm, trim)
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
@@ -233,7 +241,7 @@ def _run(config, workdir: str) -> dict:
           else None)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
     from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
-    student, init = pipeline_init.from_teacher(ctx, student, teacher, t_params)
+    student, init = pipeline_init.from_teacher(ctx, student, t_lm, t_params, trim)
   # Feature losses: the student (not the baseline) also trains hidden-state projections.
   loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
                                     getattr(init, "plan", None))
@@ -260,7 +268,7 @@ def _run(config, workdir: str) -> dict:
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
       init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params)
-  models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
+  models = {"teacher": (t_lm, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
@@ -273,7 +281,11 @@ def _run(config, workdir: str) -> dict:
   for name, (lm, params, _) in models.items():
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
-    results[name].update(_samples(ctx, api.Model(lm, params, ctx.tokenizer)))
+    tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
+    results[name].update(_samples(ctx, api.Model(lm, params, tok)))
+  if trim is not None:
+    results["student"]["vocab"] = {"kept": int(trim.kept.size), "rows": int(trim.rows.size),
+                                   "teacher_vocab": t_lm.cfg.vocab_size}
   walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
   walls["evaluate"] = time.time() - t_eval
   walls.update(walls_extra)

@@ -34,7 +34,8 @@ class CacheError(ValueError):
 
 def _topk_fn(lm, k):
   def fn(params, tokens):
-    return losses.topk_targets(lm.apply(params, tokens), k)
+    return losses.topk_targets(lm.apply(params, tokens), k,
+                               normalized=getattr(lm, "normalized", False))
   return jax.jit(fn)
 
 

@@ -97,6 +97,10 @@ class Tokenizer(abc.ABC):
     path = os.path.join(directory, DESCRIPTOR_NAME)
     with open(path, "w") as f:
       json.dump(desc, f, indent=2, sort_keys=True)
+    template = getattr(self, "chat_template", None)
+    if template:  # where transformers (and HFTokenizer below) look for it
+      with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": template}, f, indent=2)
     return path
 
 
@@ -208,6 +212,7 @@ class HFTokenizer(Tokenizer):
     self._path = os.path.abspath(tokenizer_file)
     self._tok = tokenizers.Tokenizer.from_file(self._path)
     cfg = _read_hf_config(os.path.dirname(self._path))
+    self.chat_template = cfg.get("chat_template") or None
     given = {"bos": bos_token, "eos": eos_token, "pad": pad_token}
     self._ids = {}
     for kind, explicit in given.items():

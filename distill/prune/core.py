@@ -101,7 +101,8 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
 
   Statistics are sums over tokens weighted by `mask` [B, T] (padding excluded):
     count [], channels [D] (|x| at every norm input), heads [L, N] (per-head output L2 norm),
-    neurons [L, F] (|h| of the MLP intermediate), blocks [L] (1 - cos(block in, block out)).
+    neurons [L, F] (|h| of the MLP intermediate), blocks [L] (1 - cos(block in, block out)),
+    norm_sq [2L + 1, D] (x^2 at each norm input: attn and mlp of every block, then final).
   """
   cfg = lm.cfg
   dt = jnp.dtype(cfg.dtype)
@@ -120,12 +121,13 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
   if cfg.pos == "learned":
     x = x + jnp.take(params["pos_embed"], positions, axis=0).astype(dt)
   channels = jnp.zeros((cfg.d_model,), jnp.float32)
-  heads, neurons, blocks = [], [], []
+  heads, neurons, blocks, norm_sq = [], [], [], []
   for i in range(cfg.n_layers):
     # Block.__call__, with the per-head and per-neuron activations taken on the way.
     blk, blk_id = getattr(model, f"block_{i}"), getattr(ident, f"block_{i}")
     x_in = x
     channels += tok_sum(jnp.abs(x))
+    norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
     per_head, _ = blk_id.attn(blk.attn_norm(x), positions)  # [B, T, N*K]
     per_head = per_head.reshape(b, t, cfg.n_heads, cfg.k)
     heads.append(tok_sum(jnp.linalg.norm(per_head.astype(jnp.float32), axis=-1)))
@@ -136,6 +138,7 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
       h = blk.post_attn_norm(h)
     x = x + h
     channels += tok_sum(jnp.abs(x))
+    norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
     inner = blk_id.mlp(blk.mlp_norm(x))  # [B, T, F]
     neurons.append(tok_sum(jnp.abs(inner)))
     h = project(inner, params[f"block_{i}"]["mlp"]["down"])
@@ -149,9 +152,11 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
                                         1e-12)
     blocks.append(tok_sum(1.0 - cos))
   channels += tok_sum(jnp.abs(x))
+  norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
   logits = lm.logits_from_hidden(params, model.final_norm(x))
   stats = {"count": w.sum(), "channels": channels, "heads": jnp.stack(heads),
-           "neurons": jnp.stack(neurons), "blocks": jnp.stack(blocks)}
+           "neurons": jnp.stack(neurons), "blocks": jnp.stack(blocks),
+           "norm_sq": jnp.stack(norm_sq)}
   return logits, stats
 
 
@@ -168,6 +173,7 @@ class Importance:
   neurons: np.ndarray  # [L, F]
   blocks: np.ndarray  # [L]
   tokens: int
+  norm_sq: np.ndarray | None = None  # [2L + 1, D] mean x^2 at each norm's input
 
   def groups(self, cfg: ModelConfig) -> np.ndarray:
     """[L, M]: a KV group's importance is the sum over its query heads."""
@@ -189,7 +195,7 @@ def importance(lm: LM, params, batches) -> Importance:
   n = max(float(total["count"]), 1.0)
   return Importance(channels=total["channels"] / n, heads=total["heads"] / n,
                     neurons=total["neurons"] / n, blocks=total["blocks"] / n,
-                    tokens=int(total["count"]))
+                    tokens=int(total["count"]), norm_sq=total["norm_sq"] / n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,16 +239,40 @@ def plan(imp: Importance | None, teacher: ModelConfig, target: ModelConfig, *,
               neurons=np.stack([_top(imp.neurons[i], s.d_ff) for i in layers]))
 
 
-def apply_plan(params, teacher: ModelConfig, target: ModelConfig, p: Plan):
-  """Slice every weight consistently (numpy on the host); returns the pruned params."""
+def norm_gains(norm_sq: np.ndarray | None, channels: np.ndarray) -> np.ndarray:
+  """[2L + 1] gain per norm site that keeps its output's scale after dropping channels.
+
+  An RMS norm divides by the RMS over the channels it sees; the kept channels are the
+  large-activation ones, so over them alone the RMS grows and every normalized value would
+  shrink. Multiplying the kept scales by rms_kept / rms_all (from calibration means of x^2)
+  restores the teacher's per-channel outputs on average. Exactly 1 when nothing is dropped.
+  """
+  if norm_sq is None or channels.size == norm_sq.shape[-1]:
+    return np.ones((0 if norm_sq is None else norm_sq.shape[0],), np.float64)
+  sq = np.asarray(norm_sq, np.float64)
+  return np.sqrt(sq[:, channels].mean(-1) / np.maximum(sq.mean(-1), 1e-30))
+
+
+def apply_plan(params, teacher: ModelConfig, target: ModelConfig, p: Plan, gains=None):
+  """Slice every weight consistently (numpy on the host); returns the pruned params.
+  `gains` [2L + 1] (`norm_gains`) rescale the attn/mlp norms of each teacher block and the
+  final norm; None leaves them as sliced."""
   host = jax.device_get(params)
   c = p.channels
   g = teacher.n_heads // teacher.n_kv_heads
+  gains = None if gains is None or not np.size(gains) else np.asarray(gains)
 
-  def norm(n):  # scale/bias over D
-    return {k: v[c] for k, v in n.items()}
+  def norm(n, site=None):  # scale/bias over D
+    out = {k: v[c] for k, v in n.items()}
+    if gains is not None and site is not None:
+      r, s = gains[site], np.asarray(out["scale"], np.float32)
+      # The norm multiplies by (1 + scale) when teacher.norm_plus_one (Gemma), else by scale.
+      s = (1.0 + s) * r - 1.0 if teacher.norm_plus_one else s * r
+      out["scale"] = s.astype(n["scale"].dtype)
+    return out
 
-  out = {"embed": host["embed"][:, c], "final_norm": norm(host["final_norm"])}
+  out = {"embed": host["embed"][:, c],
+         "final_norm": norm(host["final_norm"], 2 * teacher.n_layers)}
   if "unembed" in host:
     out["unembed"] = host["unembed"][c, :]
   if "pos_embed" in host:
@@ -269,9 +299,10 @@ def apply_plan(params, teacher: ModelConfig, target: ModelConfig, p: Plan):
     if "up_bias" in m:
       mlp.update(up_bias=m["up_bias"][f], down_bias=m["down_bias"][c])
     blk = {"attn": attn, "mlp": mlp}
+    sites = {"attn_norm": 2 * old, "mlp_norm": 2 * old + 1}
     for name in ("attn_norm", "mlp_norm", "post_attn_norm", "post_mlp_norm"):
       if name in src:
-        blk[name] = norm(src[name])
+        blk[name] = norm(src[name], sites.get(name))
     out[f"block_{new}"] = blk
   _check_shapes(out, target)
   return out
@@ -288,8 +319,11 @@ def _check_shapes(params, cfg: ModelConfig):
 
 
 def prune(lm: LM, params, target: ModelConfig, batches=(), *, method: str = "activation",
-          seed: int = 0):
+          seed: int = 0, rescale_norms: bool = False):
   """(pruned params as numpy, Plan, Importance or None) for `target` (see `target_config`)."""
-  imp = importance(lm, params, batches) if method == "activation" else None
+  # Calibration statistics whenever batches are given: the random control then differs from
+  # the ranked cut only in which units it keeps, not in the norm gains.
+  imp = importance(lm, params, batches) if len(batches) else None
   p = plan(imp, lm.cfg, target, method=method, seed=seed)
-  return apply_plan(params, lm.cfg, target, p), p, imp
+  gains = norm_gains(imp.norm_sq, p.channels) if imp is not None and rescale_norms else None
+  return apply_plan(params, lm.cfg, target, p, gains), p, imp

@@ -10,6 +10,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distill import api, data, sharding
 from distill.config import ConfigError
@@ -38,20 +39,29 @@ def student_target(teacher: LM, student: LM):
                         remat=s.remat, max_len=max(s.max_len, target.max_len))
 
 
-def from_teacher(ctx, student: LM, teacher: LM, t_params):
+def from_teacher(ctx, student: LM, teacher: LM, t_params, trim=None):
   """(student LM as pruned, init function) for `--config.student.init=prune`.
 
   The student keeps the teacher's head_dim (and every switch: norm, mlp, rope), so its config
-  is the teacher's with the student's shape; the pruned weights are computed once here.
+  is the teacher's with the student's shape; the pruned weights are computed once here. With a
+  vocabulary `trim` (`vocab.Trim`) the calibration batches hold student ids, read by the
+  teacher through their teacher ids, and the pruned embedding keeps the trim's rows.
   """
   c = ctx.config
   p = c.student.prune
   cfg = student_target(teacher, student)
   batches = []
-  if p.method == "activation":
+  if p.calib_batches:  # both methods: the random one uses them for the norm gains only
     it = ctx.train_iter(c.distill.transfer_fraction)
-    batches = calibration_batches(it, int(p.calib_batches), ctx.mesh)
-  params, plan, imp = core.prune(teacher, t_params, cfg, batches, method=p.method, seed=c.seed)
+    batches = calibration_batches(it, int(p.calib_batches))
+    if trim is not None:
+      batches = [dict(b, inputs=np.asarray(trim.rows)[b["inputs"]]) for b in batches]
+    batches = [sharding.global_batch(b, ctx.mesh) for b in batches]
+  params, plan, imp = core.prune(teacher, t_params, cfg, batches, method=p.method, seed=c.seed,
+                                 rescale_norms=bool(p.norm_gains))
+  if trim is not None:
+    from distill.prune import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+    params, cfg = vocab_lib.trim_params(params, cfg, trim)
   logging.info("[prune] %s pruning kept layers %s of %d (%s calibration tokens)", p.method,
                plan.layers.tolist(), teacher.cfg.n_layers, imp.tokens if imp else 0)
   pruned = LM(cfg)
@@ -83,11 +93,11 @@ def prune_to_stage(teacher_path: str, out: str, target, *, data_cfg, fraction: f
     from distill.prune import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
     vocab_lib.check_k(tok, vocab)  # before the data pass or any file
   batches = []
-  if method == "activation" or vocab is not None:
+  if calib_batches or vocab is not None:
     it = data.make_train_iterator(data_cfg, tok, workdir, batch_size=int(data_cfg.batch_size),
                                   seed=seed, fraction=fraction)
     batches = calibration_batches(it, calib_batches)
-  pruned, plan, imp = core.prune(lm, params, target, batches if method == "activation" else (),
+  pruned, plan, imp = core.prune(lm, params, target, batches,
                                  method=method, seed=seed)
   cfg = target
   if vocab is not None:

@@ -192,8 +192,10 @@ def _trimmed_hf(tok, kept: np.ndarray, directory: str) -> tokenizers.HFTokenizer
   path = os.path.join(directory, "tokenizer.json")
   with open(path, "w") as f:
     json.dump(j, f, ensure_ascii=False)
-  return tokenizers.HFTokenizer(path, bos_token=tok._token("bos"),  # pylint: disable=protected-access
-                                eos_token=tok._token("eos"), pad_token=tok._token("pad"))  # pylint: disable=protected-access
+  out = tokenizers.HFTokenizer(path, bos_token=tok._token("bos"),  # pylint: disable=protected-access
+                               eos_token=tok._token("eos"), pad_token=tok._token("pad"))  # pylint: disable=protected-access
+  out.chat_template = getattr(tok, "chat_template", None)  # same specials, same template
+  return out
 
 
 def trim(tok, counts: np.ndarray, k: int, workdir: str, model_vocab: int | None = None,

@@ -1,0 +1,160 @@
+"""A trimmed-vocabulary student inside the pipeline (`--config.student.vocab=K`).
+
+References: NumPy log-softmax over the teacher's full vocabulary, and the teacher's own logits
+on the student's token stream read back through `distill.load`.
+"""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import distill
+from distill import data, losses, pipeline, tokenizers
+from distill.config import ConfigError, validate
+from distill.prune import trimmed
+from distill.prune import vocab as vocab_lib
+from tests.test_prune import CORPUS, OUTSIDE, _byte_level_bpe, _counts, _model, _text_corpus
+
+
+def _log_softmax(z):
+  z = np.float64(z)
+  m = z.max(-1, keepdims=True)
+  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def test_trimmed_teacher_targets_match_numpy(tmp_path):
+  tok = _byte_level_bpe(str(tmp_path / "t"))
+  tr = vocab_lib.trim(tok, _counts(tok, CORPUS), 290, str(tmp_path / "w"))
+  lm, params = _model(vocab_size=tok.vocab_size)
+  wrapped = trimmed.TrimmedTeacher(lm, tr)
+  assert wrapped.cfg.vocab_size == tr.rows.size > tr.kept.size  # padded to a multiple of 8
+  s_ids = np.asarray([tr.tokenizer.encode(CORPUS[:60])])
+  out = np.asarray(wrapped.apply(params, s_ids))
+  ref = _log_softmax(np.asarray(lm.apply(params, tr.kept[s_ids])))
+  u = tr.kept.size
+  np.testing.assert_allclose(out[..., :u], ref[..., tr.kept], rtol=1e-5, atol=1e-5)
+  assert np.all(out[..., u:] == trimmed.PAD_LOGPROB)
+  dropped = 1.0 - np.exp(ref[..., tr.kept]).sum(-1)
+  assert dropped.min() > 1e-3  # the teacher does put mass on dropped ids here
+  # Top-k of normalized log-probs: not renormalized, so the dropped mass stays in the tail.
+  ids, lp = losses.topk_targets(jnp.asarray(out), 8, normalized=True)
+  np.testing.assert_allclose(np.asarray(lp), np.take_along_axis(ref[..., tr.kept],
+                                                                np.asarray(ids), -1), atol=1e-5)
+  tail = 1.0 - np.exp(np.asarray(lp, np.float64)).sum(-1)
+  assert np.all(tail >= dropped - 1e-5)
+  # The teacher's CE of a student label is exactly -log p_teacher(token).
+  labels = np.roll(s_ids, -1, 1)
+  ce = float(losses.cross_entropy(jnp.asarray(out), labels, normalized=True))
+  ref_ce = -np.take_along_axis(ref, tr.kept[labels][..., None], -1).mean()
+  np.testing.assert_allclose(ce, ref_ce, rtol=1e-5)
+
+
+def _hf_teacher(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  hf_dir = tmp_path / "hf"
+  tok = _byte_level_bpe(str(hf_dir), vocab_size=320)
+  cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                                 tie_word_embeddings=True, eos_token_id=tok.eos_id)
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(cfg).save_pretrained(str(hf_dir), safe_serialization=True)
+  with open(hf_dir / "tokenizer_config.json", "w") as f:
+    json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>",
+               "chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+                                "{% endfor %}<assistant>"}, f)
+  return f"hf:{hf_dir}"
+
+
+def _config(tmp_path, teacher, **over):
+  from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
+  kw = {"data.name": _text_corpus(str(tmp_path / "text")), "data.tokenizer": "",
+        "data.data_dir": str(tmp_path / "data"), "teacher.checkpoint": teacher,
+        "student.init": "prune", "student.prune.calib_batches": 2, "student.vocab": 280,
+        "student.model.d_model": 16, "student.model.n_heads": 2, "student.model.n_kv_heads": 1,
+        "distill.teacher_source": "cache", "distill.top_k": 8, "distill.tail": "tail_bucket",
+        "distill.temperature": 1.0, "export.enabled": False, "eval.heldout": ""}
+  kw.update(over)
+  return shrunken_config(**kw)
+
+
+def test_pipeline_trims_the_student_vocabulary(tmp_path):
+  teacher = _hf_teacher(tmp_path)
+  c = _config(tmp_path, teacher)
+  validate(c)
+  rep = pipeline.run(c, str(tmp_path / "run"))
+  student = distill.load(str(tmp_path / "run" / "student"))
+  kept = rep["student"]["vocab"]["kept"]
+  assert kept <= 280 and student.config.vocab_size == rep["student"]["vocab"]["rows"]
+  assert student.config.vocab_size == -(-kept // 8) * 8 < rep["student"]["vocab"]["teacher_vocab"]
+  for text in (CORPUS[:120], OUTSIDE):  # the saved tokenizer is the trimmed one and round-trips
+    ids = student.tokenizer.encode(text)
+    assert student.tokenizer.decode(ids) == text and max(ids) < kept
+  assert student.tokenizer.chat_template  # carried over from the teacher
+  # Teacher, student and baseline are scored on the student's token stream: the teacher's CE
+  # there, recomputed from its own logits on the same tokens (teacher ids), matches the report.
+  t = distill.load(teacher, dtype="float32")
+  tok = tokenizers.load(str(tmp_path / "run" / "student" / "tokenizer"))
+  t_tok = t.tokenizer
+  tr = vocab_lib.trim(t_tok, vocab_lib.count_ids(*data.train_windows(
+      c.data, t_tok, str(tmp_path / "run"), c.distill.transfer_fraction),
+      t.config.vocab_size), 280, str(tmp_path / "again"), model_vocab=t.config.vocab_size)
+  assert tr.tokenizer.encode(OUTSIDE) == tok.encode(OUTSIDE)  # deterministic trim
+  batches = data.eval_batches(c.data, tok, str(tmp_path / "run"), split="validation",
+                              max_batches=c.data.eval_batches, batch_size=c.data.batch_size,
+                              process_index=0, process_count=1)
+  total = n = 0.0
+  for b in batches:
+    lp = _log_softmax(np.asarray(t.logits(tr.kept[b["inputs"]])))
+    picked = np.take_along_axis(lp, tr.kept[b["targets"]][..., None], -1)[..., 0]
+    total += float(-(picked * b["mask"]).sum())
+    n += float(b["mask"].sum())
+  np.testing.assert_allclose(rep["teacher"]["val_ce"], total / n, rtol=2e-4)
+  assert rep["student"]["val_ce"] < np.log(kept) + 1.0
+  cache = json.load(open(tmp_path / "run" / "teacher_cache" / "meta.json"))
+  assert cache["vocab_size"] == student.config.vocab_size
+
+
+def test_trimmed_vocab_config_errors(tmp_path):
+  c = _config(tmp_path, "", **{"distill.teacher_source": "online"})
+  with pytest.raises(ConfigError, match="needs --config.distill.teacher_source='cache'"):
+    validate(c)
+  c = _config(tmp_path, "", **{"student.vocab": -1})
+  with pytest.raises(ConfigError, match="student.vocab=-1 must be >= 0"):
+    validate(c)
+
+
+def test_k_below_the_required_tokens_is_one_line_before_any_training(tmp_path):
+  teacher = _hf_teacher(tmp_path)
+  c = _config(tmp_path, teacher, **{"student.vocab": 100})
+  with pytest.raises(ConfigError, match="smaller than the 258 special and byte-fallback"):
+    pipeline.run(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "student")
+
+
+def test_norm_gains_match_numpy_and_are_one_when_nothing_is_dropped():
+  from distill.prune import core  # pylint: disable=import-outside-toplevel
+  lm, params = _model(vocab_size=64)
+  tokens = np.random.default_rng(0).integers(0, 64, (2, 12))
+  imp = core.importance(lm, params, [{"inputs": tokens}])
+  # Site 0 is block 0's attn-norm input: the embedding rows of the tokens.
+  x = np.asarray(params["embed"], np.float64)[tokens].reshape(-1, lm.cfg.d_model)
+  np.testing.assert_allclose(imp.norm_sq[0], (x * x).mean(0), rtol=1e-5)
+  assert imp.norm_sq.shape == (2 * lm.cfg.n_layers + 1, lm.cfg.d_model)
+  keep = np.arange(lm.cfg.d_model)
+  assert np.all(core.norm_gains(imp.norm_sq, keep) == 1.0)
+  kept = np.sort(np.argsort(-imp.channels)[:lm.cfg.d_model // 2])
+  gains = core.norm_gains(imp.norm_sq, kept)
+  np.testing.assert_allclose(gains, np.sqrt(imp.norm_sq[:, kept].mean(-1) /
+                                            imp.norm_sq.mean(-1)), rtol=1e-6)
+  target = core.target_config(lm.cfg, d_model=lm.cfg.d_model // 2)
+  p = core.plan(imp, lm.cfg, target)
+  plain = core.apply_plan(params, lm.cfg, target, p)
+  scaled = core.apply_plan(params, lm.cfg, target, p, gains)
+  np.testing.assert_allclose(scaled["block_1"]["mlp_norm"]["scale"],
+                             plain["block_1"]["mlp_norm"]["scale"] * gains[3], rtol=1e-6)
+  np.testing.assert_allclose(scaled["final_norm"]["scale"],
+                             plain["final_norm"]["scale"] * gains[-1], rtol=1e-6)
