@@ -176,3 +176,45 @@ def test_hf_bpe_tokenizer_bundle(root, tmp_path):
   assert lrt.tokenizer_matches(engine, tok, texts)["all_identical"]
   assert len(tok.encode(texts[0])) < 0.8 * len(texts[0].encode())  # really merged
   engine.close()
+
+
+def test_bundle_over_the_preset_budget_leaves_nothing(root):
+  """A .tflite that fits the preset but a bundle (+ tokenizer, metadata) that does not."""
+  from distill.export import BudgetError, export_stage  # pylint: disable=import-outside-toplevel
+  tflite_bytes = _export(root, "fp32")[0]["bytes"]
+  out = root / "export" / "bundle_over"
+  with pytest.raises(BudgetError, match=r"\.litertlm bundle is .*% over"):
+    export_stage(str(root / "student"), "watch", str(out), quant="fp32", max_context=CONTEXT,
+                 prefill_len=PREFILL, budget_mb=(tflite_bytes + 1000) / 1e6,
+                 data_cfg=_data_cfg(root), workdir=str(root), level="none", litertlm=True,
+                 log=lambda _: None)
+  assert not out.exists()
+  assert not [p for p in os.listdir(root / "export") if p.startswith(".")]
+
+
+class _Unbundleable(tokenizers.ByteTokenizer):
+  """A tokenizer type LiteRT-LM has no loader for (e.g. a word-level vocabulary)."""
+
+  def descriptor(self):
+    return {"type": "wordlevel"}
+
+
+class _ShiftedBytes(tokenizers.ByteTokenizer):
+  """Byte ids whose specials are not the first `byte_offset` ids."""
+
+  @property
+  def pad_id(self):
+    return 5
+
+
+@pytest.mark.parametrize("tok,msg", [(_Unbundleable(), "tokenizer type 'wordlevel' cannot go "
+                                      "into a .litertlm"),
+                                     (_ShiftedBytes(), "cannot be written as a byte-level HF")])
+def test_tokenizer_litertlm_cannot_take_is_one_error_nothing_written(root, tmp_path, tok, msg):
+  from distill.export import litertlm  # pylint: disable=import-outside-toplevel
+  card, out = _export(root, "fp32")
+  bundle = tmp_path / "x.litertlm"
+  with pytest.raises(litertlm.LitertLmError, match=msg):
+    litertlm.build(str(out / card["model_file"]), str(bundle), tokenizer=tok,
+                   n_layers=card["num_layers"], max_context=CONTEXT)
+  assert os.listdir(tmp_path) == []

@@ -23,6 +23,10 @@ from distill.export import converter, presets, quantize, verify
 from distill.export.runtime import LiteRTModel
 from distill.models.transformer import count_params
 
+# Quantized modes also store the token-lookup table as int8 rows (`converter.step_fn`): the
+# TFLite quantizers leave a GATHER's table fp32, which alone broke the watch budget.
+INT8_EMBEDDING_MODES = ("dynamic_int8", "int8", "int4")
+
 LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
           "quick": dict(prompts=2, new_tokens=16, windows=4, calib=8),
           "none": dict(prompts=0, new_tokens=0, windows=0, calib=8)}
@@ -117,8 +121,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     t0 = time.time()
     sm_dir = os.path.join(tmp, "saved_model")
     converter.save_saved_model(converter.build_module(
-        lm32, p32, vocab=vocab, max_context=preset.max_context, prefill_len=preset.prefill_len),
-        sm_dir)
+        lm32, p32, vocab=vocab, max_context=preset.max_context, prefill_len=preset.prefill_len,
+        int8_embedding=preset.quant in INT8_EMBEDDING_MODES), sm_dir)
     timings = {"saved_model_s": round(time.time() - t0, 2)}
 
     calibration, calib_info = None, None

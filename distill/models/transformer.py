@@ -340,14 +340,15 @@ class Transformer(nnx.Module):
     """[D, V] matrix mapping final hidden states to logits."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
 
-  def __call__(self, tokens, positions, cache=None, cache_index=None, states=None):
+  def __call__(self, tokens, positions, cache=None, cache_index=None, states=None, lookup=None):
     """Returns (final-normed hidden [B, T, D], new cache or None).
 
     `states`, a list, receives the residual stream after each block (feature distillation).
+    `lookup(tokens) -> [B, T, D]` replaces the embedding-table read (the export's int8 table).
     """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    x = (jnp.take(self.embed[...], tokens, axis=0) if lookup is None else lookup(tokens)).astype(dt)
     if cfg.embed_scale:
       x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)
     if cfg.pos == "learned":
@@ -432,10 +433,10 @@ class LM:
     dt = jnp.dtype(dtype or cfg.dtype)
     return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
 
-  def apply_cached(self, params, tokens, cache, index):
+  def apply_cached(self, params, tokens, cache, index, lookup=None):
     """Prefill or decode: tokens [B, T] at positions index..index+T-1 -> (logits, cache)."""
     positions = index + jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    hidden, cache = self.module(params)(tokens, positions, cache, index)
+    hidden, cache = self.module(params)(tokens, positions, cache, index, lookup=lookup)
     return self.logits_from_hidden(params, hidden), cache
 
 
