@@ -60,10 +60,11 @@ def main(argv):
   refs = [np.asarray(apply(p32, jnp.asarray(np.asarray(w, np.int32)[None])))[0, :, :vocab]
           for w in windows]
   with tempfile.TemporaryDirectory() as tmp:
-    sm = os.path.join(tmp, "sm")
-    converter.save_saved_model(converter.build_module(
-        lm32, p32, vocab=vocab, max_context=_CONTEXT.value, prefill_len=_PREFILL.value), sm)
     for mode in _MODES.value:
+      sm = os.path.join(tmp, f"sm-{mode}")  # the export's graph for this mode (int8 lookup)
+      converter.save_saved_model(converter.build_module(
+          lm32, p32, vocab=vocab, max_context=_CONTEXT.value, prefill_len=_PREFILL.value,
+          int8_embedding=mode in artifact.INT8_EMBEDDING_MODES), sm)
       flat, _ = converter.to_tflite(sm, mode)
       path = os.path.join(tmp, f"student-{mode}.tflite")
       with open(path, "wb") as f:

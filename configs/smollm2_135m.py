@@ -87,8 +87,8 @@ def get_config(variant: str = "phone"):
     # K is an upper bound: the ~27k-token transfer set holds ~4.4k distinct ids, all kept.
     c.student.vocab = 8192
     # int4 (4.9 MB; dynamic int8 would be 7.8 MB before the tokenizer, over 8 MB as a bundle),
-    # with quantization-aware distillation over the last half of the steps so the int4 file
-    # passes the agreement gate (without QAD int4 loses ~15 points of agreement).
+    # with quantization-aware distillation of the weights over the last half of the steps:
+    # the int4 file then agrees 94.7% with its JAX self (71.5% without QAD; README).
     c.distill.qat = "int4_block32"
     c.distill.qat_start_fraction = 0.5
     c.export.presets = ("watch",)

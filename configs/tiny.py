@@ -146,6 +146,9 @@ def get_config():
   # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).
   c.distill.qat = "none"
   c.distill.qat_start_fraction = 0.0
+  # With qat: also round every fully connected op's input per token to int8 (asymmetric), as
+  # the dynamic-range kernels of the int8/int4 files do on the device.
+  c.distill.qat_activations = False
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for comparison.

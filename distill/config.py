@@ -190,6 +190,8 @@ def validate(c, n_devices: int | None = None) -> None:
   if src.startswith("cache:"):
     _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
+  _req(isinstance(d.get("qat_activations", False), bool),
+       f"--config.distill.qat_activations={d.get('qat_activations')!r} must be True or False")
   _req(not c.student.get("vocab", 0) or src != "online",
        f"--config.student.vocab={c.student.get('vocab', 0)} (a trimmed student vocabulary) "
        "needs --config.distill.teacher_source='cache' (with top_k > 0): the teacher's targets "

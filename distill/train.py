@@ -7,6 +7,7 @@ soft-target objective for distillation), so the compiled step holds no framework
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 from distill import checkpoint, losses, qat, sharding
+from distill.models import transformer
 from distill.models.transformer import LM
 
 
@@ -65,6 +67,9 @@ class LossConfig:
   # the export recipe will, from step qat_start_step on.
   qat: str = "none"
   qat_start_step: int = 0
+  # Also round the input of every fully connected op per token to int8 during QAT, as the
+  # dynamic-range kernels of the int8/int4 files do (transformer.quantized_inputs).
+  qat_activations: bool = False
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -76,7 +81,14 @@ class LossConfig:
                temperature_end=float(d.get("temperature_end", d.temperature)),
                total_steps=int(d.steps), top_k=int(d.get("top_k", 0)),
                tail=d.get("tail", "renormalize"), qat=_qat_mode(d.get("qat", "none")),
-               qat_start_step=int(round(float(d.get("qat_start_fraction", 0.0)) * int(d.steps))))
+               qat_start_step=int(round(float(d.get("qat_start_fraction", 0.0)) * int(d.steps))),
+               qat_activations=bool(d.get("qat_activations", False)))
+
+  def input_quant(self, step):
+    """Context for the student forward: fake int8 FC inputs under QAT with activations."""
+    if self.qat == "none" or not self.qat_activations:
+      return contextlib.nullcontext()
+    return transformer.quantized_inputs(qat.schedule_on(step, self.qat_start_step))
 
   def student_params(self, params, step):
     """(body, head) params for the student forward: fake-quantized under QAT, else as is."""
@@ -166,7 +178,8 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
   body, params = cfg.student_params(params, step)  # `params` (the head) from here on
   if hidden is None:
     t_hidden = jax.lax.stop_gradient(teacher.hidden(teacher_params, batch["inputs"]))
-    s_hidden = student.hidden(body, batch["inputs"])
+    with cfg.input_quant(step):
+      s_hidden = student.hidden(body, batch["inputs"])
   else:
     s_hidden, t_hidden = hidden
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
@@ -174,15 +187,18 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
   if cfg.top_k:
     t_logits = teacher.logits_from_hidden(teacher_params, t_hidden)
     t_ids, t_logprobs = jax.lax.stop_gradient(losses.topk_targets(t_logits, cfg.top_k))
-    return _sparse(student.logits_from_hidden(params, s_hidden), t_ids, t_logprobs, batch, kw, cfg)
+    with cfg.input_quant(step):
+      s_logits = student.logits_from_hidden(params, s_hidden)
+    return _sparse(s_logits, t_ids, t_logprobs, batch, kw, cfg)
   if cfg.chunk_size:
     t_unembed = jax.lax.stop_gradient(teacher.unembedding(teacher_params))
     loss, metrics = losses.chunked_distill_objective(
         s_hidden, student.unembedding(params), t_hidden, t_unembed, batch["targets"],
         chunk_size=cfg.chunk_size, student_softcap=student.cfg.final_softcap or None,
         teacher_softcap=teacher.cfg.final_softcap or None, **kw)
-  else:
-    s_logits = student.logits_from_hidden(params, s_hidden)
+  else:  # (the chunked path above computes its logits in `losses`: inputs not rounded there)
+    with cfg.input_quant(step):
+      s_logits = student.logits_from_hidden(params, s_hidden)
     t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
   return loss, dict(metrics, alpha=alpha, temperature=temperature)
@@ -201,7 +217,8 @@ def cached_distill_loss(params, batch, teacher_params, step, *, student: LM, cfg
   kw = dict(mask=batch["mask"], kind=cfg.kind, alpha=alpha, temperature=temperature,
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
   body, head = cfg.student_params(params, step)
-  s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
+  with cfg.input_quant(step):
+    s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
   return _sparse(s_logits, batch["teacher_ids"], batch["teacher_logprobs"], batch, kw, cfg)
 
 

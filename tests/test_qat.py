@@ -139,3 +139,38 @@ def test_final_params_are_the_grid_and_requantize_to_themselves():
     assert np.array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(np.asarray(snapped["embed"]), np.asarray(params["embed"]))
   assert train.LossConfig().final_params(params) is params
+
+
+def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
+  """`transformer.quantized_inputs`: asymmetric int8 per row (range incl. 0, scale/255,
+  int8 zero point) against NumPy, straight-through gradient, and off when `on` is False."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from distill.models import transformer  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+  x[0, 0, 0] = 40.0  # an outlier channel coarsens its whole token
+  x[1, 2] = np.abs(x[1, 2])  # an all-positive row: the range still starts at 0
+  w = rng.normal(size=(8, 5)).astype(np.float32)
+
+  def ref_rows(a):
+    lo, hi = np.minimum(a.min(-1, keepdims=True), 0), np.maximum(a.max(-1, keepdims=True), 0)
+    scale = (hi - lo) / 255.0
+    zero = np.clip(np.round(-128 - lo / scale), -128, 127)
+    q = np.clip(np.round(a / scale) + zero, -128, 127)
+    return (q - zero) * scale
+  want = ref_rows(x.reshape(6, 8)).reshape(2, 3, 8) @ w
+  with transformer.quantized_inputs(True):
+    got = np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(got - x @ w).max() > 1e-2  # the rounding is really there
+  with transformer.quantized_inputs(jnp.asarray(False)):
+    np.testing.assert_allclose(np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w))),
+                               x @ w, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w))),
+                             x @ w, rtol=1e-5, atol=1e-5)  # outside the context: untouched
+
+  def f(a):
+    with transformer.quantized_inputs(True):
+      return transformer.project(a, jnp.asarray(w)).sum()
+  g = np.asarray(jax.grad(f)(jnp.asarray(x)))
+  np.testing.assert_allclose(g, np.broadcast_to(w.sum(-1), x.shape), rtol=1e-5)  # identity STE

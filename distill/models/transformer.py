@@ -13,6 +13,7 @@ M kv heads, G = N // M query heads per kv head, K head dim, F d_ff, V vocab.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -161,6 +162,43 @@ def rope(x, positions, theta, scaling: tuple = ()):
   return out.astype(x.dtype)
 
 
+# Fake int8 quantization of every fully connected op's input (quantization-aware distillation
+# of dynamic-range TFLite files), switched on by `quantized_inputs` around a forward pass.
+# A context read while tracing, like flax's logical-axis rules: `on` may be a traced bool.
+_INPUT_QUANT: list = []
+
+
+@contextlib.contextmanager
+def quantized_inputs(on):
+  """Inside, `project` and the unembedding see their input rounded as the dynamic-range
+  kernels round it: per token (row), asymmetric int8 over [min(x, 0), max(x, 0)], with a
+  straight-through gradient. `on`: a bool or a traced bool (QAD's schedule)."""
+  _INPUT_QUANT.append(on)
+  try:
+    yield
+  finally:
+    _INPUT_QUANT.pop()
+
+
+def fake_quant_rows(x2):
+  """[X, I] -> the same rows after asymmetric per-row int8 quantize/dequantize (XNNPACK qd8:
+  the range always includes 0, scale = range / 255, int8 zero point)."""
+  xf = x2.astype(jnp.float32)
+  lo = jnp.minimum(xf.min(-1, keepdims=True), 0.0)
+  hi = jnp.maximum(xf.max(-1, keepdims=True), 0.0)
+  scale = jnp.maximum(hi - lo, 1e-30) / 255.0
+  zero = jnp.clip(jnp.round(-128.0 - lo / scale), -128.0, 127.0)
+  q = jnp.clip(jnp.round(xf / scale) + zero, -128.0, 127.0)
+  return ((q - zero) * scale).astype(x2.dtype)
+
+
+def _maybe_quant_input(x2):
+  if not _INPUT_QUANT:
+    return x2
+  on = _INPUT_QUANT[-1]
+  return x2 + jax.lax.stop_gradient(jnp.where(on, fake_quant_rows(x2) - x2, jnp.zeros_like(x2)))
+
+
 def project(x, w):
   """x [B, T, *in] @ w [*in, *out] -> [B, T, *out], as one 2-D matmul.
 
@@ -178,7 +216,7 @@ def project(x, w):
   # fp32 accumulation whatever the input dtype: on CPUs with AVX-512 BF16 (and on GPU/TPU)
   # bf16 x bf16 -> fp32 is the fast path (~3x fp32 here); bf16 accumulation is both slower on
   # XLA:CPU and less accurate.
-  y = jnp.einsum("XI,IO->XO", x.reshape(-1, d_in).astype(cdt), w2,
+  y = jnp.einsum("XI,IO->XO", _maybe_quant_input(x.reshape(-1, d_in).astype(cdt)), w2,
                  preferred_element_type=jnp.float32)
   return y.astype(x.dtype).reshape(*lead, *w.shape[n_in:])
 
@@ -419,7 +457,8 @@ class LM:
     # form took several times the forward, and this matmul is most of a small student's step).
     w = self.unembedding(params)
     b, t, d = hidden.shape
-    logits = jnp.einsum("XD,DV->XV", hidden.reshape(b * t, d), w.astype(hidden.dtype),
+    logits = jnp.einsum("XD,DV->XV", _maybe_quant_input(hidden.reshape(b * t, d)),
+                        w.astype(hidden.dtype),
                         preferred_element_type=jnp.float32).reshape(b, t, -1)
     return _softcap(logits, self.cfg.final_softcap)
 
