@@ -94,5 +94,7 @@ def get_config(variant: str = "phone"):
     c.export.presets = ("watch",)
     c.export.watch = ml_collections.ConfigDict()
     c.export.watch.quant = "int4"
+    # 16 windows: the 4 of 'quick' put the engine's agreement at 88.7% (gate 90%), 16 at 94%.
+    c.export.verify = "full"
   c.export.litertlm = True
   return c
