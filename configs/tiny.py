@@ -141,6 +141,9 @@ def get_config():
   c.distill.hidden.weight = 0.0
   # 'mse' or 'cosine' between the projected student state and the teacher's.
   c.distill.hidden.kind = "mse"
+  # Attention transfer over the same block pairs: weight of the KL between the teacher's and
+  # the student's attention maps (averaged over heads; needs the einsum attention, no remat).
+  c.distill.hidden.attention_weight = 0.0
   # Quantization-aware distillation: none | int8 | int4_block32 fake-quantizes the student's
   # weights as that export will (straight-through gradients; distill/qat.py), from the
   # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).

@@ -210,8 +210,12 @@ def validate(c, n_devices: int | None = None) -> None:
          f"--config.distill.hidden.kind={h.get('kind')!r} must be 'mse' or 'cosine'")
     _req(isinstance(h.layers, str), "--config.distill.hidden.layers must be a string: '', "
          "'auto' or pairs such as '0:1,1:3'")
-    _req(not (h.layers and h.weight and src != "online"), "--config.distill.hidden needs "
-         "teacher_source='online' (a cache holds no hidden states); set hidden.weight=0")
+    att = h.get("attention_weight", 0.0)
+    _req(isinstance(att, (int, float)) and not isinstance(att, bool) and att >= 0,
+         f"--config.distill.hidden.attention_weight={att!r} must be a number >= 0 (0 = off)")
+    _req(not (h.layers and (h.weight or att) and src != "online"), "--config.distill.hidden "
+         "needs teacher_source='online' (a cache holds no hidden states or attention maps); "
+         "set hidden.weight=0 and hidden.attention_weight=0")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 

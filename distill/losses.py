@@ -472,3 +472,15 @@ def hidden_state_loss(student_hidden, teacher_hidden, projection, *,
     # Clamp before the sqrt: its gradient at 0 is infinite.
     per_token = 1.0 - dot / jnp.sqrt(jnp.maximum(norms2, eps * eps))
   return _masked_mean(per_token, mask)
+
+
+def attention_map_loss(student_maps, teacher_maps, *, mask=None):
+  """Masked mean over query positions of KL(teacher || student) between attention
+  distributions [..., T, S] (rows sum to 1; causal zeros on both sides count as 0 log 0 = 0).
+  Attention transfer as in MiniLM, on head-averaged maps when head counts differ."""
+  p = _upcast(teacher_maps)
+  q = _upcast(student_maps).astype(p.dtype)
+  tiny = jnp.finfo(p.dtype).tiny
+  per_query = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, tiny)) -
+                                            jnp.log(jnp.maximum(q, tiny))), 0.0), axis=-1)
+  return _masked_mean(per_query, mask)

@@ -63,6 +63,8 @@ class LossConfig:
   hidden_pairs: tuple = ()
   hidden_weight: float = 0.0
   hidden_kind: str = "mse"
+  # Attention transfer over the same block pairs: KL between head-averaged attention maps.
+  attention_weight: float = 0.0
   # Quantization-aware distillation (distill/qat.py): fake-quantize the student's weights as
   # the export recipe will, from step qat_start_step on.
   qat: str = "none"
@@ -160,16 +162,28 @@ def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: L
   if not cfg.hidden_pairs:
     return _soft_target_loss(params, batch, teacher_params, step, student=student,
                              teacher=teacher, cfg=cfg)
-  t_hidden, t_states = jax.lax.stop_gradient(teacher.hidden_states(teacher_params,
-                                                                    batch["inputs"]))
-  s_hidden, s_states = student.hidden_states(params, batch["inputs"])
+  maps = contextlib.nullcontext
+  if cfg.attention_weight:
+    maps = transformer.collect_attention
+  with maps() as t_maps:
+    t_hidden, t_states = jax.lax.stop_gradient(teacher.hidden_states(teacher_params,
+                                                                      batch["inputs"]))
+  with maps() as s_maps:
+    s_hidden, s_states = student.hidden_states(params, batch["inputs"])
   loss, metrics = _soft_target_loss(params, batch, teacher_params, step, student=student,
                                     teacher=teacher, cfg=cfg, hidden=(s_hidden, t_hidden))
-  hid = sum(losses.hidden_state_loss(s_states[i], t_states[j], feats[f"proj_{n}"],
+  n = len(cfg.hidden_pairs)
+  hid = sum(losses.hidden_state_loss(s_states[i], t_states[j], feats[f"proj_{k}"],
                                      mask=batch["mask"], kind=cfg.hidden_kind)
-            for n, (i, j) in enumerate(cfg.hidden_pairs)) / len(cfg.hidden_pairs)
-  return loss + cfg.hidden_weight * hid, dict(metrics, loss=loss + cfg.hidden_weight * hid,
-                                              hidden=hid)
+            for k, (i, j) in enumerate(cfg.hidden_pairs)) / n
+  total = loss + cfg.hidden_weight * hid
+  metrics = dict(metrics, hidden=hid)
+  if cfg.attention_weight:
+    att = sum(losses.attention_map_loss(s_maps[i], jax.lax.stop_gradient(t_maps[j]),
+                                        mask=batch["mask"]) for i, j in cfg.hidden_pairs) / n
+    total = total + cfg.attention_weight * att
+    metrics["attention"] = att
+  return total, dict(metrics, loss=total)
 
 
 def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,

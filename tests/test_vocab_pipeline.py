@@ -158,3 +158,52 @@ def test_norm_gains_match_numpy_and_are_one_when_nothing_is_dropped():
                              plain["block_1"]["mlp_norm"]["scale"] * gains[3], rtol=1e-6)
   np.testing.assert_allclose(scaled["final_norm"]["scale"],
                              plain["final_norm"]["scale"] * gains[-1], rtol=1e-6)
+
+
+def test_attention_maps_and_transfer_loss_match_numpy():
+  from distill.models import transformer  # pylint: disable=import-outside-toplevel
+  lm, params = _model(vocab_size=64)  # 2 blocks, 4 query heads in 2 KV groups, head_dim 8
+  tokens = np.random.default_rng(0).integers(0, 64, (2, 6))
+  with transformer.collect_attention() as maps:
+    lm.hidden_states(params, jnp.asarray(tokens))
+  assert len(maps) == lm.cfg.n_layers and maps[0].shape == (2, 6, 6)
+  # Block 0 by hand: RoPE'd q, k from the normed embedding, causal softmax, mean over heads.
+  blk = lm.module(params).block_0
+  x = blk.attn_norm(jnp.take(params["embed"], jnp.asarray(tokens), axis=0))
+  pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
+  a = params["block_0"]["attn"]
+  q = transformer.rope(jnp.einsum("BTD,DNK->BTNK", x, a["q"]), pos, lm.cfg.rope_theta)
+  k = transformer.rope(jnp.einsum("BTD,DMK->BTMK", x, a["k"]), pos, lm.cfg.rope_theta)
+  q, k = np.asarray(q, np.float64), np.repeat(np.asarray(k, np.float64), 2, axis=2)
+  s = np.einsum("btnk,bsnk->bnts", q, k) / np.sqrt(8)
+  s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p = (p / p.sum(-1, keepdims=True)).mean(1)
+  np.testing.assert_allclose(np.asarray(maps[0]), p, rtol=1e-4, atol=1e-5)
+  # KL(teacher || student) per query row, masked mean; causal zeros contribute nothing.
+  rng = np.random.default_rng(1)
+  other = rng.random((2, 6, 6)) * np.tril(np.ones((6, 6)))
+  other /= other.sum(-1, keepdims=True)
+  mask = np.asarray([[1, 1, 1, 1, 0, 0], [1] * 6], np.float32)
+  got = float(losses.attention_map_loss(jnp.asarray(other), jnp.asarray(p), mask=mask))
+  kl = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np.log(np.where(other > 0, other, 1))),
+                0).sum(-1)
+  np.testing.assert_allclose(got, (kl * mask).sum() / mask.sum(), rtol=1e-5)
+  assert got > 0.01 and float(losses.attention_map_loss(jnp.asarray(p), jnp.asarray(p))) < 1e-6
+
+
+def test_pipeline_step_with_attention_transfer(tmp_path):
+  from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
+  c = shrunken_config(**{"data.data_dir": str(tmp_path / "data"), "export.enabled": False,
+                         "baseline.enabled": False, "student.init": "prune",
+                         "student.prune.calib_batches": 1, "distill.hidden.layers": "auto",
+                         "distill.hidden.attention_weight": 1.0})
+  validate(c)
+  pipeline.run(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "student" / "metrics.jsonl")]
+  assert rows and all(r["attention"] > 0 for r in rows)
+  bad = shrunken_config(**{"distill.hidden.layers": "auto",
+                           "distill.hidden.attention_weight": 1.0,
+                           "distill.teacher_source": "cache", "distill.top_k": 4})
+  with pytest.raises(ConfigError, match="attention maps"):
+    validate(bad)

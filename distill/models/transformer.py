@@ -180,6 +180,24 @@ def quantized_inputs(on):
     _INPUT_QUANT.pop()
 
 
+# Attention maps for attention-transfer distillation, collected while tracing (see
+# `collect_attention`), one [B, T, S] map (mean over heads) per block.
+_ATTN_MAPS: list = []
+
+
+@contextlib.contextmanager
+def collect_attention():
+  """Inside, every full-sequence forward appends each block's attention probabilities,
+  averaged over heads ([B, T, S] fp32), to the yielded list (teacher and student may have
+  different head counts, so maps are compared per block, not per head)."""
+  maps: list = []
+  _ATTN_MAPS.append(maps)
+  try:
+    yield maps
+  finally:
+    _ATTN_MAPS.pop()
+
+
 def fake_quant_rows(x2):
   """[X, I] -> the same rows after asymmetric per-row int8 quantize/dequantize (XNNPACK qd8:
   the range always includes 0, scale = range / 255, int8 zero point)."""
@@ -279,7 +297,11 @@ class Attention(nnx.Module):
     b, t, n, kd = q.shape
     m = keys.shape[2]
     scale = cfg.query_scale or 1.0 / math.sqrt(kd)
-    if cfg.attention in ("cudnn", "dot_product") and cache is None and not cfg.attn_softcap:
+    fast = cfg.attention in ("cudnn", "dot_product") and cache is None and not cfg.attn_softcap
+    if fast and _ATTN_MAPS:
+      raise ValueError(f"attention maps need the einsum attention path, not attention="
+                       f"{cfg.attention!r}: set the model's attention to 'xla'")
+    if fast:
       out = jax.nn.dot_product_attention(
           q, keys, values, scale=scale, is_causal=True,
           local_window_size=(self.window - 1, 0) if self.window else None,
@@ -294,7 +316,10 @@ class Attention(nnx.Module):
     if self.window:
       allowed &= kp > qp - self.window
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)  # fp32 softmax, then back
+    probs = jax.nn.softmax(logits, axis=-1)  # fp32 softmax
+    if _ATTN_MAPS and cache is None:
+      _ATTN_MAPS[-1].append(probs.mean(axis=(1, 2)))  # BMGTS -> BTS
+    probs = probs.astype(dt)
     out = jnp.einsum("BMGTS,BSMK->BTMGK", probs, values,
                      preferred_element_type=jnp.float32).astype(dt).reshape(b, t, n, kd)
     y = project(out, self.o[...])  # [B, T, D]
@@ -391,6 +416,9 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)
     if cfg.pos == "learned":
       x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dt)
+    if _ATTN_MAPS and cfg.remat and cache is None:
+      raise ValueError("attention maps cannot leave a rematerialized block: set remat=False "
+                       "for attention-transfer distillation")
     new_cache = []
     for i in range(cfg.n_layers):
       block = getattr(self, f"block_{i}")
