@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from distill import quiet
+
 CARD_NAME = "model_card.json"
 
 
@@ -55,7 +57,8 @@ class LiteRTModel:
     self.card = card if card is not None else read_card(tflite_path)
     self.path = tflite_path
     self.num_threads = num_threads or default_threads()
-    self.interpreter = litert.Interpreter(model_path=tflite_path, num_threads=self.num_threads)
+    with quiet.native_stderr():  # TFLite announces its XNNPACK delegate on stderr
+      self.interpreter = litert.Interpreter(model_path=tflite_path, num_threads=self.num_threads)
     sigs = self.card["signatures"]
     self._prefill = self.interpreter.get_signature_runner(sigs["prefill"]["name"])
     self._decode = self.interpreter.get_signature_runner(sigs["decode"]["name"])
