@@ -1,6 +1,6 @@
 """Console scripts (pyproject.toml [project.scripts]): `distill` = `python -m distill.main`, etc.
 
-Each one runs the module's own `main` exactly as its `if __name__ == "__main__"` block does, so
+Each one runs the module's own `main` exactly as its `__main__` block does, so
 flags, messages and exit codes are the same either way. Modules are imported inside the
 functions: their absl flags must only be defined for the command that runs.
 """
