@@ -30,7 +30,7 @@ from distill import presets
 def get_config():
   c = base.get_config()
   hw = presets.get("tpu_v5e")
-  # bf16 activations, splash attention (XLA's until the kernel is wired), remat.
+  # bf16 activations, splash attention (the einsum until the Pallas kernel is wired), remat.
   c.preset = hw.name
   c.topology = "v5e:16x16"
   # Weights split 16 ways (fsdp 4 x tensor 4). tensor=4 also splits the 256k vocab of the

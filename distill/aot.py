@@ -121,7 +121,7 @@ def teacher_model_config(c):
       raise AotError("--config.teacher.model.vocab_size is needed to compile without a teacher "
                      "checkpoint; set it to the tokenizer's vocabulary size")
     cfg = pipeline.model_config(fields, vocab, c)
-  # Read-only teacher in its own dtype, as pipeline._teacher holds it.
+  # Read-only teacher in its own dtype, as pipeline.load_or_train_teacher holds it.
   if c.teacher.dtype != "float32":
     cfg = cfg.replace(dtype=c.teacher.dtype)
   return cfg
