@@ -69,6 +69,11 @@ def get_config():
   c.data.batch_size = 32
   # Validation batches for evaluation (0 = the whole validation split).
   c.data.eval_batches = 0
+  # Put the tokenizer's BOS before every document when packing (its EOS always follows).
+  c.data.add_bos = False
+  # Read at most this many documents per split (None = all; caps huge TFDS corpora). An int
+  # placeholder, so `--config.data.max_documents=100000` can set it.
+  c.data.max_documents = ml_collections.config_dict.placeholder(int)
 
   c.optimizer = ml_collections.ConfigDict()
   # AdamW for every stage: linear warmup to the stage's peak learning rate

@@ -120,6 +120,10 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(_num(c, "data.batch_size", int) > 0,
        f"--config.data.batch_size={c.data.batch_size} must be > 0")
   _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
+  _req(isinstance(_get(c, "data.add_bos"), bool), "--config.data.add_bos must be True or False")
+  docs = _get(c, "data.max_documents")
+  _req(docs is None or (isinstance(docs, int) and docs > 0),
+       f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
 
   for stage in ("teacher.pretrain.lr", "distill.lr"):
     _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
