@@ -8,7 +8,7 @@ CPU cores one step takes a few seconds; on an accelerator raise `batch_size`.
 """
 import ml_collections
 
-from configs import tiny
+from configs import base
 
 
 def get_config():
@@ -28,9 +28,9 @@ def get_config():
   # Sequences per step (global).
   c.batch_size = 4
   # Teacher: 12 x 512 wide, GQA 8/4 heads, SwiGLU 1664 -> ~40M params.
-  c.teacher = tiny.model(d_model=512, n_layers=12, n_heads=8, n_kv_heads=4, d_ff=1664)
+  c.teacher = base.model(d_model=512, n_layers=12, n_heads=8, n_kv_heads=4, d_ff=1664)
   # Student: 8 x 256 wide, GQA 4/2 heads, SwiGLU 768 -> ~8M params (tied embeddings).
-  c.student = tiny.model(d_model=256, n_layers=8, n_heads=4, n_kv_heads=2, d_ff=1024)
+  c.student = base.model(d_model=256, n_layers=8, n_heads=4, n_kv_heads=2, d_ff=1024)
   # Soft-target objective, as config.distill in the pipeline configs.
   c.distill = ml_collections.ConfigDict()
   # Divergence kind (see distill/losses.py).

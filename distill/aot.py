@@ -49,8 +49,9 @@ import re  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
+from distill import cli as _cli_flags  # noqa: E402  (imports no jax)
+
+_CONFIG = _cli_flags.define_config("config")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16; default: the "
                                 "config's `topology` field, else the preset's.")
 _LAYERS = flags.DEFINE_integer("layers", 0, "0: compile the full depth. k > 0: compile k and 2k "
@@ -120,7 +121,7 @@ def teacher_model_config(c):
       raise AotError("--config.teacher.model.vocab_size is needed to compile without a teacher "
                      "checkpoint; set it to the tokenizer's vocabulary size")
     cfg = pipeline.model_config(fields, vocab, c)
-  # Read-only teacher in its own dtype, as pipeline._teacher holds it.
+  # Read-only teacher in its own dtype, as pipeline.load_or_train_teacher holds it.
   if c.teacher.dtype != "float32":
     cfg = cfg.replace(dtype=c.teacher.dtype)
   return cfg

@@ -18,11 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill import checkpoint, tokenizers
+from distill.errors import LoadError  # noqa: F401  re-exported (api.LoadError)
 from distill.models.transformer import LM, ModelConfig
-
-
-class LoadError(ValueError):
-  """A path that is not a loadable model; the message says what is wrong and the fix."""
 
 
 def save_stage(directory, model_cfg: ModelConfig, tokenizer, params, info: dict | None = None):

@@ -5,12 +5,17 @@ tracebacks only with --verbose.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import traceback
 
-USAGE_ERRORS = ("ConfigError", "MeshError", "LoadError", "DataError", "BudgetError")
+from distill import errors, quiet
+
+# Exit 2: the user gave something wrong. ValueError covers the library's own argument checks
+# (and every errors.UsageError); FileNotFoundError a path that is not there.
+USAGE_ERRORS = (errors.UsageError, ValueError, FileNotFoundError)
 
 
 def run_main(argv, fn, *, verbose: bool, arg_hint: str, quiet_level: str = "warning") -> int:
@@ -18,12 +23,11 @@ def run_main(argv, fn, *, verbose: bool, arg_hint: str, quiet_level: str = "warn
 
   Orbax, TFDS and TensorFlow log every file they touch; the console is for our own lines.
   """
-  import os  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:  # e.g. an override without its dashes would otherwise be ignored
     print(f"error: unexpected arguments {argv[1:]}; {arg_hint}", file=sys.stderr)
     return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  quiet.start()  # before any JAX backend or TensorFlow library loads
   absl_logging.set_verbosity(absl_logging.DEBUG if verbose else quiet_level)
   return guarded(fn, verbose=verbose)
 
@@ -34,13 +38,13 @@ def guarded(fn, *, verbose: bool = False) -> int:
   except KeyboardInterrupt:
     print("interrupted; re-run the same command to resume", file=sys.stderr)
     return 130
+  except errors.Preempted as e:  # SIGTERM with a checkpoint saved: a clean exit
+    print(str(e), file=sys.stderr)
+    return 0
   except Exception as e:  # pylint: disable=broad-except
-    if type(e).__name__ == "Preempted":  # SIGTERM with a checkpoint saved: a clean exit
-      print(str(e), file=sys.stderr)
-      return 0
     if verbose:
       traceback.print_exc()
-    usage = type(e).__name__ in USAGE_ERRORS or isinstance(e, (ValueError, FileNotFoundError))
+    usage = isinstance(e, USAGE_ERRORS)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {msg}", file=sys.stderr)
     return 2 if usage else 1
@@ -81,10 +85,9 @@ def parse_flags(argv):
     _die(f"{msg}; give a value of the field's type (see the config file)")
   except (AttributeError, KeyError) as e:  # ml_collections: no such field
     _die(_config_flag_error(e, argv))
+  except errors.MissingDependencyError as e:  # the config is fine; the machine lacks a package
+    _die(str(e))
   except Exception as e:  # pylint: disable=broad-except
-    from distill.config import MissingDependencyError  # pylint: disable=import-outside-toplevel
-    if isinstance(e, MissingDependencyError):  # the config is fine; the machine lacks a package
-      _die(str(e))
     # Anything else comes from executing a config file (syntax error, NameError, ...).
     where = next((a for a in argv if a.startswith("--config=")), "the command line")
     first = (str(e).strip().splitlines() or [""])[0]
@@ -104,12 +107,68 @@ def check_config_file(flag_name: str = "config"):
     flag.value.keys()
   except OSError as e:
     path = getattr(flag, "config_filename", "") or ""
-    if not os.path.exists(path.split(":")[0]):
+    if not os.path.exists(resolve_config(path).split(":")[0]):
+      names = ", ".join(config_names()) or "tiny"
       raise FileNotFoundError(f"--{flag_name}={path}: no such config file; give a path such as "
-                              "configs/tiny.py") from None
+                              f"configs/tiny.py or a shipped config's name ({names})") from None
     cause = str(e.__cause__ or e).strip().splitlines() or ["?"]
     raise ValueError(f"--{flag_name}={path} failed to load ({cause[-1][:160]}); fix the file"
                      ) from None
+
+
+def config_names() -> list[str]:
+  """Names of the configs shipped in the `configs` package (what `--config=NAME` accepts)."""
+  spec = importlib.util.find_spec("configs")
+  dirs = list(spec.submodule_search_locations or []) if spec else []
+  return sorted({f[:-3] for d in dirs if os.path.isdir(d) for f in os.listdir(d)
+                 if f.endswith(".py") and not f.startswith("_")})
+
+
+def resolve_config(arg: str) -> str:
+  """`--config=` value -> a config file path ml_collections can load.
+
+  An existing path is used as given. Otherwise `tiny`, `tiny.py` or `configs/tiny.py` name the
+  shipped config `configs/tiny.py` from the importable `configs` package: the clone's when
+  it is the working directory, the installed one anywhere else (`pip install`). A `:arg`
+  suffix (`tiny:small`) is passed on to `get_config` as ml_collections does.
+  """
+  path, sep, rest = arg.partition(":")
+  if not path or os.path.exists(path):
+    return arg
+  name = path.removeprefix("configs/").removesuffix(".py")
+  if not name.isidentifier():
+    return arg
+  try:
+    spec = importlib.util.find_spec(f"configs.{name}")
+  except ImportError:  # no `configs` package on the path at all
+    return arg
+  if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+    return arg
+  return spec.origin + sep + rest
+
+
+def define_config(name: str = "config", default: str | None = None, help_string: str = "",
+                  lock_config: bool = True):
+  """`config_flags.DEFINE_config_file` whose value may also be a shipped config's name.
+
+  Overrides (`--config.distill.steps=2`) work as before; only the file lookup changes.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  # The parser class is public in the module that defines it, not re-exported by the package.
+  from ml_collections.config_flags import config_flags as config_flags_impl  # pylint: disable=import-outside-toplevel
+
+  class _Parser(config_flags_impl.ConfigFileFlagParser):
+
+    def parse(self, path):
+      return super().parse(resolve_config(path))
+
+  holder = config_flags.DEFINE_config_file(
+      name, resolve_config(default) if default else None,
+      help_string or "A configs/*.py file, or a shipped config's name (e.g. tiny).",
+      lock_config=lock_config)
+  flags.FLAGS[name].parser = _Parser(name=name, lock_config=lock_config)
+  return holder
 
 
 def _die(msg: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 
+from distill.errors import ConfigError, MissingDependencyError  # noqa: F401  re-exported
 from distill.models.transformer import ModelConfig
 from distill.presets import HARDWARE
 
@@ -20,15 +21,6 @@ PRESETS = {name: h.as_dict() for name, h in HARDWARE.items()}
 # `vocab_size` is allowed so a config can state a teacher's full shape (what `distill.aot`
 # compiles without weights or tokenizer); at run time the tokenizer's vocab is used.
 MODEL_FIELDS = {f for f in ModelConfig.__dataclass_fields__}
-
-
-class ConfigError(ValueError):
-  """A config mistake; the message is one line naming the problem and the fix."""
-
-
-class MissingDependencyError(ConfigError):
-  """A config needs an optional package that is not installed; the message names the
-  install command. Raised while a config file loads (e.g. configs/smollm2_135m.py)."""
 
 
 def _req(cond, msg):
@@ -68,17 +60,25 @@ def _model(c, prefix):
   _req(m.n_heads % m.n_kv_heads == 0,
        f"--config.{prefix}.n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}")
   # A pruned student keeps its teacher's head_dim, so its d_model need not split into heads.
-  pruned = prefix == "student.model" and c.student.get("init") == "prune"
-  if not m.get("head_dim", 0) and not pruned:
+  pruned = prefix == "student.model" and _get(c, "student.init") == "prune"
+  if not _model_field(m, "head_dim") and not pruned:
     _req(m.d_model % m.n_heads == 0, f"--config.{prefix}.d_model={m.d_model} must be divisible "
          f"by n_heads={m.n_heads} (or set head_dim)")
-  if m.get("pos", "rope") == "learned":
-    _req(c.data.seq_len <= m.get("max_len", 2048), f"--config.data.seq_len={c.data.seq_len} "
-         f"exceeds {prefix}.max_len={m.get('max_len', 2048)}; shorten seq_len")
+  if _model_field(m, "pos") == "learned":
+    max_len = _model_field(m, "max_len")
+    _req(c.data.seq_len <= max_len, f"--config.data.seq_len={c.data.seq_len} "
+         f"exceeds {prefix}.max_len={max_len}; shorten seq_len")
+
+
+def _model_field(m, name):
+  """A model field the config may leave out: ModelConfig's own default states it once."""
+  return m[name] if name in m else ModelConfig.__dataclass_fields__[name].default
 
 
 def _prune(c):
   """`student.init='prune'`: method and calibration size; the shape when the teacher's is known."""
+  _req(isinstance(_get(c, "student.prune.norm_gains"), bool),
+       f"--config.student.prune.norm_gains={c.student.prune.norm_gains!r} must be True or False")
   method = _get(c, "student.prune.method")
   _req(method in ("activation", "random"), f"--config.student.prune.method={method!r} must be "
        "'activation' (Minitron ranking) or 'random' (the control)")
@@ -122,8 +122,12 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(_num(c, "data.batch_size", int) > 0,
        f"--config.data.batch_size={c.data.batch_size} must be > 0")
   _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
+  _req(isinstance(_get(c, "data.add_bos"), bool), "--config.data.add_bos must be True or False")
+  docs = _get(c, "data.max_documents")
+  _req(docs is None or (isinstance(docs, int) and docs > 0),
+       f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
 
-  for stage in ("optimizer.lr", "teacher.pretrain.lr", "distill.lr"):
+  for stage in ("teacher.pretrain.lr", "distill.lr"):
     _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
   _req(_num(c, "optimizer.warmup_steps", int) >= 0, "--config.optimizer.warmup_steps must be >= 0")
   _req(_num(c, "optimizer.clip_norm") > 0, "--config.optimizer.clip_norm must be > 0")
@@ -155,9 +159,6 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.student.init={c.student.init!r} must be 'random', 'teacher_layers' or 'prune'")
   if c.student.init == "prune":
     _prune(c)
-  if "vocab" in c.student:
-    _req(_num(c, "student.vocab", int) >= 0, f"--config.student.vocab={c.student.vocab} must be "
-         ">= 0 (0 = the teacher's vocabulary)")
 
   d = _get(c, "distill")
   _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")
@@ -170,52 +171,52 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(0.0 <= _num(c, "distill.beta") <= 1.0, f"--config.distill.beta={d.beta} must be in [0, 1]")
   _req(0.0 <= _num(c, "distill.skew") < 1.0, f"--config.distill.skew={d.skew} must be in [0, 1)")
   for sched in ("alpha_schedule", "temperature_schedule"):
-    v = d.get(sched, "constant")
+    v = _get(c, f"distill.{sched}")
     _req(v in ("constant", "linear", "cosine"), f"--config.distill.{sched}={v!r} must be "
          "constant, linear or cosine")
-  if "temperature_end" in d:
-    _req(_num(c, "distill.temperature_end") > 0,
-         f"--config.distill.temperature_end={d.temperature_end} must be > 0")
-  if "alpha_end" in d:
-    _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
-         f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
-  src = d.get("teacher_source", "online")
+  _req(_num(c, "distill.temperature_end") > 0,
+       f"--config.distill.temperature_end={d.temperature_end} must be > 0")
+  _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
+       f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
+  src = _get(c, "distill.teacher_source")
+  top_k = _get(c, "distill.top_k")
   _req(src in ("online", "cache") or (isinstance(src, str) and src.startswith("cache:")
                                       and len(src) > 6),
        f"--config.distill.teacher_source={src!r} must be 'online', 'cache' or 'cache:/path'")
   if src == "cache":
-    _req(isinstance(d.get("top_k", 0), int) and d.get("top_k", 0) > 0,
+    _req(isinstance(top_k, int) and top_k > 0,
          "--config.distill.teacher_source='cache' needs --config.distill.top_k > 0 (the "
          "teacher tokens kept per position, e.g. 64)")
   if src.startswith("cache:"):
     _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
-  _req(isinstance(d.get("qat_activations", False), bool),
-       f"--config.distill.qat_activations={d.get('qat_activations')!r} must be True or False")
-  _req(not c.student.get("vocab", 0) or src != "online",
-       f"--config.student.vocab={c.student.get('vocab', 0)} (a trimmed student vocabulary) "
+  _req(isinstance(_get(c, "distill.qat_activations"), bool),
+       f"--config.distill.qat_activations={d.qat_activations!r} must be True or False")
+  vocab = _num(c, "student.vocab", int)
+  _req(vocab >= 0, f"--config.student.vocab={vocab} must be >= 0 (0 = the teacher's vocabulary)")
+  _req(not vocab or src != "online",
+       f"--config.student.vocab={vocab} (a trimmed student vocabulary) "
        "needs --config.distill.teacher_source='cache' (with top_k > 0): the teacher's targets "
        "are mapped to the student's ids when the cache is written")
-  _req(d.get("tail", "renormalize") in ("renormalize", "tail_bucket"),
-       f"--config.distill.tail={d.get('tail')!r} must be 'renormalize' or 'tail_bucket'")
-  _req(isinstance(d.get("top_k", 0), int) and d.get("top_k", 0) >= 0,
-       f"--config.distill.top_k={d.get('top_k')!r} must be an integer >= 0 (0 = full)")
+  _req(_get(c, "distill.tail") in ("renormalize", "tail_bucket"),
+       f"--config.distill.tail={d.tail!r} must be 'renormalize' or 'tail_bucket'")
+  _req(isinstance(top_k, int) and top_k >= 0,
+       f"--config.distill.top_k={top_k!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
-  if "hidden" in d:
-    h = d.hidden
-    _req(_num(c, "distill.hidden.weight") >= 0, f"--config.distill.hidden.weight={h.weight} "
-         "must be >= 0 (0 = off)")
-    _req(h.get("kind", "mse") in ("mse", "cosine"),
-         f"--config.distill.hidden.kind={h.get('kind')!r} must be 'mse' or 'cosine'")
-    _req(isinstance(h.layers, str), "--config.distill.hidden.layers must be a string: '', "
-         "'auto' or pairs such as '0:1,1:3'")
-    att = h.get("attention_weight", 0.0)
-    _req(isinstance(att, (int, float)) and not isinstance(att, bool) and att >= 0,
-         f"--config.distill.hidden.attention_weight={att!r} must be a number >= 0 (0 = off)")
-    _req(not (h.layers and (h.weight or att) and src != "online"), "--config.distill.hidden "
-         "needs teacher_source='online' (a cache holds no hidden states or attention maps); "
-         "set hidden.weight=0 and hidden.attention_weight=0")
+  h = _get(c, "distill.hidden")
+  _req(_num(c, "distill.hidden.weight") >= 0, f"--config.distill.hidden.weight={h.weight} "
+       "must be >= 0 (0 = off)")
+  _req(_get(c, "distill.hidden.kind") in ("mse", "cosine"),
+       f"--config.distill.hidden.kind={h.kind!r} must be 'mse' or 'cosine'")
+  _req(isinstance(_get(c, "distill.hidden.layers"), str), "--config.distill.hidden.layers must "
+       "be a string: '', 'auto' or pairs such as '0:1,1:3'")
+  att = _get(c, "distill.hidden.attention_weight")
+  _req(isinstance(att, (int, float)) and not isinstance(att, bool) and att >= 0,
+       f"--config.distill.hidden.attention_weight={att!r} must be a number >= 0 (0 = off)")
+  _req(not (h.layers and (h.weight or att) and src != "online"), "--config.distill.hidden "
+       "needs teacher_source='online' (a cache holds no hidden states or attention maps); "
+       "set hidden.weight=0 and hidden.attention_weight=0")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 
@@ -238,3 +239,7 @@ def validate(c, n_devices: int | None = None) -> None:
          f"--config.eval.heldout={heldout!r} matches no files; give a glob of UTF-8 text files")
   for p in _get(c, "export.presets"):
     _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")
+  _req(_get(c, "export.verify") in ("quick", "full", "none"),
+       f"--config.export.verify={c.export.verify!r} must be quick, full or none")
+  _req(str(_get(c, "export.litertlm")).lower() in ("true", "false", "auto"),
+       f"--config.export.litertlm={c.export.litertlm!r} must be true, false or auto")

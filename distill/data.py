@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from distill import tokenizers as tok_lib
+from distill import datasets, tokenizers as tok_lib
 
 TEXT_PREFIX = "text:"
 PYDOC = "pydoc_topics"
@@ -159,7 +159,7 @@ def _text_feature(builder, name: str) -> str:
 
 def _tfds_documents(name: str, split: str, data_dir: str, max_documents: int | None):
   builder = _builder(name, data_dir)
-  builder.download_and_prepare()
+  datasets.prepare(builder)
   split = _resolve_split(builder, name, split)
   field = _text_feature(builder, name)
   tfds = _tfds()

@@ -60,15 +60,13 @@ def projection(d_s: int, d_t: int, channels=None, key=None) -> np.ndarray:
 
 def setup(d, student, teacher, loss_cfg, init, plan=None):
   """(loss config with the pairs, student init with projections); unchanged when off."""
-  h = d.get("hidden", None)
-  if h is None or not h.get("layers", "") or not (h.get("weight", 0.0) or
-                                                  h.get("attention_weight", 0.0)):
+  h = d.hidden
+  if not h.layers or not (h.weight or h.attention_weight):
     return loss_cfg, init
   ps = pairs(h.layers, student.cfg.n_layers, teacher.cfg.n_layers,
              None if plan is None else plan.layers)
   loss_cfg = dataclasses.replace(loss_cfg, hidden_pairs=ps, hidden_weight=float(h.weight),
-                                 hidden_kind=h.get("kind", "mse"),
-                                 attention_weight=float(h.get("attention_weight", 0.0)))
+                                 hidden_kind=h.kind, attention_weight=float(h.attention_weight))
   channels = None if plan is None else plan.channels
   projs = {f"proj_{n}": projection(student.cfg.d_model, teacher.cfg.d_model, channels,
                                    jax.random.key(n)) for n in range(len(ps))}

@@ -6,10 +6,11 @@ Overrides: `--config.distill.temperature=2 --config.data.seq_len=256 ...`.
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
+from distill import cli
+
+# A configs/*.py path, or a shipped config's name (`--config=tiny`) from any directory.
+_CONFIG = cli.define_config("config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "Directory for checkpoints and reports.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logs.")
 _COORD = flags.DEFINE_string("coordinator_address", None,
@@ -28,7 +29,6 @@ def _init_distributed():
 
 
 def main(argv):
-  from distill import cli  # pylint: disable=import-outside-toplevel
 
   def run():
     if _CONFIG.value is None:
@@ -39,7 +39,6 @@ def main(argv):
 
 
 def _run(workdir):
-  from distill import cli  # pylint: disable=import-outside-toplevel
   cli.check_config_file("config")
   config = _CONFIG.value
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -54,7 +53,6 @@ def _run(workdir):
 
 
 def run_cli():
-  from distill import cli  # pylint: disable=import-outside-toplevel
   app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -245,7 +245,7 @@ def _run(config, workdir: str) -> dict:
   # Feature losses: the student (not the baseline) also trains hidden-state projections.
   loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
                                     getattr(init, "plan", None))
-  source = c.distill.get("teacher_source", "online")
+  source = c.distill.teacher_source
   walls_extra = {}
   if source == "cache":  # the teacher runs once per token, here, not once per step
     cache_dir = os.path.join(workdir, "teacher_cache")

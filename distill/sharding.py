@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from distill.errors import MeshError  # noqa: F401  re-exported (sharding.MeshError)
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
@@ -27,10 +29,6 @@ RULES = (
     ("kv", None),
     ("length", None),
 )
-
-
-class MeshError(ValueError):
-  pass
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:

@@ -133,14 +133,15 @@ class CachedIterator:
 
 def main(argv=None):
   from absl import app, flags, logging as absl_logging  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  cfg_flag = config_flags.DEFINE_config_file("config", None, "configs/*.py file.")
+  from distill import cli as cli_flags  # pylint: disable=import-outside-toplevel
+  cfg_flag = cli_flags.define_config("config")
   workdir = flags.DEFINE_string("workdir", "runs/tiny", "Run directory (teacher, data).")
   top_k = flags.DEFINE_integer("top_k", 64, "Teacher tokens kept per position.")
   out = flags.DEFINE_string("out", None, "Cache directory (default <workdir>/teacher_cache).")
 
   def run(_):
     absl_logging.set_verbosity(absl_logging.WARNING)
+    cli_flags.quiet.start()  # before jax starts a backend (no libtpu probe on a CPU machine)
     from distill import cli, pipeline  # pylint: disable=import-outside-toplevel
 
     def go():

@@ -179,6 +179,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--stage", default="student", help="stage to write (student, baseline…)")
   args = parser.parse_args(argv)
+  from distill import quiet  # pylint: disable=import-outside-toplevel
+  quiet.start()  # before jax starts a backend (no libtpu probe on a CPU machine)
   try:
     out = export_stage(args.workdir, args.out, args.stage)
   except (api.LoadError, ExportError) as e:

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from distill import checkpoint, losses, qat, sharding
+from distill.errors import NonFiniteError, Preempted  # noqa: F401  re-exported
 from distill.models import transformer
 from distill.models.transformer import LM
 
@@ -353,14 +354,6 @@ def _read_history(stage_dir, upto, rewrite=True):
     with open(path, "w") as f:
       f.writelines(json.dumps({"step": s, **m}) + "\n" for s, m in rows)
   return rows
-
-
-class NonFiniteError(RuntimeError):
-  pass
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved at the step boundary. Exit 0, resume later."""
 
 
 class _PreemptionFlag:

@@ -10,20 +10,9 @@ def tiny_model_config(**kw) -> ModelConfig:
 
 
 def shrunken_config(**overrides):
-  """configs/tiny.py shrunk so the whole pipeline runs in seconds."""
+  """configs/tiny.py's `small` variant (the whole pipeline in seconds) with `overrides`."""
   from configs import tiny  # pylint: disable=import-outside-toplevel
-  c = tiny.get_config()
-  c.data.seq_len = 32
-  c.data.batch_size = 8
-  c.data.eval_batches = 2
-  c.teacher.model = tiny.model(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
-  c.student.model = tiny.model(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
-  c.teacher.pretrain.steps = 2
-  c.distill.steps = 2
-  c.checkpoint_every = 1
-  c.log_every = 1
-  c.eval.prompts = ("The",)
-  c.eval.sample_tokens = 4
+  c = tiny.get_config("small")
   for k, v in overrides.items():
     node = c
     parts = k.split(".")

@@ -34,11 +34,33 @@ def test_shipped_configs_validate(path):
       assert cfg.n_heads % cfg.n_kv_heads == 0 and cfg.d_model % cfg.n_heads == 0
     assert c.distill.loss in LOSS_KINDS
     return
-  mesh = dict(c.mesh)
-  fixed = 1
-  for v in mesh.values():
-    fixed *= v if v > 0 else 1
-  validate(c, n_devices=fixed)  # the device count the config's mesh implies
+  for n in _target_devices(c):
+    validate(c, n_devices=n)
+
+
+def _target_devices(c):
+  """Device counts the config must work on: the hardware it is written for (the chips of its
+  TPU topology, a GPU node), the CPU test setups (1 and 8 fake devices) for the CPU preset.
+  Not just the count its own mesh implies, which passes any batch size."""
+  from distill import presets
+  hw = presets.get(c.preset)
+  if c.preset == "cpu":
+    return [1, 8]
+  topology = c.topology or hw.topology
+  if topology:  # "v5e:16x16" -> 256 chips
+    n = 1
+    for d in topology.split(":")[1].split("x"):
+      n *= int(d)
+    return [n]
+  return [hw.chips_per_host]
+
+
+def test_target_devices_are_the_hardware_not_the_mesh():
+  tpu = _load(os.path.join(ROOT, "configs", "tpu_v5e_gemma7b_to_300m.py"))
+  assert _target_devices(tpu) == [256]
+  tpu.data.batch_size = 32  # divisible by its own mesh's fixed part (16), not by 256 / 4 x 4
+  with pytest.raises(ConfigError, match="data-parallel size 64"):
+    validate(tpu, n_devices=256)
 
 
 @pytest.mark.parametrize("field,value,msg", [

@@ -92,3 +92,23 @@ def test_pipeline_with_offline_cache_and_heldout(tmp_path):
   assert "heldout_gap_closed" in rep
   assert os.path.exists(tmp_path / "w" / "teacher_eval" / "heldout-p0.npz")
   assert "teacher_cache" in rep["wall_seconds"]
+
+
+def test_target_bytes_counts_the_utf8_bytes_of_masked_targets():
+  """The bits/byte denominator: UTF-8 bytes of exactly the masked-in target tokens."""
+  tok = tokenizers.ByteTokenizer()
+  text = "héllo wörld, ∑ bytes"  # 1-, 2- and 3-byte characters
+  ids = np.asarray(tok.encode(text), np.int32)
+  targets = np.stack([ids, ids])
+  mask = np.ones_like(targets, np.float32)
+  mask[1, :7] = 0  # drop "héllo " (7 bytes: é is two) from the second row
+  n = evaluate.target_bytes([{"targets": targets, "mask": mask}], tok)
+  assert n == 2 * len(text.encode("utf-8")) - 7
+  # Byte tokenizer: one token per byte, so bits/byte is CE / ln 2 per token.
+  assert n == int(mask.sum())
+
+
+def test_gap_closed_formula_and_no_better_teacher():
+  assert evaluate.gap_closed(1.0, 1.5, 2.0) == 0.5
+  assert evaluate.gap_closed(1.0, 2.0, 2.0) == 0.0
+  assert np.isnan(evaluate.gap_closed(2.0, 1.0, 2.0))

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from distill import pipeline, teacher_cache
+from distill import pipeline, teacher_cache, tokenizers
 from tests.helpers import shrunken_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +44,29 @@ def test_cached_student_matches_online_topk(tmp_path, tail, teacher_and_cache):
   online, cached = read("online"), read("cached")
   assert len(online) == len(cached) == 3
   np.testing.assert_allclose([r["loss"] for r in cached], [r["loss"] for r in online], rtol=1e-5)
+
+
+def test_cache_check_refuses_each_mismatch(teacher_and_cache):
+  """`Cache.check` accepts the config the cache was written for and names each difference."""
+  data_dir, teacher, cache_dir = teacher_and_cache
+  base = {"data.data_dir": data_dir, "teacher.checkpoint": teacher}
+  c = _small(**base)
+  tok = tokenizers.load(os.path.join(teacher, "tokenizer"))  # what the pipeline uses
+  cache = teacher_cache.Cache(cache_dir)
+  vocab = cache.meta["vocab_size"]
+  cache.check(c, vocab, tok)  # the config it was written for: no error
+  for field, value, named in (("data.seq_len", 16, "seq_len="),
+                              ("distill.transfer_fraction", 0.5, "transfer_fraction="),
+                              ("data.name", "text:/elsewhere/*.txt", "data=")):
+    with pytest.raises(teacher_cache.CacheError, match=named):
+      cache.check(_small(**base, **{field: value}), vocab, tok)
+  with pytest.raises(teacher_cache.CacheError, match="vocab_size="):
+    cache.check(c, vocab + 8, tok)
+
+  class OtherTokenizer:
+    fingerprint = "another tokenizer"
+  with pytest.raises(teacher_cache.CacheError, match="tokenizer="):
+    cache.check(c, vocab, OtherTokenizer())
 
 
 def test_cache_mismatch_is_refused(tmp_path):

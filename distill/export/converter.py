@@ -18,13 +18,13 @@ off, so an argmax over the logits can never pick an id the tokenizer cannot deco
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill import quiet
 from distill.models.transformer import LM
 
 PREFILL, DECODE = "prefill", "decode"
@@ -81,7 +81,7 @@ def step_fn(lm: LM, params, vocab: int, *, int8_embedding: bool = False):
 def build_module(lm: LM, params, *, vocab: int, max_context: int, prefill_len: int,
                  int8_embedding: bool = False):
   """tf.Module with `prefill` and `decode` tf.functions whose in/out names follow the convention."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
 
   cfg = lm.cfg
@@ -112,14 +112,14 @@ def build_module(lm: LM, params, *, vocab: int, max_context: int, prefill_len: i
 
 
 def save_saved_model(module, directory: str) -> None:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
   tf.saved_model.save(module, directory, signatures={
       PREFILL: module.prefill.get_concrete_function(),
       DECODE: module.decode.get_concrete_function()})
 
 
 def _converter(saved_model_dir: str):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
   conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[PREFILL, DECODE])
   # Builtin ops only: a Flex (Select TF) op would need the 6 MB Flex delegate on device.
   conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -133,7 +133,7 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
   fp16 and dynamic_int8 are TF converter options; int8 and int4 run ai-edge-quantizer on the
   fp32 flatbuffer, because its recipes can pick the ops (see quantize.py for why).
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
   from distill.export import quantize  # pylint: disable=import-outside-toplevel
 
   with warnings.catch_warnings():
@@ -177,8 +177,3 @@ def op_counts(model_path: str) -> dict[str, int]:
       name = names[sub.Operators(o).OpcodeIndex()]
       counts[name] = counts.get(name, 0) + 1
   return dict(sorted(counts.items()))
-
-
-def quiet_tensorflow() -> None:
-  """TF and the converter log every pass at INFO to stderr; keep the CLI to our own lines."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -4,10 +4,10 @@ Writes `<workdir>/export/<preset>/` per preset with the "quick" verification (2 
 greedy tokens, 4 validation windows; the card records exactly what was measured) so the
 tiny pipeline stays fast; `python -m distill.export` runs the full check.
 
-Optional config fields (read with defaults, so configs/tiny.py needs none of them):
-  config.export.verify            "quick" | "full" | "none"            (default "quick")
-  config.export.<preset>.quant / .max_context / .prefill_len / .budget_mb   (overrides)
-  config.export.litertlm          "auto" | True | False                 (default False)
+Config fields (stated with their meaning in configs/base.py):
+  config.export.verify            "quick" | "full" | "none"
+  config.export.<preset>.quant / .max_context / .prefill_len / .budget_mb   ('' / 0 = preset's)
+  config.export.litertlm          "auto" | "true" | "false"
       also write <preset>/student.litertlm for LiteRT-LM; "auto" does so when
       litert-lm-builder and litert-lm-api are installed (requirements-edge.txt) and logs one
       line otherwise, True requires them (exit 2 without them).
@@ -28,17 +28,11 @@ from distill.export.runtime import CARD_NAME
 _OVERRIDES = ("quant", "max_context", "prefill_len", "budget_mb")
 
 
-def _get(node, key, default=None):
-  try:
-    value = node[key] if key in node else default
-  except TypeError:
-    value = getattr(node, key, default)
-  return default if value is None else value
-
-
 def _want_litertlm(value) -> bool:
-  if value != "auto":
-    return bool(value)
+  # A string field, so that the CLI can say 'auto' as well as True/False (checked by
+  # distill.config.validate).
+  if str(value).lower() != "auto":
+    return str(value).lower() == "true"
   import importlib.util  # pylint: disable=import-outside-toplevel
   have = all(importlib.util.find_spec(m) for m in ("litert_lm_builder", "litert_lm"))
   if not have:
@@ -91,15 +85,15 @@ def _bundle_summary(card: dict, out_dir: str) -> dict:
 def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
   """Exports every preset in config.export.presets; returns {preset: summary}."""
   c = config.export
-  level = _get(c, "verify", "quick")
+  level = c.verify
   # Off unless asked: the bundle's engine check gates on teacher-forced agreement, which a
   # briefly trained student (near-tied logits, e.g. the test suite's 2-step runs) cannot meet.
-  litertlm = _want_litertlm(_get(c, "litertlm", False))
+  litertlm = _want_litertlm(c.litertlm)
   student_dir = os.path.join(workdir, "student")
   results = {}
-  for name in _get(c, "presets", ("phone", "watch")):
-    node = _get(c, name, {})
-    preset = presets.resolve(name, **{k: _get(node, k) for k in _OVERRIDES})
+  for name in c.presets:
+    # '' / 0 in configs/base.py: keep the preset's own value.
+    preset = presets.resolve(name, **{k: c[name][k] or None for k in _OVERRIDES})
     out_dir = os.path.join(workdir, "export", name)
     key = _key(preset, student_dir, level, litertlm)
     card_file = os.path.join(out_dir, CARD_NAME)

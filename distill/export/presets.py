@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from distill.errors import BudgetError  # noqa: F401  re-exported (presets.BudgetError)
+
 MB = 1_000_000
 QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4")
 # Bytes per weight, to refuse hopeless exports before spending minutes converting them.
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5}
-
-
-class BudgetError(ValueError):
-  """The exported file does not fit the preset's size budget (a usage error: exit code 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,11 +12,11 @@ import os
 import tempfile
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
-                                          "configs/*.py file whose data section gives the "
-                                          "calibration (transfer) set.", lock_config=True)
+from distill import cli
+
+_CONFIG = cli.define_config("config", "tiny", "configs/*.py file (or a shipped config's name) "
+                            "whose data section gives the calibration (transfer) set.")
 _TEACHER = flags.DEFINE_string("teacher", None, "Teacher stage directory or hf:DIR.")
 _OUT = flags.DEFINE_string("out", None, "Output stage directory (must not exist).")
 _DEPTH = flags.DEFINE_integer("depth", None, "Blocks to keep (default: all).")
@@ -81,7 +81,6 @@ def _run():
 
 
 def run_cli():
-  from distill import cli  # pylint: disable=import-outside-toplevel
   app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -1,0 +1,213 @@
+"""Every config field, stated once with what it means. Other configs start here.
+
+  from configs import base
+  def get_config():
+    c = base.get_config()
+    c.distill.steps = 1000   # only what differs
+    return c
+
+The values are the tiny CPU run's (configs/tiny.py is this file unchanged); the accelerator
+configs override shapes, mesh, data and steps. Code reads every field directly (no defaults
+in distill/), so a field added here is the one place to document it.
+"""
+import ml_collections
+
+
+def model(d_model, n_layers, n_heads, n_kv_heads, d_ff, **extra):
+  """A transformer shape; `extra` sets further distill.models.transformer.ModelConfig fields
+  (vocab_size, norm, pos, mlp, tie_embeddings, rope_theta, remat, ...)."""
+  m = ml_collections.ConfigDict()
+  m.d_model = d_model
+  m.n_layers = n_layers
+  m.n_heads = n_heads
+  m.n_kv_heads = n_kv_heads
+  m.d_ff = d_ff
+  # Per-head width; 0 = d_model // n_heads (a pruned student keeps its teacher's).
+  m.head_dim = 0
+  for k, v in extra.items():
+    m[k] = v
+  return m
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  # Seeds parameter init, data order and sampling; stages derive their own streams from it.
+  c.seed = 0
+  # Hardware preset: cpu | gpu | tpu_v4 | tpu_v5e | tpu_v5p | tpu_v6e (dtypes, attention,
+  # remat, default mesh, HBM per chip; the table is distill/presets.py).
+  c.preset = "cpu"
+  # TPU topology the config is sized for (distill.aot compiles for it, launch/ creates it);
+  # '' = the preset's default.
+  c.topology = ""
+  # Mesh shape over (data, fsdp, tensor); exactly one entry may be -1 (= all remaining devices).
+  # `slices` > 1 spans several TPU slices over the data-center network (data axis only).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1))
+  # Steps between checkpoints (and resume points) in every training stage; every process
+  # writes its shards of one orbax checkpoint.
+  c.checkpoint_every = 100
+  # Steps between progress lines / TensorBoard scalars (process 0 only).
+  c.log_every = 25
+
+  c.train = ml_collections.ConfigDict()
+  # On a non-finite loss/gradient: False stops the run (last good checkpoint kept); True skips
+  # the batch and goes on.
+  c.train.skip_nonfinite = False
+
+  c.data = ml_collections.ConfigDict()
+  # TFDS name ('pydoc_topics' is built from the stdlib docs; 'lm1b' downloads ~1.8 GB), or
+  # 'text:/path/*.txt'.
+  c.data.name = "pydoc_topics"
+  # Where TFDS files and token caches go; '' = <workdir>/data (never inside the repo; a shared
+  # disk or GCS for multi-host runs).
+  c.data.data_dir = ""
+  # Tokenizer: 'byte', a path to tokenizer.json / tokenizer.model / an HF model directory, or
+  # '' = the teacher checkpoint's own (hf: and gguf: teachers).
+  c.data.tokenizer = "byte"
+  # Tokens per training sequence.
+  c.data.seq_len = 128
+  # Global batch size in sequences (divisible by the data-parallel size data x fsdp).
+  c.data.batch_size = 32
+  # Validation batches for evaluation (0 = the whole validation split).
+  c.data.eval_batches = 0
+  # Put the tokenizer's BOS before every document when packing (its EOS always follows).
+  c.data.add_bos = False
+  # Read at most this many documents per split (None = all; caps huge TFDS corpora). An int
+  # placeholder, so `--config.data.max_documents=100000` can set it.
+  c.data.max_documents = ml_collections.config_dict.placeholder(int)
+
+  c.optimizer = ml_collections.ConfigDict()
+  # AdamW for every stage: linear warmup to the stage's peak learning rate
+  # (teacher.pretrain.lr, distill.lr), cosine decay to 10% at the end.
+  c.optimizer.warmup_steps = 20
+  # Decoupled weight decay.
+  c.optimizer.weight_decay = 0.0
+  # Global gradient-norm clip.
+  c.optimizer.clip_norm = 1.0
+
+  c.teacher = ml_collections.ConfigDict()
+  # Path of a teacher stage directory (orbax), 'hf:/path' (Hugging Face safetensors),
+  # 'gguf:/path/model.gguf', or '' to pretrain one here.
+  c.teacher.checkpoint = ""
+  # Dtype the teacher's weights are held in (read-only): float32 | bfloat16 | float16.
+  c.teacher.dtype = "float32"
+  # Teacher shape when pretrained here; a checkpoint brings its own (a config may still state
+  # it, with vocab_size, so distill.aot can compile without the weights).
+  c.teacher.model = model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)
+  c.teacher.pretrain = ml_collections.ConfigDict()
+  # Pretraining steps on the full train split (when teacher.checkpoint is empty).
+  c.teacher.pretrain.steps = 300
+  # Peak learning rate for teacher pretraining.
+  c.teacher.pretrain.lr = 3e-3
+
+  c.student = ml_collections.ConfigDict()
+  # Student shape (shared by the distilled student and the baseline).
+  c.student.model = model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
+  # 'random', 'teacher_layers' to copy every k-th teacher layer where shapes allow, or
+  # 'prune' to cut the shape above out of the teacher (Minitron; keeps the teacher's head_dim).
+  # The baseline starts from the same init when it is 'prune'.
+  c.student.init = "random"
+  c.student.prune = ml_collections.ConfigDict()
+  # 'activation': keep the units with the largest mean activations on calibration batches of
+  # the transfer set; 'random': keep a random choice of the same size (the control).
+  c.student.prune.method = "activation"
+  # Transfer-set batches (data.batch_size each) for the importance pass.
+  c.student.prune.calib_batches = 8
+  # Rescale each kept norm by rms(kept channels) / rms(all channels) from the calibration
+  # batches (`prune.core.norm_gains`). Off: on SmolLM2 it helped a d_model 576 -> 384 cut
+  # before training (7.15 -> 6.43 nats) but hurt 576 -> 320 and 256 (8.76 -> 10.32, 11.14 -> 13.29).
+  c.student.prune.norm_gains = False
+  # Vocabulary trimming: K > 0 keeps the K most frequent ids of the transfer set plus every
+  # special and byte-fallback token (the student's own tokenizer, ids remapped); the teacher's
+  # mass on dropped ids goes to the tail bucket. Needs teacher_source='cache'. 0 = no trim.
+  c.student.vocab = 0
+
+  c.distill = ml_collections.ConfigDict()
+  # Student training steps (the baseline gets the same).
+  c.distill.steps = 250
+  # Divergence: forward_kl | reverse_kl | jsd | tvd | skew_forward_kl | skew_reverse_kl.
+  c.distill.loss = "forward_kl"
+  # Softmax temperature on both sides.
+  c.distill.temperature = 2.0
+  # Weight of hard-label cross-entropy: loss = (1 - alpha) * divergence + alpha * CE.
+  c.distill.alpha = 0.0
+  # Schedules for alpha and T over the distill steps: constant | linear | cosine, from the
+  # values above to the *_end values.
+  c.distill.alpha_schedule = "constant"
+  c.distill.alpha_end = 0.0
+  c.distill.temperature_schedule = "constant"
+  c.distill.temperature_end = 1.0
+  # Multiply the divergence by T^2 (Hinton et al.) so gradient scale is T-independent.
+  c.distill.scale_by_t2 = True
+  # JSD mixing weight and skew-KL mixing weight (unused by the other divergences).
+  c.distill.beta = 0.5
+  c.distill.skew = 0.1
+  # Where soft targets come from: 'online' (teacher forward in the step), 'cache' (the
+  # pipeline writes the teacher's top-k once to <workdir>/teacher_cache and trains from it:
+  # one teacher forward per token instead of one per step) or 'cache:/path' (written by
+  # `python -m distill.teacher_cache`).
+  c.distill.teacher_source = "online"
+  # Keep only the teacher's top-k tokens per position (0 = full distribution); a cache implies k.
+  c.distill.top_k = 0
+  # Missing teacher mass with top-k targets: 'renormalize' both sides over the k ids, or
+  # 'tail_bucket' (student keeps its full distribution; the teacher's rest goes to one bucket).
+  c.distill.tail = "renormalize"
+  # Positions per block in the chunked loss; 0 = dense logits. Large vocabularies need it:
+  # [batch, seq, vocab] fp32 logits are then never held whole.
+  c.distill.chunk_size = 0
+  # Fraction of the train split the student and baseline see (the transfer set).
+  c.distill.transfer_fraction = 0.1
+  # Peak learning rate for the student and the baseline.
+  c.distill.lr = 3e-3
+  c.distill.hidden = ml_collections.ConfigDict()
+  # Hidden-state distillation (distill/features.py): '' off, 'auto' (each student block with
+  # the teacher block pruning kept for it, else evenly spaced ones), or pairs '0:1,1:3'
+  # (student block:teacher block). Needs teacher_source='online'.
+  c.distill.hidden.layers = ""
+  # Weight of the mean feature loss added to the objective (0 = off).
+  c.distill.hidden.weight = 0.0
+  # 'mse' or 'cosine' between the projected student state and the teacher's.
+  c.distill.hidden.kind = "mse"
+  # Attention transfer over the same block pairs: weight of the KL between the teacher's and
+  # the student's attention maps (averaged over heads; needs the einsum attention, no remat).
+  c.distill.hidden.attention_weight = 0.0
+  # Quantization-aware distillation: none | int8 | int4_block32 fake-quantizes the student's
+  # weights as that export will (straight-through gradients; distill/qat.py), from the
+  # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).
+  c.distill.qat = "none"
+  c.distill.qat_start_fraction = 0.0
+  # With qat: also round every fully connected op's input per token to int8 (asymmetric), as
+  # the dynamic-range kernels of the int8/int4 files do on the device.
+  c.distill.qat_activations = False
+
+  c.baseline = ml_collections.ConfigDict()
+  # Train a same-size hard-label student with the same data, steps and seed, for the
+  # gap-closed figure (doubles the training time).
+  c.baseline.enabled = True
+
+  c.eval = ml_collections.ConfigDict()
+  # Prompts for the sample generations in the report.
+  c.eval.prompts = ("The for statement", "Exceptions are")
+  # New tokens per sample.
+  c.eval.sample_tokens = 64
+  # Prompts sent as a user turn through the tokenizer's chat template (instruct teachers only).
+  c.eval.chat_prompts = ()
+  # Second evaluation text no stage trains on: 'docs' (the project's docs, shipped frozen in
+  # distill/datasets/heldout_docs.md), 'text:/glob/*.txt', or '' for none.
+  c.eval.heldout = "docs"
+
+  c.export = ml_collections.ConfigDict()
+  # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).
+  c.export.enabled = True
+  # Edge presets to export: phone (fp16, context 1024), watch (int8, context 256, <= 8 MB).
+  c.export.presets = ("phone", "watch")
+  # LiteRT-vs-JAX check after export: quick (pipeline default), full (acceptance figures), none.
+  c.export.verify = "quick"
+  # Also write <preset>/student.litertlm for LiteRT-LM: 'false', 'true' (needs
+  # requirements-edge.txt; exit 2 without it) or 'auto' (when installed). Off by default: the
+  # bundle's engine check needs a trained student.
+  c.export.litertlm = "false"
+  for preset in ("phone", "watch"):
+    # Per-preset overrides of distill/export/presets.py; '' / 0 = the preset's own value.
+    c.export[preset] = ml_collections.ConfigDict(
+        dict(quant="", max_context=0, prefill_len=0, budget_mb=0.0))
+  return c
