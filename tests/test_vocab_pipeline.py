@@ -116,6 +116,14 @@ def test_pipeline_trims_the_student_vocabulary(tmp_path):
   assert rep["student"]["val_ce"] < np.log(kept) + 1.0
   cache = json.load(open(tmp_path / "run" / "teacher_cache" / "meta.json"))
   assert cache["vocab_size"] == student.config.vocab_size
+  # The pruned, trimmed stage exports: the fp32 .tflite (with the trimmed tokenizer) agrees
+  # with the JAX student it came from.
+  from distill.export import export_stage  # pylint: disable=import-outside-toplevel
+  card = export_stage(str(tmp_path / "run" / "student"), "watch", str(tmp_path / "exp"),
+                      quant="fp32", max_context=32, prefill_len=8, data_cfg=c.data,
+                      workdir=str(tmp_path / "run"), level="quick", log=lambda _: None)
+  assert card["verification"]["passed"] and card["vocab_size"] == kept
+  assert tokenizers.load(str(tmp_path / "exp")).encode(OUTSIDE) == tok.encode(OUTSIDE)
 
 
 def test_trimmed_vocab_config_errors(tmp_path):
