@@ -280,6 +280,11 @@ class _Windows:
     return dict(self.rows(ids), window=np.asarray(ids, np.int32))
 
 
+def pad_id(tokenizer: tok_lib.Tokenizer) -> int:
+  """The id written into padded positions (public: samplers pad with it too)."""
+  return _pad_id(tokenizer)
+
+
 def _pad_id(tokenizer: tok_lib.Tokenizer) -> int:
   # Padded positions carry mask 0, so any id works; 0 keeps them in range.
   if tokenizer.pad_id is not None:

@@ -24,6 +24,9 @@ def shrunken_config(**overrides):
   c.log_every = 1
   c.eval.prompts = ("The",)
   c.eval.sample_tokens = 4
+  c.eval.sample_prompts = 4
+  c.eval.sample_prompt_len = 8
+  c.eval.sample_gen_len = 8
   for k, v in overrides.items():
     node = c
     parts = k.split(".")
