@@ -122,6 +122,10 @@ def get_config():
   c.distill.chunk_size = 0
   # Fraction of the train split the student and baseline see (the transfer set).
   c.distill.transfer_fraction = 0.1
+  # '' = the transfer set above; 'generated:DIR' = teacher generations written by
+  # `python -m distill.teacher_cache --generate` (SeqKD; the student trains on them, alpha=1
+  # for hard labels only; the baseline keeps the transfer set above).
+  c.distill.transfer_set = ""
   # Peak learning rate for the student and the baseline.
   c.distill.lr = 3e-3
   c.distill.hidden = ml_collections.ConfigDict()

@@ -254,6 +254,15 @@ def validate(c, n_devices: int | None = None) -> None:
          "teacher_source='online' (a cache holds no hidden states); set hidden.weight=0")
   if "on_policy" in d:
     _on_policy(c, src)
+  ts = d.get("transfer_set", "")
+  _req(isinstance(ts, str) and (ts == "" or ts.startswith("generated:")),
+       f"--config.distill.transfer_set={ts!r} must be '' or 'generated:DIR'")
+  if ts:
+    _req(os.path.isfile(os.path.join(ts[len("generated:"):], "meta.json")),
+         f"--config.distill.transfer_set: {ts[len('generated:'):]!r} holds no generated transfer "
+         "set; write it with `python -m distill.teacher_cache --generate`")
+    _req(src == "online", "--config.distill.transfer_set (generated) needs "
+         "teacher_source='online': the cache covers the original windows only")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 

@@ -300,6 +300,10 @@ def _windows(data_cfg, tokenizer, workdir, split) -> _Windows:
   return _Windows(stream, seq_len, pad, f"split {split!r} of data.name={_name(data_cfg)!r}")
 
 
+def local_batch(batch_size: int, process_index: int, process_count: int) -> int:
+  return _local_batch(batch_size, process_index, process_count)
+
+
 def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
@@ -336,6 +340,11 @@ def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_si
   lo = process_index * local
 
   rows = windows.rows_with_ids if with_window_ids else windows.rows
+  return batched(ids, rows, batch_size, seed, lo, local)
+
+
+def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain.DatasetIterator:
+  """ids -> shuffle(seed) -> repeat -> global batches -> this process's rows via `rows`."""
 
   def gather(global_ids: np.ndarray) -> dict[str, np.ndarray]:
     return rows(global_ids[lo:lo + local].tolist())

@@ -93,7 +93,7 @@ def init_from_teacher(student: LM, teacher: LM, t_params):
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
-                 finalize=None, on_policy=None):
+                 finalize=None, on_policy=None, data_iter=None):
   """Train (or resume, or skip) one stage; returns (params, info)."""
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   p_shard = sharding.param_shardings(lm, ctx.mesh)
@@ -105,7 +105,8 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   tx = train.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
-                  data_iter=ctx.train_iter(fraction, cache), steps=steps, loss_fn=loss_fn, tx=tx,
+                  data_iter=(data_iter if data_iter is not None else ctx.train_iter(fraction, cache)),
+                  steps=steps, loss_fn=loss_fn, tx=tx,
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
@@ -209,6 +210,18 @@ def _samples(ctx: Context, model: api.Model) -> dict:
   return out
 
 
+def _generated_iter(ctx: Context):
+  """The SeqKD transfer set's iterator when distill.transfer_set names one, else None."""
+  c = ctx.config
+  ts = c.distill.get("transfer_set", "")
+  if not ts or api.is_stage(os.path.join(ctx.workdir, "student")):
+    return None
+  return teacher_cache.generated_iterator(
+      ts[len(teacher_cache.GENERATED_PREFIX):], seq_len=c.data.seq_len, tokenizer=ctx.tokenizer,
+      batch_size=c.data.batch_size, seed=c.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
 def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   """The on-policy plan for the student stage, or None when on_policy.fraction is 0."""
   c = ctx.config
@@ -302,7 +315,7 @@ def _run(config, workdir: str) -> dict:
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
       init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params,
-      on_policy=plan)
+      on_policy=plan, data_iter=_generated_iter(ctx))
   models = {"teacher": (teacher, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
