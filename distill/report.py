@@ -73,7 +73,9 @@ def table(rep: dict, part: str | None = None) -> str:
   lines = ["| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for m in names:
-    row = rep[m] if part is None else dict(rep[m], **rep[m][part])
+    # Sample metrics come from validation prompts: not repeated under another eval set.
+    row = rep[m] if part is None else dict(
+        {k: v for k, v in rep[m].items() if not k.startswith("sample_")}, **rep[m][part])
     cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
