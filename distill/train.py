@@ -185,6 +185,10 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
     s_logits = student.logits_from_hidden(params, s_hidden)
     t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
+    # -log p_teacher of the targets: on on-policy steps the teacher-scored NLL of the student's
+    # own samples (the quantity GKD lowers), on dataset steps the teacher's CE.
+    metrics = dict(metrics, teacher_nll=losses.cross_entropy(t_logits, batch["targets"],
+                                                             mask=batch["mask"]))
   return loss, dict(metrics, alpha=alpha, temperature=temperature)
 
 

@@ -40,13 +40,17 @@ def test_loss_is_reverse_kl_on_generated_positions_only():
   assert float(stats["sample_len"]) == 6.0
   plan = onpolicy.make_plan(cfg, student, teacher, train.LossConfig(kind="forward_kl",
                                                                     temperature=2.0, alpha=0.5), 0)
-  loss, _ = plan.on_loss_fn(sp, new, tp, 0)
+  loss, metrics = plan.on_loss_fn(sp, new, tp, 0)
   # NumPy reference: mean over sampled positions of KL(Q || P) at T = 2, times T^2, no CE.
   q = _log_softmax(np.asarray(student.apply(sp, new["inputs"]), np.float64) / 2)
   pt = _log_softmax(np.asarray(teacher.apply(tp, new["inputs"]), np.float64) / 2)
   kl = (np.exp(q) * (q - pt)).sum(-1)
   want = 4.0 * kl[:, 3:].mean()
   np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+  # Logged beside it: -log p_teacher (T = 1) of the sampled tokens, the on-policy quantity.
+  lp1 = _log_softmax(np.asarray(teacher.apply(tp, new["inputs"]), np.float64))
+  nll = -np.take_along_axis(lp1, new["targets"][..., None], -1)[..., 0][:, 3:].mean()
+  np.testing.assert_allclose(float(metrics["teacher_nll"]), nll, rtol=1e-4)
 
 
 def test_step_decision_is_deterministic_and_near_lambda():
