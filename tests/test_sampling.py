@@ -1,10 +1,5 @@
 """The jitted KV-cache sampler against independent references: the full forward's argmax,
 NumPy top-k / top-p filtering, the one-sequence generate loop, and the unsharded result."""
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +8,6 @@ import pytest
 from distill import sampling, sharding
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model(seed=0, **kw):
@@ -135,39 +128,21 @@ def test_repeat_rate_counts_repeated_4grams():
   assert sampling.repeat_rate(toks, mask) == pytest.approx(1 / 8)
 
 
-_SHARDED = r"""
-import json, sys
-import jax, numpy as np
-from distill import sampling, sharding
-from distill.models.transformer import LM
-from tests.helpers import tiny_model_config
-lm = LM(tiny_model_config())
-params = lm.init(jax.random.key(0))
-params["embed"] = params["embed"] * 4.0
-prompts = np.random.default_rng(0).integers(0, 64, size=(8, 5)).astype(np.int32)
-cfg = sampling.SampleConfig(gen_len=10, temperature=1.0, top_k=20, top_p=0.9)
-shape = json.loads(sys.argv[1])
-mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape))) if shape else None
-p = jax.device_put(params, sharding.param_shardings(lm, mesh)) if mesh else params
-out = sampling.run(lm, p, prompts, jax.random.key(5), cfg, mesh=mesh)
-print(json.dumps({"tokens": np.asarray(out["tokens"]).tolist(),
-                  "devices": len(out["tokens"].sharding.device_set)}))
-"""
-
-
-def _sharded(devices, shape):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  res = subprocess.run([sys.executable, "-c", _SHARDED, json.dumps(shape)], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=300, check=False)
-  assert res.returncode == 0, res.stderr[-2000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
+def _sharded_run(mesh):
+  lm, params = _model()
+  prompts = _prompts(b=8, p=5)
+  cfg = sampling.SampleConfig(gen_len=10, temperature=1.0, top_k=20, top_p=0.9)
+  p = jax.device_put(params, sharding.param_shardings(lm, mesh))
+  out = sampling.run(lm, p, prompts, jax.random.key(5), cfg, mesh=mesh)
+  return np.asarray(out["tokens"]), len(out["tokens"].sharding.device_set)
 
 
 def test_same_samples_on_one_device_and_on_eight():
-  one = _sharded(1, None)
-  assert one["devices"] == 1
+  """conftest gives 8 fake CPU devices: a mesh on the first one vs meshes over all eight."""
+  one, n = _sharded_run(sharding.make_mesh(dict(data=1, fsdp=1, tensor=1),
+                                           devices=jax.devices()[:1]))
+  assert n == 1
   for shape in ((8, 1, 1), (2, 2, 2)):
-    eight = _sharded(8, list(shape))
-    assert eight["devices"] == 8
-    assert eight["tokens"] == one["tokens"], shape
+    eight, n = _sharded_run(sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape))))
+    assert n == 8
+    np.testing.assert_array_equal(eight, one, err_msg=str(shape))
