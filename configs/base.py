@@ -156,6 +156,10 @@ def get_config():
   c.distill.chunk_size = 0
   # Fraction of the train split the student and baseline see (the transfer set).
   c.distill.transfer_fraction = 0.1
+  # '' = the transfer set above; 'generated:DIR' = teacher generations written by
+  # `python -m distill.teacher_cache --generate` (SeqKD; the student trains on them, alpha=1
+  # for hard labels only; the baseline keeps the transfer set above).
+  c.distill.transfer_set = ""
   # Peak learning rate for the student and the baseline.
   c.distill.lr = 3e-3
   c.distill.hidden = ml_collections.ConfigDict()
@@ -178,6 +182,23 @@ def get_config():
   # With qat: also round every fully connected op's input per token to int8 (asymmetric), as
   # the dynamic-range kernels of the int8/int4 files do on the device.
   c.distill.qat_activations = False
+  c.distill.on_policy = ml_collections.ConfigDict()
+  # On-policy distillation (GKD; distill/onpolicy.py): share λ of the steps whose sequences the
+  # student samples itself (the rest are dataset batches); each step decides from
+  # fold_in(seed, step). 0 = off (plain off-policy KD). Needs teacher_source='online'.
+  c.distill.on_policy.fraction = 0.0
+  # Prompt tokens taken from the start of each dataset row; the student continues them.
+  c.distill.on_policy.prompt_len = 32
+  # Tokens the student samples per row; 0 = fill the training window (seq_len + 1 - prompt_len)
+  # so an on-policy step trains on as many tokens as a dataset step.
+  c.distill.on_policy.gen_len = 0
+  # Sampling temperature (0 = greedy), top-k (0 = off) and top-p (1 = off) of the student.
+  c.distill.on_policy.temperature = 1.0
+  c.distill.on_policy.top_k = 0
+  c.distill.on_policy.top_p = 1.0
+  # Divergence on the sampled positions (any distill.loss kind; GKD: reverse_kl or jsd with
+  # distill.beta). Dataset steps keep distill.loss; sampled steps use no hard-label term.
+  c.distill.on_policy.divergence = "reverse_kl"
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for the
@@ -194,6 +215,14 @@ def get_config():
   # Second evaluation text no stage trains on: 'docs' (the project's docs, shipped frozen in
   # distill/datasets/heldout_docs.md), 'text:/glob/*.txt', or '' for none.
   c.eval.heldout = "docs"
+  # Sample metrics for every model (report.json sample_teacher_nll, sample_repeat_rate, lengths):
+  # the first sample_prompt_len tokens of the first sample_prompts validation windows are
+  # continued by sample_gen_len tokens at sample_temperature, same key for every model, and
+  # the teacher scores them. sample_prompts = 0 turns them off.
+  c.eval.sample_prompts = 32
+  c.eval.sample_prompt_len = 32
+  c.eval.sample_gen_len = 96
+  c.eval.sample_temperature = 1.0
 
   c.export = ml_collections.ConfigDict()
   # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).

@@ -32,6 +32,9 @@ def get_config(variant: str = ""):
     c.log_every = 1
     c.eval.prompts = ("The",)
     c.eval.sample_tokens = 4
+    c.eval.sample_prompts = 4
+    c.eval.sample_prompt_len = 8
+    c.eval.sample_gen_len = 8
   elif variant:
     raise ValueError(f"configs/tiny.py: unknown variant {variant!r}; use 'small' or none")
   return c

@@ -96,6 +96,55 @@ def _prune(c):
        f"keeps whole KV groups of {group} query heads; give n_kv_heads = n_heads / {group}")
 
 
+def model_context(c, prefix: str) -> int:
+  """Positions a model built from `config.<prefix>` holds (pipeline.model_config's max_len)."""
+  return int(_get(c, prefix).get("max_len", max(c.data.seq_len, 2048)))
+
+
+def _on_policy(c, src):
+  o = c.distill.on_policy
+  lam = _num(c, "distill.on_policy.fraction")
+  _req(0.0 <= lam <= 1.0, f"--config.distill.on_policy.fraction={lam} must be in [0, 1] (the "
+       "share of steps the student samples; 0 = off)")
+  p, g = _num(c, "distill.on_policy.prompt_len", int), _num(c, "distill.on_policy.gen_len", int)
+  _req(1 <= p <= c.data.seq_len, f"--config.distill.on_policy.prompt_len={p} must be in "
+       f"[1, data.seq_len={c.data.seq_len}] (prompts are cut from the dataset rows)")
+  _req(g >= 0, f"--config.distill.on_policy.gen_len={g} must be >= 0 (0 = fill the window)")
+  total = p + (g or c.data.seq_len + 1 - p)
+  ctx = min(model_context(c, "student.model"),
+            model_context(c, "teacher.model") if not c.teacher.checkpoint else 1 << 30)
+  _req(total <= ctx, f"--config.distill.on_policy.prompt_len + gen_len = {total} exceeds the "
+       f"model context of {ctx} positions; shorten prompt_len or gen_len")
+  _req(o.divergence in LOSS_KINDS, f"--config.distill.on_policy.divergence={o.divergence!r} is "
+       f"unknown; use one of {', '.join(LOSS_KINDS)}")
+  _req(_num(c, "distill.on_policy.temperature") >= 0, "--config.distill.on_policy.temperature="
+       f"{o.temperature} must be >= 0 (0 = greedy)")
+  _req(_num(c, "distill.on_policy.top_k", int) >= 0, "--config.distill.on_policy.top_k must be "
+       ">= 0 (0 = off)")
+  _req(0.0 < _num(c, "distill.on_policy.top_p") <= 1.0,
+       f"--config.distill.on_policy.top_p={o.top_p} must be in (0, 1]")
+  if lam > 0:
+    _req(src == "online", f"--config.distill.on_policy.fraction={lam} needs "
+         f"distill.teacher_source='online': a cache-only teacher ({src!r}) cannot score the "
+         "student's new samples; set teacher_source=online or on_policy.fraction=0")
+
+
+def _sample_eval(c):
+  e = c.eval
+  if not e.get("sample_prompts", 0):
+    return
+  _req(_num(c, "eval.sample_prompts", int) > 0, "--config.eval.sample_prompts must be >= 0")
+  p, g = _num(c, "eval.sample_prompt_len", int), _num(c, "eval.sample_gen_len", int)
+  _req(1 <= p <= c.data.seq_len, f"--config.eval.sample_prompt_len={p} must be in "
+       f"[1, data.seq_len={c.data.seq_len}]")
+  _req(g >= 1, f"--config.eval.sample_gen_len={g} must be >= 1")
+  ctx = min(model_context(c, "student.model"),
+            model_context(c, "teacher.model") if not c.teacher.checkpoint else 1 << 30)
+  _req(p + g <= ctx, f"--config.eval.sample_prompt_len + sample_gen_len = {p + g} exceeds the "
+       f"model context of {ctx} positions")
+  _req(_num(c, "eval.sample_temperature") >= 0, "--config.eval.sample_temperature must be >= 0")
+
+
 def validate(c, n_devices: int | None = None) -> None:
   """Raise ConfigError for the first problem found."""
   _num(c, "seed", int)
@@ -217,6 +266,16 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(not (h.layers and (h.weight or att) and src != "online"), "--config.distill.hidden "
        "needs teacher_source='online' (a cache holds no hidden states or attention maps); "
        "set hidden.weight=0 and hidden.attention_weight=0")
+  _on_policy(c, src)
+  ts = _get(c, "distill.transfer_set")
+  _req(isinstance(ts, str) and (ts == "" or ts.startswith("generated:")),
+       f"--config.distill.transfer_set={ts!r} must be '' or 'generated:DIR'")
+  if ts:
+    _req(os.path.isfile(os.path.join(ts[len("generated:"):], "meta.json")),
+         f"--config.distill.transfer_set: {ts[len('generated:'):]!r} holds no generated transfer "
+         "set; write it with `python -m distill.teacher_cache --generate`")
+    _req(src == "online", "--config.distill.transfer_set (generated) needs "
+         "teacher_source='online': the cache covers the original windows only")
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 
@@ -237,6 +296,7 @@ def validate(c, n_devices: int | None = None) -> None:
     _req(any(os.path.isfile(p) for p in glob.glob(os.path.expanduser(heldout[5:]),
                                                   recursive=True)),
          f"--config.eval.heldout={heldout!r} matches no files; give a glob of UTF-8 text files")
+  _sample_eval(c)
   for p in _get(c, "export.presets"):
     _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")
   _req(_get(c, "export.verify") in ("quick", "full", "none"),

@@ -280,6 +280,11 @@ class _Windows:
     return dict(self.rows(ids), window=np.asarray(ids, np.int32))
 
 
+def pad_id(tokenizer: tok_lib.Tokenizer) -> int:
+  """The id written into padded positions (public: samplers pad with it too)."""
+  return _pad_id(tokenizer)
+
+
 def _pad_id(tokenizer: tok_lib.Tokenizer) -> int:
   # Padded positions carry mask 0, so any id works; 0 keeps them in range.
   if tokenizer.pad_id is not None:
@@ -293,6 +298,10 @@ def _windows(data_cfg, tokenizer, workdir, split) -> _Windows:
   pad = _pad_id(tokenizer)
   seq_len = int(_cfg(data_cfg, "seq_len", 128))
   return _Windows(stream, seq_len, pad, f"split {split!r} of data.name={_name(data_cfg)!r}")
+
+
+def local_batch(batch_size: int, process_index: int, process_count: int) -> int:
+  return _local_batch(batch_size, process_index, process_count)
 
 
 def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
@@ -331,6 +340,11 @@ def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_si
   lo = process_index * local
 
   rows = windows.rows_with_ids if with_window_ids else windows.rows
+  return batched(ids, rows, batch_size, seed, lo, local)
+
+
+def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain.DatasetIterator:
+  """ids -> shuffle(seed) -> repeat -> global batches -> this process's rows via `rows`."""
 
   def gather(global_ids: np.ndarray) -> dict[str, np.ndarray]:
     return rows(global_ids[lo:lo + local].tolist())

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, features, lock, report, sharding, teacher_cache,
-                     tokenizers, train)
+from distill import (api, data, evaluate, features, lock, onpolicy, report, sampling, sharding,
+                     teacher_cache, tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -93,7 +93,7 @@ def init_from_teacher(student: LM, teacher: LM, t_params):
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
-                 finalize=None):
+                 finalize=None, on_policy=None, data_iter=None):
   """Train (or resume, or skip) one stage; returns (params, info)."""
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   p_shard = sharding.param_shardings(lm, ctx.mesh)
@@ -105,11 +105,13 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   tx = train.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
-                  data_iter=ctx.train_iter(fraction, cache), steps=steps, loss_fn=loss_fn, tx=tx,
+                  data_iter=(data_iter if data_iter is not None else ctx.train_iter(fraction, cache)),
+                  steps=steps, loss_fn=loss_fn, tx=tx,
                   seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
-                  skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize)
+                  skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
+                  on_policy=on_policy)
   info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
           "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction}
@@ -208,6 +210,58 @@ def _samples(ctx: Context, model: api.Model) -> dict:
   return out
 
 
+def _generated_iter(ctx: Context):
+  """The SeqKD transfer set's iterator when distill.transfer_set names one, else None."""
+  c = ctx.config
+  ts = c.distill.get("transfer_set", "")
+  if not ts or api.is_stage(os.path.join(ctx.workdir, "student")):
+    return None
+  return teacher_cache.generated_iterator(
+      ts[len(teacher_cache.GENERATED_PREFIX):], seq_len=c.data.seq_len, tokenizer=ctx.tokenizer,
+      batch_size=c.data.batch_size, seed=c.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
+  """The on-policy plan for the student stage, or None when on_policy.fraction is 0."""
+  c = ctx.config
+  o = c.distill.on_policy
+  if o is None or not o.fraction:
+    return None
+  tok = ctx.tokenizer
+  cfg = onpolicy.OnPolicyConfig.from_config(o, seq_len=c.data.seq_len,
+                                            vocab=min(tok.vocab_size, student.cfg.vocab_size),
+                                            eos_id=tok.eos_id, pad_id=data.pad_id(tok))
+  total = cfg.prompt_len + cfg.sample.gen_len
+  context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
+  if total > context:
+    raise ConfigError(f"--config.distill.on_policy.prompt_len + gen_len = {total} exceeds the "
+                      f"model context of {context} positions; shorten prompt_len or gen_len")
+  return onpolicy.make_plan(cfg, student, teacher, loss_cfg, c.seed)
+
+
+def _sample_prompts(ctx: Context, teacher: LM):
+  """(prompts [N, P] from the first validation windows, SampleConfig) or (None, None)."""
+  c = ctx.config
+  n = c.eval.get("sample_prompts", 0)
+  if not n:
+    return None, None
+  p, g = c.eval.sample_prompt_len, c.eval.sample_gen_len
+  if p + g > teacher.cfg.max_len:
+    raise ConfigError(f"--config.eval.sample_prompt_len + sample_gen_len = {p + g} exceeds the "
+                      f"teacher's context of {teacher.cfg.max_len} positions")
+  batches = data.eval_batches(c.data, ctx.tokenizer, ctx.workdir, split="validation",
+                              batch_size=n)
+  rows = batches[0]
+  prompts = rows["inputs"][rows["mask"][:, p - 1] > 0][:, :p]  # full-length rows only
+  tok = ctx.tokenizer
+  cfg = sampling.SampleConfig(gen_len=g, temperature=float(c.eval.sample_temperature),
+                              eos_id=-1 if tok.eos_id is None else tok.eos_id,
+                              pad_id=data.pad_id(tok),
+                              vocab=min(tok.vocab_size, teacher.cfg.vocab_size))
+  return prompts, cfg
+
+
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
   validate(config, jax.device_count())
@@ -264,10 +318,12 @@ def _run(config, workdir: str) -> dict:
   else:
     cache = None
     loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
+  plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params)
+      init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params,
+      on_policy=plan, data_iter=_generated_iter(ctx))
   models = {"teacher": (t_lm, t_params, t_info), "student": (student, s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
@@ -278,7 +334,11 @@ def _run(config, workdir: str) -> dict:
 
   t_eval = time.time()
   results = evaluate_models(ctx, models, teacher, t_params)
+  prompts, s_cfg = _sample_prompts(ctx, teacher)
   for name, (lm, params, _) in models.items():
+    if prompts is not None:  # same prompts, settings and key for every model
+      results[name].update(onpolicy.sample_metrics(
+          lm, params, teacher, t_params, prompts, jax.random.key(c.seed + 1000), s_cfg))
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own

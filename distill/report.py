@@ -26,7 +26,10 @@ COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"
 COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
            ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
            ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
-           ("flops_per_token", "FLOPs/token", "{:,.0f}"))
+           ("flops_per_token", "FLOPs/token", "{:,.0f}"),
+           ("sample_teacher_nll", "teacher NLL of own samples", "{:.4f}"),
+           ("sample_repeat_rate", "repeated 4-grams", "{:.3f}"),
+           ("sample_len_mean", "sample length", "{:.1f}"))
 # Timed greedy decode steps per model: enough to average out timer noise on tiny models while
 # keeping the whole measurement to seconds.
 DECODE_TOKENS = 32
@@ -50,6 +53,10 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "transfer_fraction": config.distill.transfer_fraction, "loss": config.distill.loss,
       "temperature": config.distill.temperature, "alpha": config.distill.alpha,
       "seed": config.seed,
+      "on_policy": (config.distill.on_policy.to_dict() if "on_policy" in config.distill
+                    else None),
+      "sample_eval": {k: config.eval.get(k) for k in ("sample_prompts", "sample_prompt_len",
+                                                      "sample_gen_len", "sample_temperature")},
       "note": ("student and baseline: same architecture, init, data (the transfer set), order "
                "and steps; the baseline uses hard labels only"),
   }
@@ -66,7 +73,9 @@ def table(rep: dict, part: str | None = None) -> str:
   lines = ["| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for m in names:
-    row = rep[m] if part is None else dict(rep[m], **rep[m][part])
+    # Sample metrics come from validation prompts: not repeated under another eval set.
+    row = rep[m] if part is None else dict(
+        {k: v for k, v in rep[m].items() if not k.startswith("sample_")}, **rep[m][part])
     cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

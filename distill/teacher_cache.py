@@ -12,6 +12,18 @@ log-probs of the teacher's top-k tokens), `windows.npy` int32 [N] and `meta.json
 looks rows up by window id, so any data order or resume point reads the right targets.
 Stored as .npy memmaps rather than a TFDS/array_record dataset: random access by window id is
 all training needs, and it keeps TensorFlow out of the training path.
+
+Sequence-level KD (SeqKD, Kim & Rush 2016): `--generate` writes teacher *generations* instead:
+
+  python -m distill.teacher_cache --config=configs/tiny.py --workdir=runs/tiny --generate \
+      [--prompt_len=32 --temperature=1.0 --gen_top_k=0 --top_p=1.0] [--out=runs/tiny/seqkd]
+  python -m distill.main ... --config.distill.transfer_set=generated:runs/tiny/seqkd \
+      [--config.distill.alpha=1]   # hard labels only; alpha < 1 adds the teacher's soft targets
+
+Each transfer-set window's first `prompt_len` tokens are continued by the teacher to a full
+window (batched, jitted, KV cache: `distill.sampling`); `sequences.npy` int32 [N, T+1],
+`mask.npy` float32 [N, T] (1 on the prompt's real tokens and the generation up to its EOS) and
+`meta.json`. The student (not the baseline) then trains on these rows.
 """
 from __future__ import annotations
 
@@ -23,7 +35,7 @@ import sys
 import jax
 import numpy as np
 
-from distill import data, losses, sharding, train
+from distill import data, losses, sampling, sharding, train
 
 CACHE_PREFIX = "cache:"
 
@@ -131,13 +143,124 @@ class CachedIterator:
     self.it.set_state(state)
 
 
+GENERATED_PREFIX = "generated:"
+
+
+def write_generations(teacher, t_params, windows, out_dir: str, cfg: sampling.SampleConfig, *,
+                      prompt_len: int, key, batch_size: int = 32, meta: dict | None = None,
+                      progress=None) -> dict:
+  """Teacher continuations of `windows` [N, T+1] (their first prompt_len tokens) -> out_dir.
+
+  Row r draws with row id r, so the set does not depend on batch_size.
+  """
+  n, width = windows.shape
+  tmp = out_dir.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  seqs = np.lib.format.open_memmap(os.path.join(tmp, "sequences.npy"), "w+", np.int32, (n, width))
+  mask = np.lib.format.open_memmap(os.path.join(tmp, "mask.npy"), "w+", np.float32,
+                                   (n, width - 1))
+  lengths = []
+  for start in range(0, n, batch_size):
+    if progress is not None and start // batch_size % 5 == 0:
+      progress.update(start, {})
+    rows = np.asarray(windows[start:start + batch_size, :prompt_len], np.int32)
+    real = len(rows)
+    rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - real, 0)])  # one shape
+    out = jax.device_get(sampling.run(teacher, t_params, rows, key, cfg,
+                                      row_ids=np.arange(start, start + batch_size)))
+    toks, gen = out["tokens"][:real], out["gen_mask"][:real]
+    seqs[start:start + real] = toks
+    # Targets that are real text: the prompt's (from position 1) and the generation's.
+    real_prompt = np.zeros_like(gen)
+    real_prompt[:, 1:prompt_len] = 1.0
+    mask[start:start + real] = np.maximum(real_prompt, gen)[:, 1:]
+    lengths.extend(out["lengths"][:real].tolist())
+  if progress is not None:
+    progress.close()
+  seqs.flush()
+  mask.flush()
+  meta = dict(meta or {}, kind="generated", rows=n, seq_len=width - 1, prompt_len=prompt_len,
+              gen_len=cfg.gen_len, temperature=cfg.temperature, top_k=cfg.top_k,
+              top_p=cfg.top_p, mean_generated=float(np.mean(lengths)) if lengths else 0.0)
+  with open(os.path.join(tmp, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+  shutil.rmtree(out_dir, ignore_errors=True)
+  os.replace(tmp, out_dir)
+  return meta
+
+
+def generate(ctx, teacher, t_params, out_dir: str, *, prompt_len: int, temperature: float,
+             top_k: int = 0, top_p: float = 1.0, batch_size: int = 32) -> dict:
+  """SeqKD transfer set from the config's transfer set (windows in window-id order)."""
+  c, tok = ctx.config, ctx.tokenizer
+  if not 1 <= prompt_len <= c.data.seq_len:
+    raise CacheError(f"--prompt_len={prompt_len} must be in [1, data.seq_len={c.data.seq_len}]")
+  if c.data.seq_len + 1 > teacher.cfg.max_len:
+    raise CacheError(f"data.seq_len + 1 = {c.data.seq_len + 1} exceeds the teacher's context "
+                     f"of {teacher.cfg.max_len} positions")
+  ids, rows = data.train_windows(c.data, tok, ctx.workdir, c.distill.transfer_fraction)
+  full = np.concatenate([rows(list(ids[i:i + 256]))["inputs"] for i in range(0, len(ids), 256)])
+  last = np.concatenate([rows(list(ids[i:i + 256]))["targets"][:, -1:]
+                         for i in range(0, len(ids), 256)])
+  windows = np.concatenate([full, last], axis=1)
+  cfg = sampling.SampleConfig(gen_len=c.data.seq_len + 1 - prompt_len,
+                              temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                              eos_id=-1 if tok.eos_id is None else tok.eos_id,
+                              pad_id=data.pad_id(tok),
+                              vocab=min(tok.vocab_size, teacher.cfg.vocab_size))
+  meta = {"data": c.data.name, "tokenizer": tok.fingerprint,
+          "transfer_fraction": c.distill.transfer_fraction,
+          "teacher": c.teacher.checkpoint or "pretrained", "seed": c.seed}
+  return write_generations(teacher, t_params, windows, out_dir, cfg, prompt_len=prompt_len,
+                           key=jax.random.key(c.seed), batch_size=batch_size, meta=meta,
+                           progress=train.Progress("seqkd", len(ids), c.data.seq_len,
+                                                   enabled=ctx.is_main))
+
+
+def generated_iterator(path: str, *, seq_len: int, tokenizer, batch_size: int, seed: int,
+                       process_index: int = 0, process_count: int = 1):
+  """Shuffled, repeated, checkpointable batches of a generated transfer set (every row)."""
+  try:
+    with open(os.path.join(path, "meta.json")) as f:
+      meta = json.load(f)
+    seqs = np.load(os.path.join(path, "sequences.npy"), mmap_mode="r")
+    mask = np.load(os.path.join(path, "mask.npy"), mmap_mode="r")
+  except (OSError, ValueError, json.JSONDecodeError) as e:
+    raise CacheError(f"generated transfer set {path!r} is missing or corrupt ({e}); write it "
+                     "with `python -m distill.teacher_cache --generate`") from None
+  if seqs.shape != (meta["rows"], meta["seq_len"] + 1) or mask.shape[0] != meta["rows"]:
+    raise CacheError(f"generated transfer set {path!r} is truncated; write it again")
+  for what, got, want in (("seq_len", meta["seq_len"], seq_len),
+                          ("tokenizer", meta["tokenizer"], tokenizer.fingerprint)):
+    if got != want:
+      raise CacheError(f"generated transfer set was written with {what}={got!r} but this run "
+                       f"has {want!r}; generate it again for this config")
+
+  def rows(ids):
+    ids = np.asarray(ids)
+    win = np.asarray(seqs[ids], np.int32)
+    return {"inputs": win[:, :-1], "targets": win[:, 1:], "mask": np.asarray(mask[ids], np.float32)}
+  local = data.local_batch(batch_size, process_index, process_count)
+  return data.batched(list(range(meta["rows"])), rows, batch_size, seed, process_index * local,
+                      local)
+
+
 def main(argv=None):
   from absl import app, flags, logging as absl_logging  # pylint: disable=import-outside-toplevel
   from distill import cli as cli_flags  # pylint: disable=import-outside-toplevel
   cfg_flag = cli_flags.define_config("config")
   workdir = flags.DEFINE_string("workdir", "runs/tiny", "Run directory (teacher, data).")
   top_k = flags.DEFINE_integer("top_k", 64, "Teacher tokens kept per position.")
-  out = flags.DEFINE_string("out", None, "Cache directory (default <workdir>/teacher_cache).")
+  out = flags.DEFINE_string("out", None, "Cache directory (default <workdir>/teacher_cache, "
+                            "or <workdir>/seqkd with --generate).")
+  gen = flags.DEFINE_bool("generate", False, "SeqKD: write teacher generations as a transfer set "
+                          "instead of top-k targets.")
+  prompt_len = flags.DEFINE_integer("prompt_len", 32, "--generate: prompt tokens per window.")
+  temperature = flags.DEFINE_float("temperature", 1.0, "--generate: teacher temperature (0 = "
+                                   "greedy).")
+  top_p = flags.DEFINE_float("top_p", 1.0, "--generate: nucleus mass (1 = off).")
+  gen_top_k = flags.DEFINE_integer("gen_top_k", 0, "--generate: teacher top-k (0 = off).")
 
   def run(_):
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -151,6 +274,12 @@ def main(argv=None):
       ctx = pipeline.Context(c, workdir.value)
       data.prepare(c.data, workdir.value)
       teacher, t_params, _, _ = pipeline.load_or_train_teacher(ctx)
+      if gen.value:
+        dest = out.value or os.path.join(workdir.value, "seqkd")
+        meta = generate(ctx, teacher, t_params, dest, prompt_len=prompt_len.value,
+                        temperature=temperature.value, top_k=gen_top_k.value, top_p=top_p.value)
+        print(json.dumps({"transfer_set": GENERATED_PREFIX + dest, **meta}))
+        return
       dest = out.value or os.path.join(workdir.value, "teacher_cache")
       meta = write(ctx, teacher, t_params, dest, top_k.value)
       print(json.dumps({"cache": dest, **meta}))

@@ -216,6 +216,10 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
       s_logits = student.logits_from_hidden(params, s_hidden)
     t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(teacher_params, t_hidden))
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
+    # -log p_teacher of the targets: on on-policy steps the teacher-scored NLL of the student's
+    # own samples (the quantity GKD lowers), on dataset steps the teacher's CE.
+    metrics = dict(metrics, teacher_nll=losses.cross_entropy(t_logits, batch["targets"],
+                                                             mask=batch["mask"]))
   return loss, dict(metrics, alpha=alpha, temperature=temperature)
 
 
@@ -379,10 +383,12 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
         tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
         teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
         writer=None, is_main: bool = True, skip_nonfinite: bool = False,
-        finalize: Callable | None = None) -> StageResult:
+        finalize: Callable | None = None, on_policy=None) -> StageResult:
   """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present.
 
   `finalize(params)` maps the trained params to those returned (LossConfig.final_params).
+  `on_policy` (an `onpolicy.Plan`) interleaves student-sampled steps: `on_policy.use(step)`
+  picks the step, each kind compiled once.
   """
   t_start = time.time()
   p_shard = sharding.param_shardings(lm, mesh)
@@ -406,10 +412,16 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     state = jax.jit(init, out_shardings=s_shard)(init_rng)
 
   repl = sharding.replicated(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, loss_fn=loss_fn, tx=tx, skip_nonfinite=skip_nonfinite),
-      in_shardings=(s_shard, sharding.batch_sharding(mesh), repl, teacher_shardings),
-      out_shardings=(s_shard, repl), donate_argnums=(0,))
+  if on_policy is None:
+    pure = {False: functools.partial(train_step, loss_fn=loss_fn, tx=tx,
+                                     skip_nonfinite=skip_nonfinite)}
+  else:
+    pure = on_policy.steps(loss_fn, tx, skip_nonfinite)
+  # jit compiles lazily: a run that never takes an on-policy step never compiles the sampler.
+  step_fns = {k: jax.jit(f, in_shardings=(s_shard, sharding.batch_sharding(mesh), repl,
+                                          teacher_shardings),
+                         out_shardings=(s_shard, repl), donate_argnums=(0,))
+              for k, f in pure.items()}
 
   history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
   hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
@@ -420,6 +432,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     if progress.tps == 0:
       progress.tps = int(np.asarray(local["inputs"]).size) * jax.process_count()
     batch = sharding.global_batch(local, mesh)
+    step_fn = step_fns[on_policy is not None and on_policy.use(step)]
     state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
     pending.append((step + 1, metrics))
     done = step + 1

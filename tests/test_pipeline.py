@@ -26,7 +26,8 @@ def test_pipeline_writes_report_and_stage_dirs(finished_run):
   with open(os.path.join(workdir, "report.json")) as f:
     saved = json.load(f)
   for m in ("teacher", "student", "baseline"):
-    for k in ("val_ce", "val_ppl", "kl_to_teacher", "top1_agreement", "params", "flops_per_token"):
+    for k in ("val_ce", "val_ppl", "kl_to_teacher", "top1_agreement", "params", "flops_per_token",
+              "sample_teacher_nll", "sample_repeat_rate", "sample_len_mean"):
       assert np.isfinite(saved[m][k]), (m, k)
     assert os.path.isdir(os.path.join(workdir, m, "params"))
     assert os.path.exists(os.path.join(workdir, m, "model_config.json"))
@@ -102,3 +103,15 @@ def test_student_init_copies_every_kth_teacher_layer():
   narrow = LM(tiny_model_config(n_layers=2, d_model=16))
   with pytest.raises(pipeline.ConfigError, match="init='random'"):
     pipeline.init_from_teacher(narrow, teacher, t_params)
+
+
+def test_on_policy_stage_samples_every_step_and_reports(tmp_path):
+  c = shrunken_config(**{"distill.on_policy.fraction": 1.0, "distill.on_policy.prompt_len": 8,
+                         "baseline.enabled": False, "export.enabled": False})
+  rep = pipeline.run(c, str(tmp_path))
+  with open(tmp_path / "student" / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["on_policy"] for r in rows] == [1.0, 1.0]
+  assert all(0 < r["sample_len"] <= 25.0 for r in rows)  # gen_len 0 fills seq_len + 1 - 8
+  assert np.isfinite(rep["student"]["sample_teacher_nll"])
+  assert rep["setup"]["on_policy"]["fraction"] == 1.0

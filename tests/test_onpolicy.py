@@ -1,0 +1,129 @@
+"""On-policy distillation: the loss sees only sampled positions and equals a NumPy reverse KL;
+the step decision is deterministic; a resumed run draws the same samples and ends identical."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from distill import data, losses, onpolicy, sampling, sharding, tokenizers, train
+from distill.models.transformer import LM
+from tests.helpers import shrunken_config, tiny_model_config
+
+
+def _models():
+  teacher = LM(tiny_model_config(vocab_size=264, d_model=32))
+  student = LM(tiny_model_config(vocab_size=264, d_model=16, n_layers=1))
+  return teacher, student, teacher.init(jax.random.key(1)), student.init(jax.random.key(2))
+
+
+def _cfg(fraction=1.0, p=4, g=6, divergence="reverse_kl"):
+  return onpolicy.OnPolicyConfig(fraction=fraction, prompt_len=p, divergence=divergence,
+                                 sample=sampling.SampleConfig(gen_len=g, temperature=1.0,
+                                                              vocab=260))
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_loss_is_reverse_kl_on_generated_positions_only():
+  teacher, student, tp, sp = _models()
+  cfg = _cfg()
+  tokens = np.random.default_rng(0).integers(3, 200, size=(4, 11)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 10), np.float32)}
+  new, stats = onpolicy.sampled_batch(student, sp, batch, jax.random.key(0), cfg)
+  new = jax.device_get(new)
+  np.testing.assert_array_equal(new["inputs"][:, :4], tokens[:, :4])  # the prompts
+  np.testing.assert_array_equal(new["mask"], np.concatenate([np.zeros((4, 3)), np.ones((4, 6))], 1))
+  assert float(stats["sample_len"]) == 6.0
+  plan = onpolicy.make_plan(cfg, student, teacher, train.LossConfig(kind="forward_kl",
+                                                                    temperature=2.0, alpha=0.5), 0)
+  loss, metrics = plan.on_loss_fn(sp, new, tp, 0)
+  # NumPy reference: mean over sampled positions of KL(Q || P) at T = 2, times T^2, no CE.
+  q = _log_softmax(np.asarray(student.apply(sp, new["inputs"]), np.float64) / 2)
+  pt = _log_softmax(np.asarray(teacher.apply(tp, new["inputs"]), np.float64) / 2)
+  kl = (np.exp(q) * (q - pt)).sum(-1)
+  want = 4.0 * kl[:, 3:].mean()
+  np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+  # Logged beside it: -log p_teacher (T = 1) of the sampled tokens, the on-policy quantity.
+  lp1 = _log_softmax(np.asarray(teacher.apply(tp, new["inputs"]), np.float64))
+  nll = -np.take_along_axis(lp1, new["targets"][..., None], -1)[..., 0][:, 3:].mean()
+  np.testing.assert_allclose(float(metrics["teacher_nll"]), nll, rtol=1e-4)
+
+
+def test_step_decision_is_deterministic_and_near_lambda():
+  key = jax.random.key(7)
+  picks = [onpolicy.use_on_policy(key, s, 0.5) for s in range(400)]
+  assert picks == [onpolicy.use_on_policy(key, s, 0.5) for s in range(400)]
+  assert 0.42 < np.mean(picks) < 0.58
+  assert not any(onpolicy.use_on_policy(key, s, 0.0) for s in range(20))
+  assert all(onpolicy.use_on_policy(key, s, 1.0) for s in range(20))
+
+
+class Interrupt(Exception):
+  pass
+
+
+class KillAfter:
+  def __init__(self, it, n):
+    self.it, self.n = it, n
+
+  def __next__(self):
+    if self.n == 0:
+      raise Interrupt()
+    self.n -= 1
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, s):
+    self.it.set_state(s)
+
+
+def _stage(workdir, stage_dir, kill_after=None):
+  c = shrunken_config()
+  teacher, student, tp, _ = _models()
+  it = data.make_train_iterator(c.data, tokenizers.ByteTokenizer(), workdir, batch_size=4,
+                                seed=3, fraction=0.5)
+  if kill_after is not None:
+    it = KillAfter(it, kill_after)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
+  loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0)
+  plan = onpolicy.make_plan(_cfg(fraction=0.5, p=8, g=8), student, teacher, loss_cfg, seed=3)
+  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
+  return train.run(name="s", lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
+                   loss_fn=loss_fn, tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
+                   checkpoint_every=2, log_every=1, teacher_params=tp,
+                   teacher_shardings=sharding.param_shardings(teacher, mesh), on_policy=plan)
+
+
+def test_resumed_run_draws_the_same_samples(tmp_path):
+  workdir = str(tmp_path)
+  data.prepare(shrunken_config().data, workdir)
+  ref = _stage(workdir, str(tmp_path / "ref"))
+  kinds = [m["on_policy"] for _, m in ref.history]
+  assert 0 < sum(kinds) < 6, kinds  # both kinds of step in 6 steps at λ = 0.5 (seed 3)
+  with pytest.raises(Interrupt):
+    _stage(workdir, str(tmp_path / "cut"), kill_after=3)
+  resumed = _stage(workdir, str(tmp_path / "cut"))
+  assert resumed.resumed_from == 2
+  for (s, a), (_, b) in zip(resumed.history, ref.history):
+    assert a["on_policy"] == b["on_policy"] and a["sample_checksum"] == b["sample_checksum"], s
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               resumed.params, ref.params)
+
+
+def test_sample_metrics_match_a_numpy_teacher_nll():
+  teacher, student, tp, sp = _models()
+  prompts = np.random.default_rng(1).integers(3, 200, size=(5, 4)).astype(np.int32)
+  cfg = sampling.SampleConfig(gen_len=6, temperature=1.0, vocab=260)
+  m = onpolicy.sample_metrics(student, sp, teacher, tp, prompts, jax.random.key(0), cfg, batch=2)
+  out = jax.device_get(sampling.run(student, sp, prompts, jax.random.key(0), cfg))
+  toks = out["tokens"]
+  logp = _log_softmax(np.asarray(teacher.apply(tp, toks[:, :-1]), np.float64))
+  nll = -np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, 3:]
+  np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)
+  assert m["sample_len_mean"] == 6 and m["sample_eos_rate"] == 0.0
