@@ -113,7 +113,9 @@ def _on_policy(c, src):
   total = p + (g or c.data.seq_len + 1 - p)
   ctx = min(model_context(c, "student.model"),
             model_context(c, "teacher.model") if not c.teacher.checkpoint else 1 << 30)
-  _req(total <= ctx, f"--config.distill.on_policy.prompt_len + gen_len = {total} exceeds the "
+  # Only when on: with gen_len 0 (fill the window) an off run at seq_len = max_len would fail.
+  _req(not lam or total <= ctx,
+       f"--config.distill.on_policy.prompt_len + gen_len = {total} exceeds the "
        f"model context of {ctx} positions; shorten prompt_len or gen_len")
   _req(o.divergence in LOSS_KINDS, f"--config.distill.on_policy.divergence={o.divergence!r} is "
        f"unknown; use one of {', '.join(LOSS_KINDS)}")
