@@ -100,6 +100,7 @@ def _stage(workdir, stage_dir, kill_after=None):
                    teacher_shardings=sharding.param_shardings(teacher, mesh), on_policy=plan)
 
 
+@pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_resumed_run_draws_the_same_samples(tmp_path):
   workdir = str(tmp_path)
   data.prepare(shrunken_config().data, workdir)

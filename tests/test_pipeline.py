@@ -105,6 +105,7 @@ def test_student_init_copies_every_kth_teacher_layer():
     pipeline.init_from_teacher(narrow, teacher, t_params)
 
 
+@pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_on_policy_stage_samples_every_step_and_reports(tmp_path):
   c = shrunken_config(**{"distill.on_policy.fraction": 1.0, "distill.on_policy.prompt_len": 8,
                          "baseline.enabled": False, "export.enabled": False})

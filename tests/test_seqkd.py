@@ -20,6 +20,7 @@ def _windows(n=6, width=17):
   return np.random.default_rng(0).integers(3, 259, size=(n, width)).astype(np.int32)
 
 
+@pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_greedy_generations_are_the_teachers_argmax_and_iterate_back(tmp_path):
   lm, params = _teacher()
   tok = tokenizers.ByteTokenizer()
@@ -44,6 +45,7 @@ def test_greedy_generations_are_the_teachers_argmax_and_iterate_back(tmp_path):
     teacher_cache.generated_iterator(out, seq_len=32, tokenizer=tok, batch_size=4, seed=0)
 
 
+@pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_sampled_generations_do_not_depend_on_batch_size(tmp_path):
   lm, params = _teacher()
   cfg = sampling.SampleConfig(gen_len=13, temperature=1.0, vocab=259)

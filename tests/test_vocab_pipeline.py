@@ -200,6 +200,7 @@ def test_attention_maps_and_transfer_loss_match_numpy():
   assert got > 0.01 and float(losses.attention_map_loss(jnp.asarray(p), jnp.asarray(p))) < 1e-6
 
 
+@pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_pipeline_step_with_attention_transfer(tmp_path):
   from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
   c = shrunken_config(**{"data.data_dir": str(tmp_path / "data"), "export.enabled": False,
