@@ -302,7 +302,8 @@ def test_pruned_stage_loads_and_keeps_logits(tmp_path):
   assert json.load(open(tmp_path / "small" / "stage.json"))["plan"]["layers"] in ([0], [1])
 
 
-def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
+def hf_llama_teacher(tmp_path, *, tie: bool, tokenizer_config: dict | None = None):
+  """A 2-layer transformers Llama with a byte-level BPE tokenizer, saved as an HF directory."""
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
   hf_dir = tmp_path / "hf"
@@ -310,11 +311,16 @@ def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
   cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48,
                                  num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                                 tie_word_embeddings=False, eos_token_id=tok.eos_id)
+                                 tie_word_embeddings=tie, eos_token_id=tok.eos_id)
   torch.manual_seed(0)
   transformers.LlamaForCausalLM(cfg).save_pretrained(str(hf_dir), safe_serialization=True)
   with open(hf_dir / "tokenizer_config.json", "w") as f:
-    json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>"}, f)
+    json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>", **(tokenizer_config or {})}, f)
+  return hf_dir
+
+
+def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
+  hf_dir = hf_llama_teacher(tmp_path, tie=False)
   data_cfg = _data_cfg(_text_corpus(str(tmp_path / "text")))
   teacher = distill.load(f"hf:{hf_dir}")
   target = core.target_config(teacher.config, n_layers=1, d_model=16, d_ff=24, n_heads=2)

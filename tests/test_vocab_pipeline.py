@@ -15,7 +15,8 @@ from distill import data, losses, pipeline, tokenizers
 from distill.config import ConfigError, validate
 from distill.prune import trimmed
 from distill.prune import vocab as vocab_lib
-from tests.test_prune import CORPUS, OUTSIDE, _byte_level_bpe, _counts, _model, _text_corpus
+from tests.test_prune import (CORPUS, OUTSIDE, _byte_level_bpe, _counts, _model, _text_corpus,
+                               hf_llama_teacher)
 
 
 def _log_softmax(z):
@@ -52,21 +53,8 @@ def test_trimmed_teacher_targets_match_numpy(tmp_path):
 
 
 def _hf_teacher(tmp_path):
-  transformers = pytest.importorskip("transformers")
-  torch = pytest.importorskip("torch")
-  hf_dir = tmp_path / "hf"
-  tok = _byte_level_bpe(str(hf_dir), vocab_size=320)
-  cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                                 tie_word_embeddings=True, eos_token_id=tok.eos_id)
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(cfg).save_pretrained(str(hf_dir), safe_serialization=True)
-  with open(hf_dir / "tokenizer_config.json", "w") as f:
-    json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>",
-               "chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
-                                "{% endfor %}<assistant>"}, f)
-  return f"hf:{hf_dir}"
+  chat = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+  return f"hf:{hf_llama_teacher(tmp_path, tie=True, tokenizer_config={'chat_template': chat})}"
 
 
 def _config(tmp_path, teacher, **over):

@@ -114,6 +114,11 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
   def tok_sum(v):  # [B, T, ...] -> [...], mask-weighted
     return jnp.einsum("BT,BT...->...", w, v.astype(jnp.float32))
 
+  def norm_input(v):  # |x| for the channel ranking, x^2 for this norm site's gain
+    nonlocal channels
+    channels = channels + tok_sum(jnp.abs(v))
+    norm_sq.append(tok_sum(jnp.square(v.astype(jnp.float32))))
+
   # The embedding prologue of Transformer.__call__.
   x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
   if cfg.embed_scale:
@@ -126,8 +131,7 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
     # Block.__call__, with the per-head and per-neuron activations taken on the way.
     blk, blk_id = getattr(model, f"block_{i}"), getattr(ident, f"block_{i}")
     x_in = x
-    channels += tok_sum(jnp.abs(x))
-    norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
+    norm_input(x)
     per_head, _ = blk_id.attn(blk.attn_norm(x), positions)  # [B, T, N*K]
     per_head = per_head.reshape(b, t, cfg.n_heads, cfg.k)
     heads.append(tok_sum(jnp.linalg.norm(per_head.astype(jnp.float32), axis=-1)))
@@ -137,8 +141,7 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
     if cfg.post_norms:
       h = blk.post_attn_norm(h)
     x = x + h
-    channels += tok_sum(jnp.abs(x))
-    norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
+    norm_input(x)
     inner = blk_id.mlp(blk.mlp_norm(x))  # [B, T, F]
     neurons.append(tok_sum(jnp.abs(inner)))
     h = project(inner, params[f"block_{i}"]["mlp"]["down"])
@@ -151,8 +154,7 @@ def instrumented_forward(lm: LM, params, tokens, mask=None):
     cos = (a * o).sum(-1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(o, axis=-1),
                                         1e-12)
     blocks.append(tok_sum(1.0 - cos))
-  channels += tok_sum(jnp.abs(x))
-  norm_sq.append(tok_sum(jnp.square(x.astype(jnp.float32))))
+  norm_input(x)
   logits = lm.logits_from_hidden(params, model.final_norm(x))
   stats = {"count": w.sum(), "channels": channels, "heads": jnp.stack(heads),
            "neurons": jnp.stack(neurons), "blocks": jnp.stack(blocks),
