@@ -1,37 +1,39 @@
-"""Throughput and MFU of the real distill step; prints one JSON line.
+"""Throughput and MFU of the real distill step against the PyTorch loop; prints one JSON line.
 
-  python bench/step_throughput.py [--config=configs/bench_small.py] [--config.batch_size=8]
-                                  [--attention=einsum|dpa] [--breakdown]
+  python bench/step_throughput.py [--config=configs/bench_small.py] [--config.dtype=float32]
+                                  [--torch=false] [--breakdown]
 
 Builds what `train.run` jits for the student stage -- `train.train_step` with
 `train.distill_loss`, explicit in/out shardings, the state donated -- on random params and a
-random batch, and times it. Reported:
+random batch, under the config's precision policy (`dtype`: the models' compute dtype, the
+student's master weights stay fp32; `teacher_dtype`: the read-only teacher's weights). In the
+same process it builds bench/torch_kd.py's PyTorch KD loop at the same shapes in fp32 and with
+bf16 autocast, and times the three in turn, round after round, so all see the same machine
+state. Reported:
 
-  tokens_per_s    batch * seq_len / step seconds (median of `repeats` timed steps)
-  teacher_share   a jitted teacher-forward-only function's time / the full step's time
-  flops_per_s     model FLOPs per step / step seconds, where model FLOPs per token are
-                  2 N_teacher + 6 N_student (N = matmul weights, unembedding included) plus
-                  causal attention (forward 2 * 2 * heads * head_dim * (T+1)/2 per layer,
-                  x3 for the student's forward + backward)
-  mfu             flops_per_s / peak, peak = the f32 rate of one large jitted square matmul
-                  measured in this same process (so "1.0" means "as fast as XLA's best GEMM
-                  on this machine", not a datasheet number)
-  mfu_cpu         the same with CPU seconds (process_time) for both the step and the matmul:
-                  on a CPU shared with other jobs the wall-time MFU swings with their load
-  cpu_s_per_step  process CPU seconds per step (time.process_time): on a shared machine the
-                  wall time is noisy, CPU seconds much less so
+  tokens_per_s        batch * seq_len / step seconds (median over the timed rounds)
+  torch_fp32_tokens_per_s, torch_bf16_tokens_per_s, vs_torch_fp32, vs_torch_bf16
+  teacher_share       a jitted teacher-forward-only function's time / the full step's time
+  flops_per_s         model FLOPs per step / step seconds, where model FLOPs per token are
+                      2 N_teacher + 6 N_student (N = matmul weights, unembedding included) plus
+                      causal attention (forward 2 * 2 * heads * head_dim * (T+1)/2 per layer,
+                      x3 for the student's forward + backward)
+  peak_fp32_flops_per_s, peak_bf16_flops_per_s
+                      one large jitted square matmul, f32 x f32 and bf16 x bf16 -> f32 (fp32
+                      accumulation, as the models multiply), measured in this same run
+  peak_flops_per_s    the peak of the dtypes the step multiplies in: each model's FLOPs at the
+                      rate of its compute dtype (FLOPs / sum(FLOPs_i / peak_i))
+  mfu                 flops_per_s / peak_flops_per_s
+  cpu_s_per_step      process CPU seconds per step (time.process_time)
 
 With --breakdown it also times the step's parts as separate jitted functions (teacher
 forward, student forward+backward with the loss, optimizer update) so the time can be
 attributed; the parts do not add up exactly because XLA fuses across them in the real step.
---attention=dpa swaps the model's einsum attention for `jax.nn.dot_product_attention` for the
-duration of the bench (a prototype: the model file itself is not changed).
 """
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import statistics
 import sys
@@ -41,12 +43,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_small.py", "Bench config.")
-_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "dpa"],
-                               "Attention implementation used during the bench.")
-_MATMULS = flags.DEFINE_enum("matmuls", "einsum", ["einsum", "2d"],
-                             "Projection matmuls as in the model (3-D einsums) or on [B*T, D].")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch KD loop (fp32 and bf16 "
+                           "autocast) in the same run.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's parts separately.")
 
 
@@ -73,15 +74,16 @@ def _timed(fn, args, warmup: int, repeats: int, *, rebuild=None):
   return statistics.median(walls), min(walls), statistics.median(cpus), args
 
 
-def peak_matmul_flops(n: int, repeats: int = 5) -> tuple[float, float]:
-  """(FLOP per wall second, FLOP per CPU second) of an n x n @ n x n f32 jitted matmul."""
+def peak_matmul_flops(n: int, dtype: str, repeats: int = 5) -> float:
+  """Best FLOP per wall second of an n x n @ n x n jitted matmul in `dtype`, fp32 accumulation."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
-  _, best, cpu, _ = _timed(f, (a, b), 1, repeats)
-  return 2.0 * n ** 3 / best, 2.0 * n ** 3 / max(cpu, 1e-9)
+  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST,
+                                   preferred_element_type=jnp.float32))
+  _, best, _, _ = _timed(f, (a, b), 1, repeats)
+  return 2.0 * n ** 3 / best
 
 
 def matmul_weights(cfg) -> int:
@@ -103,92 +105,6 @@ def model_flops_per_token(t_cfg, s_cfg, seq_len: int) -> dict:
   return {"teacher": teacher, "student": student, "total": teacher + student}
 
 
-def use_dot_product_attention():
-  """Monkeypatch: the no-cache attention path through jax.nn.dot_product_attention."""
-  import math  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill.models import transformer  # pylint: disable=import-outside-toplevel
-  original = transformer.Attention.__call__
-
-  def call(self, x, positions, cache=None, cache_index=None):
-    cfg = self.cfg
-    if (cache is not None or cfg.attn_softcap or self.window or cfg.qkv_bias or cfg.qk_norm
-        or cfg.pos != "rope"):
-      return original(self, x, positions, cache, cache_index)
-    dt = x.dtype
-    q = jnp.einsum("BTD,DNK->BTNK", x, self.q[...].astype(dt))
-    k = jnp.einsum("BTD,DMK->BTMK", x, self.k[...].astype(dt))
-    v = jnp.einsum("BTD,DMK->BTMK", x, self.v[...].astype(dt))
-    q = transformer.rope(q, positions, self.rope_theta, self.rope_scaling)
-    k = transformer.rope(k, positions, self.rope_theta, self.rope_scaling)
-    scale = cfg.query_scale or 1.0 / math.sqrt(q.shape[-1])
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
-    y = jnp.einsum("BTNK,NKD->BTD", out, self.o[...].astype(dt))
-    if cfg.out_bias:
-      y = y + self.o_bias[...].astype(dt)
-    return y, None
-
-  transformer.Attention.__call__ = call
-
-
-def _dense(x, w, n_in: int = 1):
-  """x [..., *w.shape[:n_in]] @ w as one 2-D matmul: [rows, in] @ [in, out], then reshaped."""
-  lead, ins, outs = x.shape[:x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
-  rows, k = math.prod(lead), math.prod(ins)
-  y = x.reshape(rows, k) @ w.reshape(k, math.prod(outs))
-  return y.reshape(*lead, *outs)
-
-
-def use_2d_matmuls():
-  """Monkeypatch: every projection on activations flattened to [B*T, D].
-
-  With 3-D einsums ("BTD,DF->BTF") the weight gradient contracts over two axes (B and T);
-  XLA:CPU then materializes the activation gradient transposed, inside the elementwise fusion
-  that produces it (SwiGLU's backward), which walks four [B*T, F] arrays column by column.
-  One flattened row axis makes the weight gradient a plain [K, rows] @ [rows, N] GEMM.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill.models import transformer  # pylint: disable=import-outside-toplevel
-  original_mlp, original_attn = transformer.MLP.__call__, transformer.Attention.__call__
-
-  def mlp(self, x):
-    cfg, dt = self.cfg, x.dtype
-    if cfg.mlp_bias or cfg.mlp != "swiglu":
-      return original_mlp(self, x)
-    h = _dense(x, self.up[...].astype(dt)) * jax.nn.silu(_dense(x, self.gate[...].astype(dt)))
-    return _dense(h, self.down[...].astype(dt))
-
-  def attention(self, x, positions, cache=None, cache_index=None):
-    cfg = self.cfg
-    if (cache is not None or cfg.attn_softcap or self.window or cfg.qkv_bias or cfg.qk_norm
-        or cfg.pos != "rope" or cfg.out_bias):
-      return original_attn(self, x, positions, cache, cache_index)
-    dt = x.dtype
-    q = _dense(x, self.q[...].astype(dt))
-    k = _dense(x, self.k[...].astype(dt))
-    v = _dense(x, self.v[...].astype(dt))
-    q = transformer.rope(q, positions, self.rope_theta, self.rope_scaling)
-    k = transformer.rope(k, positions, self.rope_theta, self.rope_scaling)
-    b, t, n, kd = q.shape
-    m = k.shape[2]
-    scale = cfg.query_scale or 1.0 / math.sqrt(kd)
-    if _ATTENTION.value == "dpa":
-      out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
-    else:
-      q = (q * scale).reshape(b, t, m, n // m, kd)
-      logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, k, preferred_element_type=jnp.float32)
-      allowed = positions[:, None, None, None, :] <= positions[:, None, None, :, None]
-      logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-      out = jnp.einsum("BMGTS,BSMK->BTMGK", probs, v).reshape(b, t, n, kd)
-    return _dense(out, self.o[...].astype(dt), n_in=2), None
-
-  transformer.MLP.__call__ = mlp
-  transformer.Attention.__call__ = attention
-
-
 def build(c):
   """(step_fn, state, batch, teacher_params, teacher/student LMs, helpers) as train.run does."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -200,7 +116,8 @@ def build(c):
     return ModelConfig(vocab_size=c.vocab_size, max_len=c.seq_len, dtype=dtype, **dict(node))
 
   mesh = sharding.make_mesh(c.mesh)
-  teacher = LM(model_cfg(c.teacher, c.dtype))
+  # As the pipeline: the read-only teacher computes in its weights' dtype unless that is fp32.
+  teacher = LM(model_cfg(c.teacher, c.teacher_dtype if c.teacher_dtype != "float32" else c.dtype))
   student = LM(model_cfg(c.student, c.dtype))
   loss_cfg = train.LossConfig.from_config(c.distill)
   loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
@@ -288,63 +205,92 @@ def breakdown(b, c, step_s: float) -> dict:
   return out
 
 
+def _round_robin(timers: dict, rounds: int) -> dict:
+  """{name: [wall s per call]}: each timer called once per round, in turn (the first round is
+  warmup), so a machine whose speed drifts during the run affects every side alike."""
+  walls = {name: [] for name in timers}
+  for r in range(rounds + 1):
+    for name, fn in timers.items():
+      t0 = time.perf_counter()
+      fn()
+      if r:
+        walls[name].append(time.perf_counter() - t0)
+  return walls
+
+
+def effective_peak(flops: dict, t_dtype: str, s_dtype: str, peaks: dict) -> float:
+  """FLOPs / sum(FLOPs_i / peak of model i's compute dtype): the rate the step's matmuls could
+  reach if each ran at the best square-GEMM rate of the dtype it multiplies in."""
+  seconds = flops["teacher"] / peaks[t_dtype] + flops["student"] / peaks[s_dtype]
+  return flops["total"] / seconds
+
+
 def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import jax  # pylint: disable=import-outside-toplevel
   c = _CONFIG.value
-  if _MATMULS.value == "2d":
-    use_2d_matmuls()
-  elif _ATTENTION.value == "dpa":
-    use_dot_product_attention()
   b = build(c)
   tokens = c.batch_size * c.seq_len
-
-  def rebuild(args, out):
-    return (out[0],) + tuple(args[1:])
-
-  step_args = (b["state"], b["batch"], jax.random.key(0), b["t_params"])
+  step_args = [b["state"], b["batch"], jax.random.key(0), b["t_params"]]
   t0 = time.perf_counter()
   compiled = b["step_fn"].lower(*step_args).compile()
   compile_s = time.perf_counter() - t0
-  xla_flops = None
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float(cost.get("flops", 0.0)) or None
-  except Exception:  # pylint: disable=broad-except  # not every backend reports costs
-    pass
-  step_s, step_best, step_cpu, step_args = _timed(compiled, step_args, c.warmup, c.repeats,
-                                                  rebuild=rebuild)
-  # The state was donated along the way: the breakdown uses the latest one.
+  cpu_s = []
+
+  def jax_step():
+    c0 = time.process_time()
+    out = compiled(*step_args)
+    jax.block_until_ready(out)
+    step_args[0] = out[0]  # the state was donated
+    cpu_s.append(time.process_time() - c0)
+
+  timers = {"jax": jax_step}
+  if _TORCH.value:
+    import torch_kd  # pylint: disable=import-outside-toplevel
+    kw = dict(vocab=c.vocab_size, seq_len=c.seq_len, batch=c.batch_size,
+              temperature=c.distill.temperature)
+    t_shape, s_shape = shapes(b["teacher"]), shapes(b["student"])
+    timers["torch_fp32"] = torch_kd.KDLoop(t_shape, s_shape, bf16=False, **kw).step
+    timers["torch_bf16"] = torch_kd.KDLoop(t_shape, s_shape, bf16=True, **kw).step
+  walls = _round_robin(timers, c.repeats)
+  step_s, step_best = statistics.median(walls["jax"]), min(walls["jax"])
   b["state"] = step_args[0]
   t_fwd = jax.jit(b["teacher"].apply, in_shardings=(b["t_shard"], b["b_shard"]))
   teacher_s, _, _, _ = _timed(t_fwd, (b["t_params"], b["batch"]["inputs"]), 1, c.repeats)
 
-  peak, peak_cpu = peak_matmul_flops(c.peak_matmul)
+  peaks = {dt: peak_matmul_flops(c.peak_matmul, dt) for dt in ("float32", "bfloat16")}
   flops = model_flops_per_token(b["teacher"].cfg, b["student"].cfg, c.seq_len)
+  peak = effective_peak(flops, b["teacher"].cfg.dtype, b["student"].cfg.dtype, peaks)
   achieved = flops["total"] * tokens / step_s
   result = {
       "bench": "step_throughput", "backend": jax.default_backend(),
       "devices": jax.device_count(), "cpu_count": os.cpu_count(),
-      "attention": _ATTENTION.value, "matmuls": _MATMULS.value, "dtype": c.dtype, "teacher_dtype": c.teacher_dtype,
-      "seq_len": c.seq_len, "batch": c.batch_size,
-      "teacher": shapes(b["teacher"]), "student": shapes(b["student"]),
+      "dtype": c.dtype, "teacher_dtype": c.teacher_dtype,
+      "teacher_compute_dtype": b["teacher"].cfg.dtype, "seq_len": c.seq_len,
+      "batch": c.batch_size, "teacher": shapes(b["teacher"]), "student": shapes(b["student"]),
       "teacher_params": int(sum(x.size for x in jax.tree.leaves(b["t_params"]))),
       "student_params": int(sum(x.size for x in jax.tree.leaves(b["state"].params))),
-      "step_s": round(step_s, 4), "step_best_s": round(step_best, 4),
-      "cpu_s_per_step": round(step_cpu, 4), "compile_s": round(compile_s, 2),
+      "rounds": c.repeats, "step_s": round(step_s, 4), "step_best_s": round(step_best, 4),
+      "cpu_s_per_step": round(statistics.median(cpu_s[1:]), 4), "compile_s": round(compile_s, 2),
       "tokens_per_s": round(tokens / step_s, 1),
       "teacher_fwd_s": round(teacher_s, 4), "teacher_share": round(teacher_s / step_s, 3),
       "model_flops_per_token": {k: round(v) for k, v in flops.items()},
-      "xla_flops_per_token": round(xla_flops / tokens) if xla_flops else None,
-      "flops_per_s": round(achieved, 1), "peak_flops_per_s": round(peak, 1),
-      "mfu": round(achieved / peak, 3),
+      "flops_per_s": round(achieved, 1),
+      "peak_fp32_flops_per_s": round(peaks["float32"], 1),
+      "peak_bf16_flops_per_s": round(peaks["bfloat16"], 1),
+      "peak_flops_per_s": round(peak, 1), "mfu": round(achieved / peak, 3),
       "mfu_best_step": round(flops["total"] * tokens / step_best / peak, 3),
-      # The same ratio in CPU seconds (step and matmul both): what MFU would be if nothing else
-      # shared the cores. On a shared CPU this is the stable number; on accelerators use mfu.
-      "mfu_cpu": round(flops["total"] * tokens / step_cpu / peak_cpu, 3),
   }
+  if _TORCH.value:
+    for name in ("torch_fp32", "torch_bf16"):
+      rate = tokens / statistics.median(walls[name])
+      result[f"{name}_tokens_per_s"] = round(rate, 1)
+      result[f"vs_{name}"] = round(result["tokens_per_s"] / rate, 3)
+      # The PyTorch loop's MFU against the same peaks (bf16 autocast multiplies in bf16).
+      dt = "bfloat16" if name == "torch_bf16" else "float32"
+      result[f"{name}_mfu"] = round(flops["total"] * rate / effective_peak(flops, dt, dt, peaks),
+                                    3)
   if _BREAKDOWN.value:
     result["breakdown"] = breakdown(b, c, step_s)
   print(json.dumps(result), flush=True)

@@ -12,6 +12,8 @@ in distill/), so a field added here is the one place to document it.
 """
 import ml_collections
 
+from distill import presets
+
 
 def model(d_model, n_layers, n_heads, n_kv_heads, d_ff, **extra):
   """A transformer shape; `extra` sets further distill.models.transformer.ModelConfig fields
@@ -36,6 +38,11 @@ def get_config():
   # Hardware preset: cpu | gpu | tpu_v4 | tpu_v5e | tpu_v5p | tpu_v6e (dtypes, attention,
   # remat, default mesh, HBM per chip; the table is distill/presets.py).
   c.preset = "cpu"
+  # Compute dtype of both models (matmul inputs, activations between layers): '' = the
+  # preset's (bfloat16 everywhere, this CPU included; float32 for the fp32 reference run).
+  # Matmuls accumulate in fp32; norms, softmax, losses, the student's master weights and the
+  # optimizer stay fp32 whatever this says.
+  c.compute_dtype = ""
   # TPU topology the config is sized for (distill.aot compiles for it, launch/ creates it);
   # '' = the preset's default.
   c.topology = ""
@@ -88,8 +95,10 @@ def get_config():
   # Path of a teacher stage directory (orbax), 'hf:/path' (Hugging Face safetensors),
   # 'gguf:/path/model.gguf', or '' to pretrain one here.
   c.teacher.checkpoint = ""
-  # Dtype the teacher's weights are held in (read-only): float32 | bfloat16 | float16.
-  c.teacher.dtype = "float32"
+  # Dtype the teacher's weights are held in (read-only): float32 | bfloat16 | float16. A
+  # non-fp32 teacher also computes in it (fp32 accumulation, norms and softmax); the cpu
+  # preset's choice (distill/presets.py: the precision policy).
+  c.teacher.dtype = presets.get("cpu").teacher_dtype
   # Teacher shape when pretrained here; a checkpoint brings its own (a config may still state
   # it, with vocab_size, so distill.aot can compile without the weights).
   c.teacher.model = model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)

@@ -9,6 +9,7 @@ CPU cores one step takes a few seconds; on an accelerator raise `batch_size`.
 import ml_collections
 
 from configs import base
+from distill import presets
 
 
 def get_config():
@@ -17,10 +18,13 @@ def get_config():
   c.seed = 0
   # Mesh over (data, fsdp, tensor) as in the pipeline; -1 = every device on that axis.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Activation dtype of both models (fp32 on CPU: bf16 matmuls are emulated there).
-  c.dtype = "float32"
-  # Dtype the read-only teacher weights are held in (what config.teacher.dtype does).
-  c.teacher_dtype = "float32"
+  # Compute dtype of both models (matmul inputs and activations; fp32 accumulation, norms,
+  # softmax, loss and the student's master weights + optimizer state whatever it is): the cpu
+  # preset's, what distill/presets.py picks for this CPU.
+  c.dtype = presets.get("cpu").dtype
+  # Dtype the read-only teacher weights are held in (what config.teacher.dtype does); the
+  # teacher computes in it unless it is float32.
+  c.teacher_dtype = presets.get("cpu").teacher_dtype
   # Vocabulary: 256 bytes + specials padded to a multiple of 8, as the byte tokenizer gives.
   c.vocab_size = 264
   # Tokens per sequence.
@@ -48,9 +52,10 @@ def get_config():
   c.distill.steps = 1000
   # Positions per block in the chunked loss; 0 = dense logits (small vocab: dense is cheaper).
   c.distill.chunk_size = 0
-  # Timing: untimed warmup calls, then timed calls (best and median are reported).
+  # Timing: untimed warmup calls (--breakdown), then timed rounds; each round runs the JAX
+  # step and the two PyTorch loops once, in turn (medians are reported).
   c.warmup = 1
-  c.repeats = 4
+  c.repeats = 10
   # Side of the square f32 matmul whose rate is taken as this machine's peak.
   c.peak_matmul = 2048
   return c

@@ -198,6 +198,9 @@ def validate(c, n_devices: int | None = None) -> None:
       _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
            f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
            "after that run finished, or 'hf:/path' for a Hugging Face directory")
+  _req(_get(c, "compute_dtype") in ("", "float32", "bfloat16", "float16"),
+       f"--config.compute_dtype={c.compute_dtype!r} must be '' (the preset's), float32, "
+       "bfloat16 or float16")
   _req(_get(c, "teacher.dtype") in ("float32", "bfloat16", "float16"),
        f"--config.teacher.dtype={c.teacher.dtype!r} must be float32, bfloat16 or float16")
   _req(_num(c, "teacher.pretrain.steps", int) >= 0, "--config.teacher.pretrain.steps must be >= 0")

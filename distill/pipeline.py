@@ -33,7 +33,7 @@ def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
   fields = dict(model_cfg)
   fields.pop("vocab_size", None)  # the teacher/tokenizer decides
   fields.setdefault("max_len", max(config.data.seq_len, 2048))
-  fields.setdefault("dtype", dtype or PRESETS[config.preset]["dtype"])
+  fields.setdefault("dtype", dtype or config.compute_dtype or PRESETS[config.preset]["dtype"])
   fields.setdefault("attention", PRESETS[config.preset]["attention"])
   fields.setdefault("remat", PRESETS[config.preset]["remat"])
   return ModelConfig(vocab_size=vocab_size, **fields)

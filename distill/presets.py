@@ -5,8 +5,16 @@ so configs and `distill.config` can read it cheaply. `distill.config.PRESETS` is
 the pipeline reads (`PRESETS[name]["dtype"]`).
 
 Fields:
-  dtype       activation dtype of the models (bf16 on accelerators: their matmul units and
-              memory both favour it; fp32 on CPU where bf16 is emulated and slower)
+  dtype       compute dtype of the models: matmul inputs and the activations between layers.
+              The rest of the precision policy is fixed (distill/models/transformer.py): matmuls
+              accumulate in fp32 (`preferred_element_type`; bf16 accumulation measured 4-5x
+              slower on this CPU and loses digits), norms, softmax, the losses and the
+              optimizer run in fp32, and the student's weights are fp32 master weights (its
+              `param_dtype`), cast to `dtype` at each matmul. bf16 everywhere that multiplies
+              it fast: accelerators, and CPUs with AVX-512 BF16 / AMX (on this 2-core Xeon a
+              bf16 x bf16 -> fp32 GEMM runs at ~850 GFLOP/s against ~230 for fp32)
+  teacher_dtype  dtype the read-only teacher's weights are held in when the config leaves
+              `teacher.dtype` empty; a non-fp32 teacher also computes in it
   attention   `ModelConfig.attention` default: "xla" (einsum + fp32 softmax, runs
               anywhere), "cudnn" (fused flash attention on NVIDIA), "splash" (TPU; runs the
               "xla" einsum until the Pallas splash kernel is wired: XLA's
@@ -29,6 +37,7 @@ import dataclasses
 class Hardware:
   name: str
   dtype: str
+  teacher_dtype: str
   attention: str
   remat: bool
   mesh: tuple  # (data, fsdp, tensor)
@@ -47,17 +56,17 @@ class Hardware:
 
 HARDWARE = {h.name: h for h in (
     # Laptop / CI: fp32, every fake device on the data axis.
-    Hardware("cpu", "float32", "xla", False, (-1, 1, 1), 0.0, "", 1),
+    Hardware("cpu", "bfloat16", "bfloat16", "xla", False, (-1, 1, 1), 0.0, "", 1),
     # 8 x H100 80 GB per node; FSDP within the node over NVLink, data across nodes.
-    Hardware("gpu", "bfloat16", "cudnn", True, (-1, 8, 1), 80.0, "", 8),
+    Hardware("gpu", "bfloat16", "bfloat16", "cudnn", True, (-1, 8, 1), 80.0, "", 8),
     # v4: 32 GiB per chip, 4 chips per host; compile-only topologies list 2 cores per chip.
-    Hardware("tpu_v4", "bfloat16", "splash", True, (-1, 4, 1), 32.0, "v4:2x2x1", 4),
+    Hardware("tpu_v4", "bfloat16", "bfloat16", "splash", True, (-1, 4, 1), 32.0, "v4:2x2x1", 4),
     # v5e (v5 lite): 16 GiB per chip, the smallest HBM here: FSDP over 16 chips by default.
-    Hardware("tpu_v5e", "bfloat16", "splash", True, (-1, 16, 1), 16.0, "v5e:4x4", 4),
+    Hardware("tpu_v5e", "bfloat16", "bfloat16", "splash", True, (-1, 16, 1), 16.0, "v5e:4x4", 4),
     # v5p: 95 GiB per chip.
-    Hardware("tpu_v5p", "bfloat16", "splash", True, (-1, 4, 1), 95.0, "v5p:2x2x1", 4),
+    Hardware("tpu_v5p", "bfloat16", "bfloat16", "splash", True, (-1, 4, 1), 95.0, "v5p:2x2x1", 4),
     # v6e (Trillium): 32 GiB per chip.
-    Hardware("tpu_v6e", "bfloat16", "splash", True, (-1, 8, 1), 32.0, "v6e:2x4", 4),
+    Hardware("tpu_v6e", "bfloat16", "bfloat16", "splash", True, (-1, 8, 1), 32.0, "v6e:2x4", 4),
 )}
 
 

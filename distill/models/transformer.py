@@ -151,15 +151,59 @@ def rope_frequencies(k: int, theta: float, scaling: tuple = ()):
                    "('llama3', f, low, high, original_max_len)")
 
 
-def rope(x, positions, theta, scaling: tuple = ()):
-  """Rotary embedding on [B, T, H, K] with positions [B, T] (half-split layout, as HF)."""
-  k = x.shape[-1]
+def rope_table(positions, k: int, theta, scaling: tuple = ()):
+  """(sin, cos) [B, T, 1, K/2] fp32 for `apply_rope`, computed once per forward pass.
+
+  Behind an optimization barrier: otherwise XLA fuses sin/cos into every consumer and
+  evaluates them per element of q and k, per head and per layer (on the CPU bench step that
+  recomputation, inside the transposing copies before the attention matmuls, was ~15% of the
+  step).
+  """
   freq = rope_frequencies(k, theta, scaling)
   ang = positions.astype(jnp.float32)[..., None] * freq  # [B, T, K/2]
-  sin, cos = jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]
+  return jax.lax.optimization_barrier((jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]))
+
+
+def apply_rope(x, table):
+  """Rotary embedding on [B, T, H, K] from `rope_table` (half-split layout, as HF), in fp32."""
+  sin, cos = table
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def rope(x, positions, theta, scaling: tuple = ()):
+  """Rotary embedding on [B, T, H, K] with positions [B, T] (half-split layout, as HF)."""
+  return apply_rope(x, rope_table(positions, x.shape[-1], theta, scaling))
+
+
+# Query rows per block of the training path's causal attention (see `_causal_blocks`).
+ATTENTION_BLOCK = 64
+
+
+def _causal_blocks(q, keys, values, dt, softcap: float):
+  """Causal self-attention over query blocks: q [B, T, M, G, K] (scaled), keys/values
+  [B, T, M, K] at positions 0..T-1 (one contiguous sequence, the training/eval path).
+
+  Block i's queries only see keys [0, end of block i): the masked upper triangle is never
+  computed, and each block's fp32 logits are a fraction of the [T, T] ones. On XLA:CPU the
+  attention is memory-bound (mask, softmax, casts and their gradients each pass over the
+  logits), so this cut the bench step's attention time by about a third; the result equals
+  the full masked softmax (masked logits contribute exp(-inf) = 0 either way).
+  """
+  t = q.shape[1]
+  outs = []
+  for start in range(0, t, ATTENTION_BLOCK):
+    end = min(t, start + ATTENTION_BLOCK)
+    logits = jnp.einsum("BTMGK,BSMK->BMGTS", q[:, start:end], keys[:, :end],
+                        preferred_element_type=jnp.float32)
+    logits = _softcap(logits, softcap)
+    allowed = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)  # fp32 softmax
+    outs.append(jnp.einsum("BMGTS,BSMK->BTMGK", probs, values[:, :end],
+                           preferred_element_type=jnp.float32).astype(dt))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 # Fake int8 quantization of every fully connected op's input (quantization-aware distillation
@@ -268,7 +312,12 @@ class Attention(nnx.Module):
       self.q_norm = Norm(cfg, k, "kv")
       self.k_norm = Norm(cfg, k, "kv")
 
-  def __call__(self, x, positions, cache=None, cache_index=None):
+  def table_key(self):
+    """Which rope table this layer reads (global and sliding layers may differ)."""
+    return (self.rope_theta, self.rope_scaling)
+
+  def __call__(self, x, positions, cache=None, cache_index=None, tables=None):
+    """`tables`: {table_key(): rope_table(...)} built once per forward (else built here)."""
     cfg, dt = self.cfg, x.dtype
     q = project(x, self.q[...])  # [B, T, N, K]
     k = project(x, self.k[...])  # [B, T, M, K]
@@ -279,8 +328,10 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.pos == "rope":
-      q = rope(q, positions, self.rope_theta, self.rope_scaling)
-      k = rope(k, positions, self.rope_theta, self.rope_scaling)
+      table = (tables or {}).get(self.table_key())
+      if table is None:
+        table = rope_table(positions, q.shape[-1], self.rope_theta, self.rope_scaling)
+      q, k = apply_rope(q, table), apply_rope(k, table)
 
     if cache is None:
       keys, values, key_pos = k, v, positions
@@ -309,6 +360,10 @@ class Attention(nnx.Module):
       y = project(out, self.o[...])  # [B, T, D]
       return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
     q = (q * scale).reshape(b, t, m, n // m, kd)
+    if cache is None and not self.window and not _ATTN_MAPS and t > ATTENTION_BLOCK:
+      out = _causal_blocks(q, keys, values, dt, cfg.attn_softcap).reshape(b, t, n, kd)
+      y = project(out, self.o[...])  # [B, T, D]
+      return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
     logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, keys, preferred_element_type=jnp.float32)
     logits = _softcap(logits, cfg.attn_softcap)
     qp, kp = positions[:, None, None, :, None], key_pos[:, None, None, None, :]
@@ -371,8 +426,8 @@ class Block(nnx.Module):
       self.post_attn_norm = Norm(cfg, cfg.d_model)
       self.post_mlp_norm = Norm(cfg, cfg.d_model)
 
-  def __call__(self, x, positions, cache=None, cache_index=None):
-    h, cache = self.attn(self.attn_norm(x), positions, cache, cache_index)
+  def __call__(self, x, positions, cache=None, cache_index=None, tables=None):
+    h, cache = self.attn(self.attn_norm(x), positions, cache, cache_index, tables)
     if self.cfg.post_norms:
       h = self.post_attn_norm(h)
     x = x + h
@@ -419,14 +474,20 @@ class Transformer(nnx.Module):
     if _ATTN_MAPS and cfg.remat and cache is None:
       raise ValueError("attention maps cannot leave a rematerialized block: set remat=False "
                        "for attention-transfer distillation")
+    tables = {}
+    if cfg.pos == "rope":
+      for i in range(cfg.n_layers):
+        key = getattr(self, f"block_{i}").attn.table_key()
+        if key not in tables:
+          tables[key] = rope_table(positions, cfg.k, *key)
     new_cache = []
     for i in range(cfg.n_layers):
       block = getattr(self, f"block_{i}")
       layer_cache = None if cache is None else cache[i]
       if cfg.remat and cache is None:
-        x, c = nnx.remat(lambda blk, y, p: blk(y, p))(block, x, positions)
+        x, c = nnx.remat(lambda blk, y, p, tb: blk(y, p, tables=tb))(block, x, positions, tables)
       else:
-        x, c = block(x, positions, layer_cache, cache_index)
+        x, c = block(x, positions, layer_cache, cache_index, tables)
       new_cache.append(c)
       if states is not None:
         states.append(x)
