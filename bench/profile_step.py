@@ -20,12 +20,12 @@ import re
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_small.py", "Bench config.")
+import step_throughput  # pylint: disable=wrong-import-position  # defines --config
+
 _STEPS = flags.DEFINE_integer("steps", 3, "Traced steps (after 2 untraced ones).")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/distill_profile", "Where the trace goes.")
 _TOP = flags.DEFINE_integer("top", 15, "Rows per table.")
@@ -73,8 +73,7 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import jax  # pylint: disable=import-outside-toplevel
   from xprof.convert import raw_to_tool_data  # pylint: disable=import-outside-toplevel
-  import step_throughput  # pylint: disable=import-outside-toplevel
-  c = _CONFIG.value
+  c = step_throughput._CONFIG.value  # pylint: disable=protected-access
   b = step_throughput.build(c)
   args = [b["state"], b["batch"], jax.random.key(0), b["t_params"]]
   compiled = b["step_fn"].lower(*args).compile()
