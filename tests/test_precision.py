@@ -91,8 +91,8 @@ def test_cpu_preset_states_the_policy():
 @pytest.mark.parametrize("block", [64, 10**6], ids=["blocked", "full"])
 def test_blocked_causal_attention_equals_full_mask(block, monkeypatch):
   """The query-blocked training attention equals the one-shot masked softmax (NumPy)."""
-  from distill.models import transformer
-  monkeypatch.setattr(transformer, "ATTENTION_BLOCK", block)
+  from distill.models import ops
+  monkeypatch.setattr(ops, "ATTENTION_BLOCK", block)
   teacher, _ = _models("float32", "float32")
   params = teacher.init(jax.random.key(3))
   x = jnp.asarray(_batch()["inputs"][:2])

@@ -13,9 +13,6 @@ M kv heads, G = N // M query heads per kv head, K head dim, F d_ff, V vocab.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import math
 from typing import Any
 
@@ -23,80 +20,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from distill.models import ops
+from distill.models.model_config import ModelConfig  # noqa: F401  (re-exported)
+# Re-exported: callers (export, QAD, tests) use them as transformer.<name>.
+from distill.models.ops import (apply_rope, collect_attention, fake_quant_rows, project,  # noqa: F401
+                                quantized_inputs, rope, rope_frequencies, rope_table)
+
 Params = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  head_dim: int = 0  # 0: d_model // n_heads
-  max_len: int = 2048
-  norm: str = "rms"  # rms | layer
-  norm_eps: float = 1e-6
-  norm_plus_one: bool = False  # Gemma stores (scale - 1)
-  pos: str = "rope"  # rope | learned
-  rope_theta: float = 10000.0
-  # Gemma 3: sliding-window layers use their own theta and no scaling (0: rope_theta).
-  rope_local_theta: float = 0.0
-  # Frequency scaling of the layers on rope_theta, as HF `rope_scaling`: () none,
-  # ("linear", factor) or ("llama3", factor, low_freq_factor, high_freq_factor, original_max_len).
-  rope_scaling: tuple = ()
-  mlp: str = "swiglu"  # swiglu | geglu | gelu
-  tie_embeddings: bool = True
-  qkv_bias: bool = False
-  mlp_bias: bool = False
-  out_bias: bool = False
-  qk_norm: bool = False
-  post_norms: bool = False  # Gemma 2/3: norms after attention and MLP too
-  embed_scale: bool = False  # Gemma: multiply embeddings by sqrt(d_model)
-  query_scale: float = 0.0  # 0: 1/sqrt(head_dim)
-  attn_softcap: float = 0.0
-  final_softcap: float = 0.0
-  sliding_window: int = 0  # 0: none
-  sliding_pattern: int = 0  # every `pattern`-th layer is global; 0: all layers windowed
-  dtype: str = "float32"  # activation dtype
-  param_dtype: str = "float32"
-  remat: bool = False
-  # Training-path attention: "xla" (einsum + fp32 softmax with GQA groups kept, any backend),
-  # "dot_product" (jax.nn.dot_product_attention, XLA implementation), "cudnn" (its fused flash
-  # kernel on NVIDIA GPUs). "splash" (TPU presets) runs the "xla" einsum until the Pallas kernel
-  # is wired: distill.aot measured XLA's dot_product_attention at 4x the temporaries there.
-  # The KV-cache path and attention soft-capping always use the einsum.
-  attention: str = "xla"
-
-  def __post_init__(self):
-    # JSON gives lists; the config must stay hashable (it keys jit and LM caches).
-    object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
-
-  @property
-  def k(self) -> int:
-    return self.head_dim or self.d_model // self.n_heads
-
-  def layer_window(self, i: int) -> int:
-    if not self.sliding_window:
-      return 0
-    if self.sliding_pattern and (i + 1) % self.sliding_pattern == 0:
-      return 0
-    return self.sliding_window
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "ModelConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown model config fields {sorted(unknown)}; valid: {sorted(names)}")
-    return cls(**d)
-
-  def replace(self, **kw) -> "ModelConfig":
-    return dataclasses.replace(self, **kw)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -128,163 +58,6 @@ class Norm(nnx.Module):
     if self.kind == "layer":
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(x.dtype)
-
-
-def rope_frequencies(k: int, theta: float, scaling: tuple = ()):
-  """Inverse frequencies [K/2] in fp32, with HF's `linear` / `llama3` scaling when given."""
-  freq = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
-  if not scaling:
-    return freq
-  kind, factor = scaling[0], float(scaling[1])
-  if kind == "linear":
-    return freq / factor
-  if kind == "llama3":
-    low, high, orig = (float(v) for v in scaling[2:5])
-    # Long wavelengths are divided by `factor`, short ones kept, the band between blended.
-    wavelen = 2 * math.pi / freq
-    scaled = jnp.where(wavelen > orig / low, freq / factor, freq)
-    smooth = (orig / wavelen - low) / (high - low)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
-    return jnp.where(medium, blended, scaled)
-  raise ValueError(f"unknown rope_scaling {scaling!r}; expected () or ('linear', f) or "
-                   "('llama3', f, low, high, original_max_len)")
-
-
-def rope_table(positions, k: int, theta, scaling: tuple = ()):
-  """(sin, cos) [B, T, 1, K/2] fp32 for `apply_rope`, computed once per forward pass.
-
-  Behind an optimization barrier: otherwise XLA fuses sin/cos into every consumer and
-  evaluates them per element of q and k, per head and per layer (on the CPU bench step that
-  recomputation, inside the transposing copies before the attention matmuls, was ~15% of the
-  step).
-  """
-  freq = rope_frequencies(k, theta, scaling)
-  ang = positions.astype(jnp.float32)[..., None] * freq  # [B, T, K/2]
-  return jax.lax.optimization_barrier((jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]))
-
-
-def apply_rope(x, table):
-  """Rotary embedding on [B, T, H, K] from `rope_table` (half-split layout, as HF), in fp32."""
-  sin, cos = table
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x.dtype)
-
-
-def rope(x, positions, theta, scaling: tuple = ()):
-  """Rotary embedding on [B, T, H, K] with positions [B, T] (half-split layout, as HF)."""
-  return apply_rope(x, rope_table(positions, x.shape[-1], theta, scaling))
-
-
-# Query rows per block of the training path's causal attention (see `_causal_blocks`).
-ATTENTION_BLOCK = 64
-
-
-def _causal_blocks(q, keys, values, dt, softcap: float):
-  """Causal self-attention over query blocks: q [B, T, M, G, K] (scaled), keys/values
-  [B, T, M, K] at positions 0..T-1 (one contiguous sequence, the training/eval path).
-
-  Block i's queries only see keys [0, end of block i): the masked upper triangle is never
-  computed, and each block's fp32 logits are a fraction of the [T, T] ones. On XLA:CPU the
-  attention is memory-bound (mask, softmax, casts and their gradients each pass over the
-  logits), so this cut the bench step's attention time by about a third; the result equals
-  the full masked softmax (masked logits contribute exp(-inf) = 0 either way).
-  """
-  t = q.shape[1]
-  outs = []
-  for start in range(0, t, ATTENTION_BLOCK):
-    end = min(t, start + ATTENTION_BLOCK)
-    logits = jnp.einsum("BTMGK,BSMK->BMGTS", q[:, start:end], keys[:, :end],
-                        preferred_element_type=jnp.float32)
-    logits = _softcap(logits, softcap)
-    allowed = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
-    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)  # fp32 softmax
-    outs.append(jnp.einsum("BMGTS,BSMK->BTMGK", probs, values[:, :end],
-                           preferred_element_type=jnp.float32).astype(dt))
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-
-
-# Fake int8 quantization of every fully connected op's input (quantization-aware distillation
-# of dynamic-range TFLite files), switched on by `quantized_inputs` around a forward pass.
-# A context read while tracing, like flax's logical-axis rules: `on` may be a traced bool.
-_INPUT_QUANT: list = []
-
-
-@contextlib.contextmanager
-def quantized_inputs(on):
-  """Inside, `project` and the unembedding see their input rounded as the dynamic-range
-  kernels round it: per token (row), asymmetric int8 over [min(x, 0), max(x, 0)], with a
-  straight-through gradient. `on`: a bool or a traced bool (QAD's schedule)."""
-  _INPUT_QUANT.append(on)
-  try:
-    yield
-  finally:
-    _INPUT_QUANT.pop()
-
-
-# Attention maps for attention-transfer distillation, collected while tracing (see
-# `collect_attention`), one [B, T, S] map (mean over heads) per block.
-_ATTN_MAPS: list = []
-
-
-@contextlib.contextmanager
-def collect_attention():
-  """Inside, every full-sequence forward appends each block's attention probabilities,
-  averaged over heads ([B, T, S] fp32), to the yielded list (teacher and student may have
-  different head counts, so maps are compared per block, not per head)."""
-  maps: list = []
-  _ATTN_MAPS.append(maps)
-  try:
-    yield maps
-  finally:
-    _ATTN_MAPS.pop()
-
-
-def fake_quant_rows(x2):
-  """[X, I] -> the same rows after asymmetric per-row int8 quantize/dequantize (XNNPACK qd8:
-  the range always includes 0, scale = range / 255, int8 zero point)."""
-  xf = x2.astype(jnp.float32)
-  lo = jnp.minimum(xf.min(-1, keepdims=True), 0.0)
-  hi = jnp.maximum(xf.max(-1, keepdims=True), 0.0)
-  scale = jnp.maximum(hi - lo, 1e-30) / 255.0
-  zero = jnp.clip(jnp.round(-128.0 - lo / scale), -128.0, 127.0)
-  q = jnp.clip(jnp.round(xf / scale) + zero, -128.0, 127.0)
-  return ((q - zero) * scale).astype(x2.dtype)
-
-
-def _maybe_quant_input(x2):
-  if not _INPUT_QUANT:
-    return x2
-  on = _INPUT_QUANT[-1]
-  return x2 + jax.lax.stop_gradient(jnp.where(on, fake_quant_rows(x2) - x2, jnp.zeros_like(x2)))
-
-
-def project(x, w):
-  """x [B, T, *in] @ w [*in, *out] -> [B, T, *out], as one 2-D matmul.
-
-  Written as 'XI,IO->XO' over flattened tokens (X = B*T) and flattened weight axes: with 3-D
-  einsums ('BTD,DF->BTF') XLA:CPU computes the weight gradient, which sums over both B and T,
-  through a transposed column-by-column fusion that took ~5x the forward time (measured with
-  bench/step_throughput.py); the 2-D form is a plain GEMM on every backend.
-  """
-  n_in = x.ndim - 2
-  lead, d_in = x.shape[:2], math.prod(x.shape[2:])
-  # Matmul inputs in the narrower of the two dtypes: bf16 weights under an fp32 residual stream
-  # (a read-only teacher) multiply as bf16 without rounding the stream between layers.
-  cdt = x.dtype if jnp.finfo(x.dtype).bits <= jnp.finfo(w.dtype).bits else w.dtype
-  w2 = w.astype(cdt).reshape(d_in, -1)
-  # fp32 accumulation whatever the input dtype: on CPUs with AVX-512 BF16 (and on GPU/TPU)
-  # bf16 x bf16 -> fp32 is the fast path (~3x fp32 here); bf16 accumulation is both slower on
-  # XLA:CPU and less accurate.
-  y = jnp.einsum("XI,IO->XO", _maybe_quant_input(x.reshape(-1, d_in).astype(cdt)), w2,
-                 preferred_element_type=jnp.float32)
-  return y.astype(x.dtype).reshape(*lead, *w.shape[n_in:])
-
-
-def _softcap(x, cap):
-  return cap * jnp.tanh(x / cap) if cap else x
 
 
 class Attention(nnx.Module):
@@ -349,7 +122,7 @@ class Attention(nnx.Module):
     m = keys.shape[2]
     scale = cfg.query_scale or 1.0 / math.sqrt(kd)
     fast = cfg.attention in ("cudnn", "dot_product") and cache is None and not cfg.attn_softcap
-    if fast and _ATTN_MAPS:
+    if fast and ops.ATTN_MAPS:
       raise ValueError(f"attention maps need the einsum attention path, not attention="
                        f"{cfg.attention!r}: set the model's attention to 'xla'")
     if fast:
@@ -360,20 +133,20 @@ class Attention(nnx.Module):
       y = project(out, self.o[...])  # [B, T, D]
       return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
     q = (q * scale).reshape(b, t, m, n // m, kd)
-    if cache is None and not self.window and not _ATTN_MAPS and t > ATTENTION_BLOCK:
-      out = _causal_blocks(q, keys, values, dt, cfg.attn_softcap).reshape(b, t, n, kd)
+    if cache is None and not self.window and not ops.ATTN_MAPS and t > ops.ATTENTION_BLOCK:
+      out = ops.causal_blocks(q, keys, values, dt, cfg.attn_softcap).reshape(b, t, n, kd)
       y = project(out, self.o[...])  # [B, T, D]
       return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
     logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, keys, preferred_element_type=jnp.float32)
-    logits = _softcap(logits, cfg.attn_softcap)
+    logits = ops.softcap(logits, cfg.attn_softcap)
     qp, kp = positions[:, None, None, :, None], key_pos[:, None, None, None, :]
     allowed = kp <= qp
     if self.window:
       allowed &= kp > qp - self.window
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)  # fp32 softmax
-    if _ATTN_MAPS and cache is None:
-      _ATTN_MAPS[-1].append(probs.mean(axis=(1, 2)))  # BMGTS -> BTS
+    if ops.ATTN_MAPS and cache is None:
+      ops.ATTN_MAPS[-1].append(probs.mean(axis=(1, 2)))  # BMGTS -> BTS
     probs = probs.astype(dt)
     out = jnp.einsum("BMGTS,BSMK->BTMGK", probs, values,
                      preferred_element_type=jnp.float32).astype(dt).reshape(b, t, n, kd)
@@ -471,7 +244,7 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)
     if cfg.pos == "learned":
       x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dt)
-    if _ATTN_MAPS and cfg.remat and cache is None:
+    if ops.ATTN_MAPS and cfg.remat and cache is None:
       raise ValueError("attention maps cannot leave a rematerialized block: set remat=False "
                        "for attention-transfer distillation")
     tables = {}
@@ -546,10 +319,10 @@ class LM:
     # form took several times the forward, and this matmul is most of a small student's step).
     w = self.unembedding(params)
     b, t, d = hidden.shape
-    logits = jnp.einsum("XD,DV->XV", _maybe_quant_input(hidden.reshape(b * t, d)),
+    logits = jnp.einsum("XD,DV->XV", ops.maybe_quant_input(hidden.reshape(b * t, d)),
                         w.astype(hidden.dtype),
                         preferred_element_type=jnp.float32).reshape(b, t, -1)
-    return _softcap(logits, self.cfg.final_softcap)
+    return ops.softcap(logits, self.cfg.final_softcap)
 
   def apply(self, params, tokens, positions=None):
     """Full forward: tokens [B, T] -> fp32 logits [B, T, V]."""
