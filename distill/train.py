@@ -14,9 +14,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -26,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, losses, qat, sharding
+from distill import checkpoint, losses, preemption, qat, sharding
 from distill.errors import NonFiniteError, Preempted  # noqa: F401  re-exported
 from distill.models import transformer
 from distill.models.transformer import LM
@@ -360,25 +358,6 @@ def _read_history(stage_dir, upto, rewrite=True):
   return rows
 
 
-class _PreemptionFlag:
-  """Turns SIGTERM into a flag checked at step boundaries (main thread only)."""
-
-  def __init__(self):
-    self.raised = False
-    self._old = None
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
-
-  def restore(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-      self._old = None
-
-
 def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_fn: Callable,
         tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
         teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
@@ -426,7 +405,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
   history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
   hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
   progress = Progress(name, steps, 0, enabled=is_main)
-  preempt = _PreemptionFlag()
+  preempt = preemption.StopFlag()
   for step in range(start, steps):
     local = next(data_iter)
     if progress.tps == 0:
@@ -436,8 +415,10 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
     pending.append((step + 1, metrics))
     done = step + 1
+    # Every process stops at the same step: the flag is agreed on across processes.
+    stop = preempt.agreed()
     # Metrics are checked (and logged) before any state is saved, a preemption save included.
-    save = ckpt.should_save(done, steps) or preempt.raised
+    save = ckpt.should_save(done, steps) or stop
     if done % log_every == 0 or done == steps or save:
       fetched = jax.device_get(pending)
       pending = []
@@ -458,7 +439,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
       progress.update(done, history[-1][1])
     if save:
       ckpt.save(done, state, data_iter.get_state())
-      if preempt.raised and done < steps:
+      if stop and done < steps:
         progress.close()
         ckpt.close()
         preempt.restore()

@@ -16,10 +16,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -79,8 +82,13 @@ def _optimizer():
   return train.make_optimizer(lr=1e-2, steps=STEPS, warmup=0)
 
 
-def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str):
-  """3 distill steps through `train.run` on `mesh_cfg`; returns the per-step metrics."""
+def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, steps: int = STEPS,
+                sigterm_at: int = 0):
+  """`steps` distill steps through `train.run` on `mesh_cfg`; returns the per-step metrics.
+
+  `sigterm_at` > 0: this process sends itself SIGTERM when it draws batch `sigterm_at` (i.e.
+  during that step), as a preemption notice reaching one VM of a slice would.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from distill import data, sharding, tokenizers, train  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(mesh_cfg)
@@ -91,18 +99,58 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str):
   it = data.make_train_iterator(_data_cfg(corpus_glob), tok, workdir, batch_size=BATCH, seed=0,
                                 fraction=1.0, process_index=jax.process_index(),
                                 process_count=jax.process_count())
+  if sigterm_at:
+    it = _SigtermAt(it, sigterm_at)
   stage_dir = os.path.join(workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
   loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
                               cfg=train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.3))
   res = train.run(name=stage, lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it,
-                  steps=STEPS, loss_fn=loss_fn, tx=_optimizer(), seed=0,
-                  checkpoint_every=STEPS, log_every=1, teacher_params=t_params,
+                  steps=steps, loss_fn=loss_fn, tx=_optimizer(), seed=0,
+                  checkpoint_every=steps, log_every=1, teacher_params=t_params,
                   teacher_shardings=t_shard, is_main=jax.process_index() == 0)
   return res, [(s, m) for s, m in res.history]
 
 
-def _child(pid: int, port: int, workdir: str) -> None:
+class _SigtermAt:
+  """Data iterator that signals its own process when batch `at` (1-based) is drawn."""
+
+  def __init__(self, it, at: int):
+    self.it, self.at, self.drawn = it, at, 0
+
+  def __next__(self):
+    self.drawn += 1
+    if self.drawn == self.at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
+def _child_preempt(pid: int, workdir: str, corpus_glob: str, phase: str) -> dict:
+  """phase 'first': an uninterrupted 2x-long run, then a run where only process 0 gets
+  SIGTERM during step 3; phase 'resume': the interrupted run again (fresh processes)."""
+  from distill import errors  # pylint: disable=import-outside-toplevel
+  out = {"pid": pid}
+  if phase == "first":
+    distill_run(workdir, corpus_glob, MULTI_MESH, "full", steps=2 * STEPS)
+    try:
+      distill_run(workdir, corpus_glob, MULTI_MESH, "pre", steps=2 * STEPS,
+                  sigterm_at=3 if pid == 0 else 0)
+      out["preempted"] = False
+    except errors.Preempted as e:  # the CLI's clean exit (code 0)
+      out["preempted"], out["message"] = True, str(e)
+  else:
+    _, history = distill_run(workdir, corpus_glob, MULTI_MESH, "pre", steps=2 * STEPS)
+    out["resumed_steps"] = [s for s, _ in history]
+  return out
+
+
+def _child(pid: int, port: int, workdir: str, phase: str = "") -> None:
   t0 = time.time()
   import jax  # pylint: disable=import-outside-toplevel
   # Gloo is the default in this jax; set it anyway so a changed default cannot turn the
@@ -114,10 +162,13 @@ def _child(pid: int, port: int, workdir: str) -> None:
   with open(os.path.join(workdir, "corpus.txt")) as f:
     corpus_glob = f.read()
   t = time.time()
-  _, history = distill_run(workdir, corpus_glob, MULTI_MESH, "multi")
+  if phase:
+    out = _child_preempt(pid, workdir, corpus_glob, phase)
+  else:
+    _, history = distill_run(workdir, corpus_glob, MULTI_MESH, "multi")
+    out = {"pid": pid, "history": history, "local_devices": jax.local_device_count()}
   print(f"child {pid}: init+run {time.time() - t0:.1f}s, run {time.time() - t:.1f}s", flush=True)
-  out = {"pid": pid, "history": history, "local_devices": jax.local_device_count()}
-  with open(os.path.join(workdir, f"child{pid}.json"), "w") as f:
+  with open(os.path.join(workdir, f"child{pid}{phase}.json"), "w") as f:
     json.dump(out, f)
   jax.distributed.shutdown()
 
@@ -200,5 +251,71 @@ def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_pat
   print(f"2-process run {t_multi:.1f}s, total {time.time() - t0:.1f}s")
 
 
+def _launch_children(workdir: str, phase: str = "") -> list:
+  """Run the 2 children (this module, `phase`) to completion; their JSON outputs."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(pid), str(port),
+                             workdir] + ([phase] if phase else []), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for pid in range(2)]
+  logs = []
+  for p in procs:
+    try:
+      out, _ = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    logs.append(out)
+  for pid, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"child {pid} ({phase or 'run'}) failed:\n{log[-4000:]}"
+  outs = []
+  for pid in range(2):
+    with open(os.path.join(workdir, f"child{pid}{phase}.json")) as f:
+      outs.append(json.load(f))
+  return outs
+
+
+@pytest.mark.slow  # two launches of 2 processes, 3 runs of 6 steps each (~2 min)
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from distill import checkpoint, data, sharding, train  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path)
+  corpus_glob = _write_corpus(os.path.join(workdir, "corpus"))
+  with open(os.path.join(workdir, "corpus.txt"), "w") as f:
+    f.write(corpus_glob)
+  data.prepare(_data_cfg(corpus_glob), workdir)
+  first = _launch_children(workdir, "first")
+  # Only process 0 was signalled; both stopped, cleanly, after the same step.
+  assert [c["preempted"] for c in first] == [True, True], first
+  assert "checkpoint saved at step 3" in first[0]["message"], first[0]["message"]
+  assert first[0]["message"] == first[1]["message"]
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "pre", "checkpoints"))
+                 if d.isdigit())
+  assert steps == [3], steps
+  resumed = _launch_children(workdir, "resume")
+  for c in resumed:
+    assert c["resumed_steps"][-1] == 2 * STEPS
+  # The resumed run ends bitwise equal to the uninterrupted one (both read back here).
+  _, student = _models()
+  mesh = sharding.make_mesh(RESTORE_MESH)
+  tx = _optimizer()
+  abstract = jax.eval_shape(
+      lambda k: train.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),
+                                 tx.init(student.init(k))), jax.random.key(0))
+  s_shard = train.state_shardings(abstract, sharding.param_shardings(student, mesh), mesh)
+  states = {}
+  for stage in ("full", "pre"):
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, stage, "checkpoints"), every=2 * STEPS)
+    step, states[stage], _ = ckpt.restore_latest(checkpoint.abstract_like(abstract, s_shard))
+    ckpt.close()
+    assert step == 2 * STEPS
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               states["full"].params, states["pre"].params)
+
+
 if __name__ == "__main__":
-  _child(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+  _child(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])
