@@ -22,9 +22,10 @@ import dataclasses
 from distill.errors import BudgetError  # noqa: F401  re-exported (presets.BudgetError)
 
 MB = 1_000_000
-QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4")
+QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4", "int4_head8")
 # Bytes per weight, to refuse hopeless exports before spending minutes converting them.
-_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5}
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5,
+                     "int4_head8": 0.5}  # a lower bound: its int8 unembedding adds 0.5 per head weight
 
 
 @dataclasses.dataclass(frozen=True)
