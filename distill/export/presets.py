@@ -76,7 +76,8 @@ def _mb(n: float) -> str:
 def over_budget_message(p: Preset, nbytes: float, estimated: bool = False) -> str:
   over = nbytes - p.budget_bytes
   what = f"would be about {_mb(nbytes)}" if estimated else f"is {_mb(nbytes)}"
-  smaller = {"fp32": "int8", "fp16": "int8", "dynamic_int8": "int4", "int8": "int4"}.get(p.quant)
+  smaller = {"fp32": "int8", "fp16": "int8", "dynamic_int8": "int4", "int8": "int4",
+             "int4_head8": "int4"}.get(p.quant)
   hint = f" or export with --quant={smaller}" if smaller else ""
   return (f"{p.name} budget is {_mb(p.budget_bytes)} but the {p.quant} file {what} "
           f"({_mb(over)}, {100 * over / p.budget_bytes:.0f}% over); shrink the student "
