@@ -1,6 +1,6 @@
 """How well a student survives int4 (or another mode) export: one JSON line per mode.
 
-  python bench/qad_report.py --workdir=runs/tiny [--modes=int4,dynamic_int8] [--windows=16]
+  python bench/qad_report.py --workdir=runs/tiny [--modes=int4,int4_head8,dynamic_int8] [--windows=16]
 
 For `<workdir>/student`, exports each mode with the watch preset's shapes (context 256,
 P = 64; no verification gate, so a failing file is still measured), then on the first

@@ -183,8 +183,8 @@ def get_config():
   # Attention transfer over the same block pairs: weight of the KL between the teacher's and
   # the student's attention maps (averaged over heads; needs the einsum attention, no remat).
   c.distill.hidden.attention_weight = 0.0
-  # Quantization-aware distillation: none | int8 | int4_block32 fake-quantizes the student's
-  # weights as that export will (straight-through gradients; distill/qat.py), from the
+  # Quantization-aware distillation: none | int8 | int4_block32 | int4_block32_head8 (for the
+  # int4_head8 export: int8 unembedding) fake-quantizes the student's weights as that export will (straight-through gradients; distill/qat.py), from the
   # fraction qat_start_fraction of the steps on (0 = all steps, 0.8 = the last 20%).
   c.distill.qat = "none"
   c.distill.qat_start_fraction = 0.0

@@ -15,6 +15,10 @@ What the exports do, measured on our .tflite files (tests/test_qat.py checks equ
                 stored as float16); q = clip(rint(w / scale)).
   int8          TF's dynamic-range int8 (the `dynamic_int8` export): per output channel,
                 symmetric narrow range q in [-127, 127], scale = max|w| / 127 (fp32).
+  int4_block32_head8  the `int4_head8` export: int4_block32 on every block's weights, the
+                unembedding int8 per channel (ai-edge-quantizer's weight-only int8: symmetric,
+                narrow range, scale = max|w| / 127 per vocabulary row), which that file keeps
+                with fp32 activations.
 The fully connected weights are the attention q/k/v/o projections, the MLP and the
 unembedding. The embedding *lookup* stays fp32: with tied embeddings the converter keeps
 an fp32 copy for the gather and quantizes only the unembedding's, so `fake_quant` returns
@@ -33,7 +37,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-QAT_MODES = ("none", "int8", "int4_block32")
+QAT_MODES = ("none", "int8", "int4_block32", "int4_block32_head8")
 INT4_BLOCK = 32
 
 
@@ -76,6 +80,13 @@ def _as_matrix(name: str, w):
   return None
 
 
+def _modes(mode: str) -> tuple[str, str]:
+  """(mode of the blocks' weights, mode of the unembedding)."""
+  if mode == "int4_block32_head8":
+    return "int4_block32", "int8"
+  return mode, mode
+
+
 def _quantizer(mode: str):
   if mode == "int4_block32":
     return int4_blockwise
@@ -97,7 +108,9 @@ def fake_quant(params, mode: str, on=True):
   """
   if mode == "none":
     return params, params
-  _quantizer(mode)
+  if mode not in QAT_MODES:
+    raise ValueError(f"qat={mode!r}: use one of {QAT_MODES}")
+  body_mode, head_mode = _modes(mode)
 
   def walk(node, name=""):
     if isinstance(node, dict):
@@ -105,7 +118,7 @@ def fake_quant(params, mode: str, on=True):
     m = _as_matrix(name, node) if hasattr(node, "ndim") else None
     if m is None:
       return node
-    q = _fq_matrix(mode, m)
+    q = _fq_matrix(head_mode if name == "unembed" else body_mode, m)
     if q is None:
       return node
     return _ste(node, q.reshape(node.shape).astype(node.dtype), on)
@@ -114,7 +127,7 @@ def fake_quant(params, mode: str, on=True):
   head = body
   if isinstance(params, dict) and "embed" in params and "unembed" not in params:
     e = params["embed"]  # tied: the unembedding is embed.T ([D, V], FC over D)
-    q = _fq_matrix(mode, e.T)
+    q = _fq_matrix(head_mode, e.T)
     if q is not None:
       head = dict(body, embed=_ste(e, q.T.astype(e.dtype), on))
   return body, head

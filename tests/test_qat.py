@@ -18,14 +18,21 @@ CFG = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=
                   max_len=64)
 
 
-def _tflite_weights(flat: bytes) -> list[np.ndarray]:
-  """Every int4 / int8 constant of the first subgraph, dequantized, as [out, in]."""
+def _tflite_weights(flat: bytes, bits: bool = False) -> list:
+  """Every int4 / int8 constant of the first subgraph, dequantized, as [out, in] (with
+  `bits`: (array, 4 or 8) pairs)."""
   from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
   m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flat, 0))
   sub = m.subgraphs[0]
+
+  def buffer(i):  # inline, or (ai-edge-quantizer's larger files) at an offset after the root
+    b = m.buffers[i] if i else None
+    if b is not None and b.data is None and (b.offset or 0) > 1:
+      return np.frombuffer(flat[b.offset:b.offset + b.size], np.uint8)
+    return None if b is None else b.data
   out = []
   for t in sub.tensors:
-    data = m.buffers[t.buffer].data if t.buffer else None
+    data = buffer(t.buffer)
     if data is None or t.type not in (schema.TensorType.INT4, schema.TensorType.INT8):
       continue
     shape = tuple(int(d) for d in t.shape)
@@ -36,13 +43,13 @@ def _tflite_weights(flat: bytes) -> list[np.ndarray]:
       vals = np.stack([lo, hi], -1).reshape(-1)[:np.prod(shape)]
       vals = np.where(vals > 7, vals - 16, vals).astype(np.float32).reshape(shape)
       st = sub.tensors[q.details.scales]
-      scales = np.frombuffer(bytes(m.buffers[st.buffer].data), np.float16).astype(np.float32)
+      scales = np.frombuffer(bytes(buffer(st.buffer)), np.float16).astype(np.float32)
       scales = scales.reshape(shape[0], -1)
-      out.append(vals * np.repeat(scales, q.details.blockSize, axis=1))
+      out.append((vals * np.repeat(scales, q.details.blockSize, axis=1), 4))
     else:
       vals = raw.view(np.int8).astype(np.float32).reshape(shape)
-      out.append(vals * np.asarray(q.scale, np.float32).reshape(-1, 1))
-  return out
+      out.append((vals * np.asarray(q.scale, np.float32).reshape(-1, 1), 8))
+  return out if bits else [w for w, _ in out]
 
 
 def _candidates(params, mode) -> list[np.ndarray]:
@@ -69,19 +76,24 @@ def exported(tmp_path_factory):
   return p32, sm
 
 
-@pytest.mark.parametrize("mode,quant", [("int4_block32", "int4"), ("int8", "dynamic_int8")])
+@pytest.mark.parametrize("mode,quant", [("int4_block32", "int4"), ("int8", "dynamic_int8"),
+                                       ("int4_block32_head8", "int4_head8")])
 def test_fake_quant_equals_exported_weights(exported, mode, quant):
   from distill.export import converter  # pylint: disable=import-outside-toplevel
   p32, sm = exported
   flat, _ = converter.to_tflite(sm, quant)
-  got = _tflite_weights(flat)
+  got = _tflite_weights(flat, bits=True)
   want = _candidates(p32, mode)
   # Every fully connected weight (7 projections per layer + the unembedding) is quantized.
   assert len(got) == len(want) == 7 * CFG.n_layers + 1
-  for g in got:
+  if quant == "int4_head8":  # int4 blocks everywhere but the [V, D] unembedding, in int8
+    assert sorted(b for _, b in got) == [4] * 7 * CFG.n_layers + [8]
+    assert [g.shape for g, b in got if b == 8] == [(CFG.vocab_size, CFG.d_model)]
+  for g, b in got:
     diffs = [np.abs(g - w).max() for w in want if w.shape == g.shape]
-    # int8: TF rounds half away from zero, we round half to even; a tie is one step.
-    tol = 0.0 if mode == "int4_block32" else 1e-6
+    # int8: TF / ai-edge-quantizer round half away from zero, we round half to even; a tie
+    # is one step (never met here). int4 is bit for bit.
+    tol = 0.0 if b == 4 else 1e-6
     assert min(diffs) <= tol + 1e-7 * np.abs(g).max(), (g.shape, min(diffs))
   # Not the identity: the weights really moved to the grid.
   assert max(np.abs(w - np.asarray(p32["embed"])).max() for w in want[:1]) > 0
@@ -174,3 +186,61 @@ def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
       return transformer.project(a, jnp.asarray(w)).sum()
   g = np.asarray(jax.grad(f)(jnp.asarray(x)))
   np.testing.assert_allclose(g, np.broadcast_to(w.sum(-1), x.shape), rtol=1e-5)  # identity STE
+
+
+def _litert_logits(flat: bytes, path, ids) -> np.ndarray:
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  from distill.export import card as card_lib, converter  # pylint: disable=import-outside-toplevel
+  from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
+  path.write_bytes(flat)
+  card = {"signatures": card_lib.signatures(litert.Interpreter(model_path=str(path)),
+                                            CFG.n_layers),
+          "max_context": 32, "prefill_len": 8, "vocab_size": 259, "kv_cache": {
+              "names": converter.cache_names(CFG.n_layers), "dtype": "float32",
+              "shape": [1, 32, CFG.n_kv_heads, CFG.d_model // CFG.n_heads]}}
+  return LiteRTModel(str(path), card=card).teacher_forced_logits(ids)
+
+
+def test_int4_head8_file_runs_its_head_in_float(tmp_path):
+  """The int4_head8 unembedding (int8 weights, DEQUANTIZE, fp32 activations) computes exactly
+  the JAX unembedding of QAD's int4_block32_head8 weights: a file with only that head
+  quantized matches JAX to float rounding. The whole int4_head8 file (int4 blocks, dynamic
+  int8 activations there) is then closer to JAX than the plain int4 file, whose unembedding
+  input is rounded to int8 per token."""
+  from distill.export import converter, quantize  # pylint: disable=import-outside-toplevel
+  from ai_edge_quantizer import quantizer, recipe_manager  # pylint: disable=import-outside-toplevel
+  lm = LM(CFG)
+  lm32, p32 = converter.export_lm(lm, lm.init(jax.random.key(5)))
+  grid = train.LossConfig(qat="int4_block32_head8").final_params(p32)
+  sm = str(tmp_path / "sm")
+  converter.save_saved_model(converter.build_module(lm32, grid, vocab=259, max_context=32,
+                                                    prefill_len=8), sm)
+  fp32, _ = converter.to_tflite(sm, "fp32")
+  ids = np.random.default_rng(0).integers(3, 259, 24).astype(np.int32)
+  ref = np.asarray(lm32.apply(grid, jnp.asarray(ids[None])))[0, :, :259]
+  rp = recipe_manager.RecipeManager()
+  quantize.add_head_int8_weight_only(rp, fp32)
+  with quantize._quiet():  # pylint: disable=protected-access
+    head_only = bytes(quantizer.Quantizer(fp32, rp.get_quantization_recipe()).quantize(
+        enable_progress_bar=False, enable_progress_report=False).quantized_model)
+  assert [(w.shape, b) for w, b in _tflite_weights(head_only, bits=True)] == [
+      ((CFG.vocab_size, CFG.d_model), 8)]  # the unembedding only, int8
+  got = _litert_logits(head_only, tmp_path / "head.tflite", ids)
+  np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max())
+  err = {}
+  for quant in ("int4", "int4_head8"):
+    flat, _ = converter.to_tflite(sm, quant)
+    err[quant] = np.abs(_litert_logits(flat, tmp_path / f"{quant}.tflite", ids) - ref).mean()
+  assert err["int4_head8"] < err["int4"], err
+
+
+def test_head8_mode_quantizes_the_head_int8_and_the_blocks_int4():
+  params = LM(CFG).init(jax.random.key(0))
+  body, head = qat.fake_quant(params, "int4_block32_head8")
+  up = params["block_0"]["mlp"]["up"]
+  np.testing.assert_array_equal(body["block_0"]["mlp"]["up"], qat.int4_blockwise(up))
+  np.testing.assert_array_equal(head["embed"], qat.int8_per_channel(params["embed"].T).T)
+  np.testing.assert_array_equal(body["embed"], params["embed"])  # the lookup stays fp32
+  untied = dict(params, unembed=params["embed"].T)
+  b2, _ = qat.fake_quant(untied, "int4_block32_head8")
+  np.testing.assert_array_equal(b2["unembed"], qat.int8_per_channel(untied["unembed"]))

@@ -17,7 +17,8 @@ from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding the stage to export.")
 _PRESET = flags.DEFINE_enum("preset", None, ["phone", "watch"], "Edge preset.")
-_QUANT = flags.DEFINE_enum("quant", None, ["fp32", "fp16", "dynamic_int8", "int8", "int4"],
+_QUANT = flags.DEFINE_enum("quant", None, ["fp32", "fp16", "dynamic_int8", "int8", "int4",
+                                             "int4_head8"],
                            "Quantization mode (default: the preset's).")
 _STAGE = flags.DEFINE_string("stage", "student", "Stage subdirectory of --workdir (or a path).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/export/<preset>).")

@@ -26,7 +26,7 @@ from distill.models.transformer import count_params
 
 # Quantized modes also store the token-lookup table as int8 rows (`converter.step_fn`): the
 # TFLite quantizers leave a GATHER's table fp32, which alone broke the watch budget.
-INT8_EMBEDDING_MODES = ("dynamic_int8", "int8", "int4")
+INT8_EMBEDDING_MODES = ("dynamic_int8", "int8", "int4", "int4_head8")
 
 LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
           "quick": dict(prompts=2, new_tokens=16, windows=4, calib=8),

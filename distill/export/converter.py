@@ -130,7 +130,7 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
   """(flatbuffer, one-line description of what was quantized) for a quantization mode.
 
   `calibration` (int8 only): [(signature_key, {input name: array})] from training text.
-  fp16 and dynamic_int8 are TF converter options; int8 and int4 run ai-edge-quantizer on the
+  fp16 and dynamic_int8 are TF converter options; int8, int4 and int4_head8 run ai-edge-quantizer on the
   fp32 flatbuffer, because its recipes can pick the ops (see quantize.py for why).
   """
   tf = quiet.import_tensorflow()
@@ -139,12 +139,12 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     conv = _converter(saved_model_dir)
-    if mode in ("fp32", "int4", "int8"):
+    if mode in ("fp32", "int4", "int4_head8", "int8"):
       flat = conv.convert()
       if mode == "fp32":
         return flat, "none: fp32 weights and activations"
-      if mode == "int4":
-        return quantize.int4_blockwise(flat)
+      if mode in ("int4", "int4_head8"):
+        return quantize.int4_blockwise(flat, head8=mode == "int4_head8")
       if not calibration:
         raise ValueError("int8 needs calibration samples (training text)")
       return quantize.int8_static(flat, calibration)

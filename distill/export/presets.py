@@ -22,9 +22,10 @@ import dataclasses
 from distill.errors import BudgetError  # noqa: F401  re-exported (presets.BudgetError)
 
 MB = 1_000_000
-QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4")
+QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4", "int4_head8")
 # Bytes per weight, to refuse hopeless exports before spending minutes converting them.
-_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5}
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5,
+                     "int4_head8": 0.5}  # a lower bound: its int8 unembedding adds 0.5 per head weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,8 @@ def _mb(n: float) -> str:
 def over_budget_message(p: Preset, nbytes: float, estimated: bool = False) -> str:
   over = nbytes - p.budget_bytes
   what = f"would be about {_mb(nbytes)}" if estimated else f"is {_mb(nbytes)}"
-  smaller = {"fp32": "int8", "fp16": "int8", "dynamic_int8": "int4", "int8": "int4"}.get(p.quant)
+  smaller = {"fp32": "int8", "fp16": "int8", "dynamic_int8": "int4", "int8": "int4",
+             "int4_head8": "int4"}.get(p.quant)
   hint = f" or export with --quant={smaller}" if smaller else ""
   return (f"{p.name} budget is {_mb(p.budget_bytes)} but the {p.quant} file {what} "
           f"({_mb(over)}, {100 * over / p.budget_bytes:.0f}% over); shrink the student "

@@ -13,7 +13,8 @@ import numpy as np
 
 from distill.export.runtime import LiteRTModel
 
-AGREEMENT_THRESHOLD = {"fp16": 0.98, "dynamic_int8": 0.95, "int8": 0.95, "int4": 0.90}
+AGREEMENT_THRESHOLD = {"fp16": 0.98, "dynamic_int8": 0.95, "int8": 0.95, "int4": 0.90,
+                       "int4_head8": 0.90}
 
 
 class VerificationError(RuntimeError):
