@@ -35,6 +35,9 @@ def _run(mesh, teacher, student, t_params, batch, loss_fn, tx):
   tp = jax.device_put(t_params, t_shard)
   state, metrics = built.step(built.init(jax.random.key(0)), sharding.global_batch(batch, mesh),
                               jax.random.key(0), tp)
+  # The step's output state (optimizer moments included) stays where the builder put it.
+  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(built.state_shardings)):
+    assert leaf.sharding.is_equivalent_to(sh, leaf.ndim), (leaf.shape, sh)
   ev = evaluate.evaluate(student, state.params, teacher, tp, [batch], mesh, n_bytes=100)
   return state, jax.device_get(metrics), ev, built.param_shardings
 
