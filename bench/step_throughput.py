@@ -3,8 +3,8 @@
   python bench/step_throughput.py [--config=configs/bench_small.py] [--config.dtype=float32]
                                   [--torch=false] [--breakdown]
 
-Builds what `train.run` jits for the student stage -- `train.train_step` with
-`train.distill_loss`, explicit in/out shardings, the state donated -- on random params and a
+Builds what `train.run` jits for the student stage through `distill.step.make_step` -- the
+`objectives.distill_loss` step, explicit in/out shardings, the state donated -- on random params and a
 random batch, under the config's precision policy (`dtype`: the models' compute dtype, the
 student's master weights stay fp32; `teacher_dtype`: the read-only teacher's weights). In the
 same process it builds bench/torch_kd.py's PyTorch KD loop at the same shapes in fp32 and with
@@ -106,10 +106,11 @@ def model_flops_per_token(t_cfg, s_cfg, seq_len: int) -> dict:
 
 
 def build(c):
-  """(step_fn, state, batch, teacher_params, teacher/student LMs, helpers) as train.run does."""
+  """(step_fn, state, batch, teacher_params, teacher/student LMs, helpers): the step
+  `train.run` trains, from the same builder (`distill.step.make_step`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill import sharding, train  # pylint: disable=import-outside-toplevel
+  from distill import objectives, sharding, step  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
 
   def model_cfg(node, dtype):
@@ -119,35 +120,23 @@ def build(c):
   # As the pipeline: the read-only teacher computes in its weights' dtype unless that is fp32.
   teacher = LM(model_cfg(c.teacher, c.teacher_dtype if c.teacher_dtype != "float32" else c.dtype))
   student = LM(model_cfg(c.student, c.dtype))
-  loss_cfg = train.LossConfig.from_config(c.distill)
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
-  tx = train.make_optimizer(lr=1e-3, steps=1000, warmup=10)
-
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                              cfg=objectives.LossConfig.from_config(c.distill))
+  tx = step.make_optimizer(lr=1e-3, steps=1000, warmup=10)
   t_shard = sharding.param_shardings(teacher, mesh)
   t_params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(c.teacher_dtype), teacher.init(k)),
                      out_shardings=t_shard)(jax.random.key(c.seed))
-
-  def init(key):
-    params = student.init(key)
-    return train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-  rng = jax.random.key(c.seed + 1)
-  abstract = jax.eval_shape(init, rng)
-  s_shard = train.state_shardings(abstract, sharding.param_shardings(student, mesh), mesh)
-  state = jax.jit(init, out_shardings=s_shard)(rng)
-  repl = sharding.replicated(mesh)
-  b_shard = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn, tx=tx),
-                    in_shardings=(s_shard, b_shard, repl, t_shard),
-                    out_shardings=(s_shard, repl), donate_argnums=(0,))
+  built = step.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard)
+  state = built.init(jax.random.key(c.seed + 1))
   tokens = jax.random.randint(jax.random.key(c.seed + 2), (c.batch_size, c.seq_len + 1), 0,
                               c.vocab_size, jnp.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
            "mask": jnp.ones((c.batch_size, c.seq_len), jnp.float32)}
-  batch = jax.device_put(batch, b_shard)
+  batch = jax.device_put(batch, built.batch_sharding)
   return dict(mesh=mesh, teacher=teacher, student=student, loss_fn=loss_fn, tx=tx,
-              t_params=t_params, t_shard=t_shard, s_shard=s_shard, state=state, batch=batch,
-              step_fn=step_fn, repl=repl, b_shard=b_shard)
+              t_params=t_params, t_shard=t_shard, s_shard=built.state_shardings, state=state,
+              batch=batch, step_fn=built.step, repl=built.replicated,
+              b_shard=built.batch_sharding)
 
 
 def shapes(lm) -> dict:
@@ -161,10 +150,10 @@ def breakdown(b, c, step_s: float) -> dict:
   """Seconds of the step's parts as separate jitted functions, and their share of the step."""
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from distill import losses, train  # pylint: disable=import-outside-toplevel
+  from distill import losses, objectives  # pylint: disable=import-outside-toplevel
   student, teacher, tx = b["student"], b["teacher"], b["tx"]
   batch, state, t_params = b["batch"], b["state"], b["t_params"]
-  cfg = train.LossConfig.from_config(c.distill)
+  cfg = objectives.LossConfig.from_config(c.distill)
 
   t_logits = jax.jit(teacher.apply)(t_params, batch["inputs"])
 

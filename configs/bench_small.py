@@ -37,7 +37,7 @@ def get_config():
   c.student = base.model(d_model=256, n_layers=8, n_heads=4, n_kv_heads=2, d_ff=1024)
   # Soft-target objective, as config.distill in the pipeline configs.
   c.distill = ml_collections.ConfigDict()
-  # Divergence kind (see distill/losses.py).
+  # Divergence kind (see distill/losses/).
   c.distill.loss = "forward_kl"
   # Softmax temperature on both sides.
   c.distill.temperature = 2.0

@@ -4,10 +4,10 @@
   python -m distill.aot --config=configs/tpu_v5e_gemma7b_to_300m.py [--topology=v5e:16x16]
       [--layers=2] [--config.data.batch_size=...]
 
-What is compiled is what `distill.train.run` jits for the student stage: `train.train_step`
-with `train.distill_loss` (teacher forward + student forward/backward + AdamW update), the
-state / teacher / batch shardings from `distill.sharding` on the config's mesh, the state
-donated. Inputs are `jax.ShapeDtypeStruct`s: no weights, no tokenizer, no TPU. The topology
+What is compiled is what `distill.train.run` jits for the student stage, from the same
+builder (`distill.step.make_step`): `step.train_step` with `objectives.distill_loss` (teacher
+forward + student forward/backward + AdamW update), the state / teacher / batch shardings
+from `distill.sharding` on the config's mesh, the state donated. Inputs are `jax.ShapeDtypeStruct`s: no weights, no tokenizer, no TPU. The topology
 comes from libtpu's compile-only devices (`jax.experimental.topologies`).
 
 Prints ONE JSON line on stdout (per-device bytes from `compiled.memory_analysis()`):
@@ -134,49 +134,38 @@ def student_model_config(c, vocab: int):
 
 
 def compile_step(c, mesh, t_cfg, s_cfg):
-  """Lower + compile the distill step exactly as train.run jits it; returns (compiled, secs)."""
+  """Lower + compile the distill step as train.run builds it (`step.make_step`); returns
+  (compiled, secs)."""
   import functools  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill import sharding, train  # pylint: disable=import-outside-toplevel
+  from distill import objectives, sharding  # pylint: disable=import-outside-toplevel
+  from distill import step as step_lib  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
 
   teacher, student = LM(t_cfg), LM(s_cfg)
-  tx = train.make_optimizer(lr=c.distill.lr, steps=max(c.distill.steps, 1),
-                            warmup=c.optimizer.warmup_steps,
-                            weight_decay=c.optimizer.weight_decay,
-                            clip_norm=c.optimizer.clip_norm)
-
-  def init(key):
-    params = student.init(key)
-    return train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  abstract = jax.eval_shape(init, key)
-  p_shard = sharding.param_shardings(student, mesh)
-  s_shard = train.state_shardings(abstract, p_shard, mesh)
+  tx = step_lib.make_optimizer(lr=c.distill.lr, steps=max(c.distill.steps, 1),
+                               warmup=c.optimizer.warmup_steps,
+                               weight_decay=c.optimizer.weight_decay,
+                               clip_norm=c.optimizer.clip_norm)
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                              cfg=objectives.LossConfig.from_config(c.distill))
   t_shard = sharding.param_shardings(teacher, mesh)
-  repl = sharding.replicated(mesh)
-  b_shard = sharding.batch_sharding(mesh)
-  t_dtype = jnp.dtype(c.teacher.dtype)
+  built = step_lib.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard,
+                             skip_nonfinite=bool(c.train.skip_nonfinite))
+  b_shard, t_dtype = built.batch_sharding, jnp.dtype(c.teacher.dtype)
 
   sds = lambda s, sh, dt=None: jax.ShapeDtypeStruct(s.shape, dt or s.dtype, sharding=sh)
-  state = jax.tree.map(sds, abstract, s_shard)
+  state = jax.tree.map(sds, built.abstract, built.state_shardings)
   t_params = jax.tree.map(lambda s, sh: sds(s, sh, t_dtype), teacher.abstract_params(), t_shard)
   bt = (c.data.batch_size, c.data.seq_len)
   batch = {"inputs": jax.ShapeDtypeStruct(bt, jnp.int32, sharding=b_shard),
            "targets": jax.ShapeDtypeStruct(bt, jnp.int32, sharding=b_shard),
            "mask": jax.ShapeDtypeStruct(bt, jnp.float32, sharding=b_shard)}
-  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)
-
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
-                              cfg=train.LossConfig.from_config(c.distill))
-  step = jax.jit(
-      functools.partial(train.train_step, loss_fn=loss_fn, tx=tx,
-                        skip_nonfinite=bool(c.train.skip_nonfinite)),
-      in_shardings=(s_shard, b_shard, repl, t_shard), out_shardings=(s_shard, repl),
-      donate_argnums=(0,))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=built.replicated)
+  step = built.step
   t0 = time.time()
   lowered = step.lower(state, batch, rng, t_params)
   try:

@@ -5,7 +5,7 @@
 
 The objective adds weight x the mean over pairs of `losses.hidden_state_loss` between the
 residual stream after student block i (projected [D_s -> D_t]) and after teacher block j.
-The projections train beside the student under `params[train.FEATURES]` and are dropped
+The projections train beside the student under `params[objectives.FEATURES]` and are dropped
 from the params a stage returns, so they never reach a saved stage or an export.
 
 'auto' pairs every student block with its source: the teacher block pruning kept for it
@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from distill import train
+from distill import objectives
 from distill.config import ConfigError
 
 
@@ -73,5 +73,5 @@ def setup(d, student, teacher, loss_cfg, init, plan=None):
   base = init or student.init
 
   def with_features(key):
-    return dict(base(key), **{train.FEATURES: jax.tree.map(jax.numpy.asarray, projs)})
+    return dict(base(key), **{objectives.FEATURES: jax.tree.map(jax.numpy.asarray, projs)})
   return loss_cfg, with_features

@@ -22,7 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from distill import sampling, train
+from distill import objectives, sampling
+from distill import step as step_lib
 from distill.models.transformer import LM
 
 
@@ -82,17 +83,17 @@ def _zero_stats():
 def on_step(state, batch, rng, teacher_params, *, student: LM, loss_fn, tx, cfg: OnPolicyConfig,
             skip_nonfinite: bool = False):
   """Sample with the current student, teacher-score, update: one jitted program."""
-  params = train.split_features(state.params)[0]
+  params = objectives.split_features(state.params)[0]
   new, stats = sampled_batch(student, params, batch, jax.random.fold_in(rng, 1), cfg)
-  state, metrics = train.train_step(state, new, rng, teacher_params, loss_fn=loss_fn, tx=tx,
-                                    skip_nonfinite=skip_nonfinite)
+  state, metrics = step_lib.train_step(state, new, rng, teacher_params, loss_fn=loss_fn, tx=tx,
+                                       skip_nonfinite=skip_nonfinite)
   return state, dict(metrics, **stats)
 
 
 def off_step(state, batch, rng, teacher_params, *, loss_fn, tx, skip_nonfinite: bool = False):
   """The ordinary step, with the on-policy metrics at 0 so every history row has one schema."""
-  state, metrics = train.train_step(state, batch, rng, teacher_params, loss_fn=loss_fn, tx=tx,
-                                    skip_nonfinite=skip_nonfinite)
+  state, metrics = step_lib.train_step(state, batch, rng, teacher_params, loss_fn=loss_fn, tx=tx,
+                                       skip_nonfinite=skip_nonfinite)
   return state, dict(metrics, **_zero_stats())
 
 
@@ -115,13 +116,14 @@ class Plan:
     return use_on_policy(self.key, step, self.cfg.fraction)
 
 
-def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: train.LossConfig,
+def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: objectives.LossConfig,
               seed: int) -> Plan:
   """The on-policy loss is the distill objective with `divergence` and no hard-label term
   (CE on the student's own samples would only reinforce them)."""
   on_loss = dataclasses.replace(loss_cfg, kind=on_cfg.divergence, alpha=0.0, alpha_end=0.0,
                                 alpha_schedule="constant")
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=on_loss)
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                              cfg=on_loss)
   # The decision stream is its own (seed, "on-policy") key, independent of the step keys.
   key = jax.random.fold_in(jax.random.key(seed), 0x6B44)
   return Plan(on_cfg, student, loss_fn, key)

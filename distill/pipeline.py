@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, features, lock, onpolicy, report, sampling, sharding,
-                     teacher_cache, tokenizers, train)
+from distill import (api, data, evaluate, features, lock, objectives, onpolicy, report, sampling,
+                     sharding, step, teacher_cache, tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -102,7 +102,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
     with open(os.path.join(stage_dir, "stage.json")) as f:
       return api.load_stage_params(stage_dir, lm, p_shard), json.load(f)
   os.makedirs(stage_dir, exist_ok=True)
-  tx = train.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
+  tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
                   data_iter=(data_iter if data_iter is not None else ctx.train_iter(fraction, cache)),
@@ -141,7 +141,7 @@ def load_or_train_teacher(ctx: Context):
     lm = LM(cfg)
     _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
                            lr=c.teacher.pretrain.lr, fraction=1.0,
-                           loss_fn=functools.partial(train.ce_loss, student=lm))
+                           loss_fn=functools.partial(objectives.ce_loss, student=lm))
     path = os.path.join(ctx.workdir, "teacher")
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
   cfg = cfg.replace(dtype=c.teacher.dtype if c.teacher.dtype != "float32" else cfg.dtype)
@@ -290,7 +290,7 @@ def _run(config, workdir: str) -> dict:
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
-  loss_cfg = train.LossConfig.from_config(c.distill)
+  loss_cfg = objectives.LossConfig.from_config(c.distill)
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
@@ -314,10 +314,11 @@ def _run(config, workdir: str) -> dict:
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
     cache.check(c, teacher.cfg.vocab_size, ctx.tokenizer)
-    loss_fn = functools.partial(train.cached_distill_loss, student=student, cfg=loss_cfg)
+    loss_fn = functools.partial(objectives.cached_distill_loss, student=student, cfg=loss_cfg)
   else:
     cache = None
-    loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
+    loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                                cfg=loss_cfg)
   plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
   s_params, s_info = _train_stage(
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
@@ -328,7 +329,8 @@ def _run(config, workdir: str) -> dict:
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
-        fraction=c.distill.transfer_fraction, loss_fn=functools.partial(train.ce_loss, student=student),
+        fraction=c.distill.transfer_fraction,
+        loss_fn=functools.partial(objectives.ce_loss, student=student),
         init_params=init if c.student.init == "prune" else None)  # same pruned start as student
     models["baseline"] = (student, b_params, b_info)
 

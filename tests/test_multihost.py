@@ -78,8 +78,15 @@ def _teacher_params(teacher, shardings):
 
 
 def _optimizer():
-  from distill import train  # pylint: disable=import-outside-toplevel
-  return train.make_optimizer(lr=1e-2, steps=STEPS, warmup=0)
+  from distill import step  # pylint: disable=import-outside-toplevel
+  return step.make_optimizer(lr=1e-2, steps=STEPS, warmup=0)
+
+
+def _loss_fn(teacher, student):
+  from distill import objectives  # pylint: disable=import-outside-toplevel
+  return functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                           cfg=objectives.LossConfig(kind="forward_kl", temperature=2.0,
+                                                     alpha=0.3))
 
 
 def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, steps: int = STEPS,
@@ -103,10 +110,8 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, step
     it = _SigtermAt(it, sigterm_at)
   stage_dir = os.path.join(workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
-                              cfg=train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.3))
   res = train.run(name=stage, lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it,
-                  steps=steps, loss_fn=loss_fn, tx=_optimizer(), seed=0,
+                  steps=steps, loss_fn=_loss_fn(teacher, student), tx=_optimizer(), seed=0,
                   checkpoint_every=steps, log_every=1, teacher_params=t_params,
                   teacher_shardings=t_shard, is_main=jax.process_index() == 0)
   return res, [(s, m) for s, m in res.history]
@@ -182,7 +187,8 @@ def _free_port() -> int:
 def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import checkpoint, data, sharding, tokenizers, train  # pylint: disable=import-outside-toplevel
+  from distill import checkpoint, data, sharding, tokenizers  # pylint: disable=import-outside-toplevel
+  from distill import step as step_lib  # pylint: disable=import-outside-toplevel
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   t0 = time.time()
   workdir = str(tmp_path)
@@ -228,16 +234,12 @@ def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_pat
   assert len({round(m["loss"], 6) for _, m in ref_hist}) > 1
 
   # The checkpoint both processes wrote restores here, onto a different mesh.
-  _, student = _models()
+  teacher, student = _models()
   mesh = sharding.make_mesh(RESTORE_MESH)
-  p_shard = sharding.param_shardings(student, mesh)
-  tx = _optimizer()
-  abstract = jax.eval_shape(
-      lambda k: train.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),
-                                 tx.init(student.init(k))), jax.random.key(0))
-  s_shard = train.state_shardings(abstract, p_shard, mesh)
+  built = step_lib.make_step(_loss_fn(teacher, student), _optimizer(), student, mesh)
+  p_shard = built.param_shardings
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "multi", "checkpoints"), every=STEPS)
-  restored = ckpt.restore_latest(checkpoint.abstract_like(abstract, s_shard))
+  restored = ckpt.restore_latest(checkpoint.abstract_like(built.abstract, built.state_shardings))
   ckpt.close()
   assert restored is not None, "no checkpoint from the 2-process run"
   step, state, data_state = restored

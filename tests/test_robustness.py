@@ -224,13 +224,13 @@ NAN_STEP = 5  # the step (1-based, as logged) whose loss is poisoned
 _NAN_SCRIPT = f'''
 """distill.main with the student's loss replaced by NaN at step {NAN_STEP}."""
 import jax.numpy as jnp
-from distill import main, train
+from distill import main, objectives, step
 
-_orig = train.train_step
+_orig = step.train_step
 
 
 def _poisoned_step(state, batch, rng, teacher_params, *, loss_fn, **kw):
-  if getattr(loss_fn, "func", None) is not train.distill_loss:
+  if getattr(loss_fn, "func", None) is not objectives.distill_loss:
     return _orig(state, batch, rng, teacher_params, loss_fn=loss_fn, **kw)
 
   def poisoned(*args, **kwargs):
@@ -240,7 +240,7 @@ def _poisoned_step(state, batch, rng, teacher_params, *, loss_fn, **kw):
   return _orig(state, batch, rng, teacher_params, loss_fn=poisoned, **kw)
 
 
-train.train_step = _poisoned_step
+step.train_step = _poisoned_step  # make_step (train.run's builder) reads it at build time
 main.run_cli()
 '''
 

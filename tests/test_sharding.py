@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from distill import evaluate, sharding, train
+from distill import evaluate, objectives, sharding
+from distill import step as step_lib
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 
@@ -21,27 +22,24 @@ def _setup():
   tokens = rng.integers(0, 64, size=(8, 17)).astype(np.int32)
   mask = (rng.random((8, 16)) > 0.2).astype(np.float32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
-                              cfg=train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.3))
-  tx = train.make_optimizer(lr=1e-2, steps=10, warmup=0)
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                              cfg=objectives.LossConfig(kind="forward_kl", temperature=2.0,
+                                                        alpha=0.3))
+  tx = step_lib.make_optimizer(lr=1e-2, steps=10, warmup=0)
   return teacher, student, t_params, batch, loss_fn, tx
 
 
 def _run(mesh, teacher, student, t_params, batch, loss_fn, tx):
-  s_shard = sharding.param_shardings(student, mesh)
   t_shard = sharding.param_shardings(teacher, mesh)
-  params = jax.device_put(student.init(jax.random.key(0)), s_shard)
-  state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
-  abstract = jax.eval_shape(lambda: state)
-  st_shard = train.state_shardings(abstract, s_shard, mesh)
-  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn, tx=tx),
-                 in_shardings=(st_shard, sharding.batch_sharding(mesh), None, t_shard),
-                 out_shardings=(st_shard, sharding.replicated(mesh)), donate_argnums=(0,))
+  built = step_lib.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard)
   tp = jax.device_put(t_params, t_shard)
-  state, metrics = step(jax.device_put(state, st_shard), sharding.global_batch(batch, mesh),
-                        jax.random.key(0), tp)
+  state, metrics = built.step(built.init(jax.random.key(0)), sharding.global_batch(batch, mesh),
+                              jax.random.key(0), tp)
+  # The step's output state (optimizer moments included) stays where the builder put it.
+  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(built.state_shardings)):
+    assert leaf.sharding.is_equivalent_to(sh, leaf.ndim), (leaf.shape, sh)
   ev = evaluate.evaluate(student, state.params, teacher, tp, [batch], mesh, n_bytes=100)
-  return state, jax.device_get(metrics), ev, s_shard
+  return state, jax.device_get(metrics), ev, built.param_shardings
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))

@@ -1,0 +1,134 @@
+"""Where documents come from: the data config's fields, text-file globs, TFDS datasets."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from typing import Any, Sequence
+
+from distill import datasets, tokenizers as tok_lib
+
+TEXT_PREFIX = "text:"
+PYDOC = "pydoc_topics"
+VALIDATION_MODULUS = 10
+
+
+def split_for_key(key: str) -> str:
+  """'validation' when md5(key) mod 10 == 0 else 'train'; `hash()` is salted per process."""
+  digest = int(hashlib.md5(key.encode("utf-8")).hexdigest(), 16)
+  return "validation" if digest % VALIDATION_MODULUS == 0 else "train"
+
+
+def _cfg(data_cfg: Any, field: str, default: Any) -> Any:
+  value = getattr(data_cfg, field, default)
+  return default if value is None else value
+
+
+def _data_dir(data_cfg: Any, workdir: str) -> str:
+  return _cfg(data_cfg, "data_dir", "") or os.path.join(workdir, "data")
+
+
+def _name(data_cfg: Any) -> str:
+  name = _cfg(data_cfg, "name", PYDOC)
+  if not isinstance(name, str) or not name.strip():
+    raise ValueError(f"data.name must be a non-empty string, got {name!r}")
+  return name.strip()
+
+
+def _tokenizer(tokenizer: Any, data_cfg: Any) -> tok_lib.Tokenizer:
+  if tokenizer is None:
+    tokenizer = _cfg(data_cfg, "tokenizer", "byte")
+  return tok_lib.from_config(tokenizer)
+
+
+def _text_files(name: str) -> list[str]:
+  pattern = os.path.expanduser(name[len(TEXT_PREFIX):])
+  files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not files:
+    raise ValueError(f"data.name={name!r}: the glob matched no files; give a glob of "
+                     "UTF-8 text files, e.g. 'text:/path/*.txt'")
+  return files
+
+
+def _text_files_digest(files: Sequence[str]) -> str:
+  # Size and mtime stand in for content so a changed file invalidates the cache cheaply.
+  h = hashlib.md5()
+  for path in files:
+    st = os.stat(path)
+    h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()
+
+
+def _text_documents(name: str, split: str) -> list[str]:
+  if split not in ("train", "validation"):
+    raise ValueError(f"data.name={name!r} has splits 'train' and 'validation', not {split!r}")
+  docs = []
+  for path in _text_files(name):
+    if split_for_key(os.path.basename(path)) == split:
+      with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+      # Stray bad bytes are replaced, but NUL bytes mean a binary or compressed file that would
+      # silently train the model on garbage.
+      if "\0" in text:
+        raise ValueError(f"data file {path} is not text (it holds NUL bytes: binary or "
+                         "compressed?); remove it from the data.name glob or convert it to UTF-8")
+      docs.append(text)
+  return docs
+
+
+def _tfds():
+  # Importing our builder registers it (and the shim tfds needs). TensorFlow itself loads
+  # only if a reader needs it (tfrecord datasets); array_record does not.
+  from distill.datasets import pydoc_topics  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # our own progress lines are the console's
+  return tfds
+
+
+def _builder(name: str, data_dir: str):
+  tfds = _tfds()
+  kwargs = {"file_format": "array_record"} if name.split(":")[0] == PYDOC else {}
+  try:
+    return tfds.builder(name, data_dir=data_dir, **kwargs)
+  except ValueError as e:  # DatasetNotFoundError and malformed names are ValueErrors.
+    raise ValueError(
+        f"unknown TFDS dataset {name!r}: use {PYDOC!r}, a registered TFDS name, or text "
+        "files via data.name='text:/path/*.txt'") from e
+
+
+def _resolve_split(builder, name: str, split: str) -> str:
+  splits = list(builder.info.splits.keys())
+  if split in splits or not splits:
+    return split
+  # Many corpora (lm1b, ...) ship 'test' but no 'validation'.
+  if split == "validation" and "test" in splits:
+    return "test"
+  raise ValueError(f"dataset {name!r} has no split {split!r}; available: {sorted(splits)}")
+
+
+def _text_feature(builder, name: str) -> str:
+  features = builder.info.features
+  if "text" in features:
+    return "text"
+  tfds = _tfds()
+  for key, feature in features.items():
+    if isinstance(feature, tfds.features.Text):
+      return key
+  raise ValueError(f"dataset {name!r} has no text feature (features: {list(features)})")
+
+
+def _tfds_documents(name: str, split: str, data_dir: str, max_documents: int | None):
+  builder = _builder(name, data_dir)
+  datasets.prepare(builder)
+  split = _resolve_split(builder, name, split)
+  field = _text_feature(builder, name)
+  tfds = _tfds()
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    ds = builder.as_data_source(split)  # tf.data cannot read array_record.
+  else:
+    ds = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  for i, example in enumerate(ds):
+    if max_documents is not None and i >= max_documents:
+      break
+    value = example[field]
+    yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

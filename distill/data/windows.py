@@ -1,0 +1,110 @@
+"""A packed stream cut into windows of seq_len + 1 tokens; batches of window ids (grain)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from distill import tokenizers as tok_lib
+
+# Fixed so the transfer set (fraction < 1) is the same whatever the training seed.
+_TRANSFER_PERMUTATION_SEED = 20240501
+
+
+class _Windows:
+  """Row `i` of the stream cut into windows of seq_len + 1 tokens, as a batch element."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int, pad_id: int, what: str):
+    if seq_len < 1:
+      raise ValueError(f"data.seq_len must be >= 1, got {seq_len}")
+    self.stream, self.seq_len, self.pad_id = stream, seq_len, pad_id
+    width = seq_len + 1
+    n = stream.size
+    if n < width:
+      raise ValueError(f"{what} has {n} tokens, fewer than seq_len + 1 = {width}; lower "
+                       "data.seq_len or add data")
+    # A tail with a single token has no target, so it makes no window.
+    self.num_windows = n // width + (1 if n % width >= 2 else 0)
+
+  def rows(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    width = self.seq_len + 1
+    win = np.full((len(ids), width), self.pad_id, np.int32)
+    real = np.zeros((len(ids), width), bool)
+    for r, i in enumerate(ids):
+      if i < 0:  # Padding row of a short final eval batch.
+        continue
+      chunk = self.stream[i * width:(i + 1) * width]
+      win[r, :chunk.size] = chunk
+      real[r, :chunk.size] = True
+    return {"inputs": win[:, :-1], "targets": win[:, 1:],
+            "mask": real[:, 1:].astype(np.float32)}
+
+  def rows_with_ids(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    # The window id keys per-window side data such as an offline teacher cache.
+    return dict(self.rows(ids), window=np.asarray(ids, np.int32))
+
+
+def pad_id(tokenizer: tok_lib.Tokenizer) -> int:
+  """The id written into padded positions (public: samplers pad with it too)."""
+  return _pad_id(tokenizer)
+
+
+def _pad_id(tokenizer: tok_lib.Tokenizer) -> int:
+  # Padded positions carry mask 0, so any id works; 0 keeps them in range.
+  if tokenizer.pad_id is not None:
+    return tokenizer.pad_id
+  return tokenizer.eos_id if tokenizer.eos_id is not None else 0
+
+
+def local_batch(batch_size: int, process_index: int, process_count: int) -> int:
+  return _local_batch(batch_size, process_index, process_count)
+
+
+def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"global batch_size={batch_size} must be a positive multiple of the "
+                     f"process count {process_count}")
+  return batch_size // process_count
+
+
+def transfer_window_ids(num_windows: int, fraction: float) -> np.ndarray:
+  """The first `fraction` of a fixed permutation of the windows, in ascending order."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"data transfer fraction must be in (0, 1], got {fraction}")
+  keep = max(1, int(round(num_windows * fraction)))
+  perm = np.random.default_rng(_TRANSFER_PERMUTATION_SEED).permutation(num_windows)
+  return np.sort(perm[:keep])
+
+
+def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain.DatasetIterator:
+  """ids -> shuffle(seed) -> repeat -> global batches -> this process's rows via `rows`."""
+
+  def gather(global_ids: np.ndarray) -> dict[str, np.ndarray]:
+    return rows(global_ids[lo:lo + local].tolist())
+
+  ds = (grain.MapDataset.source(ids)
+        .shuffle(seed=int(seed) % 2**32)
+        .repeat(None)
+        .batch(batch_size, drop_remainder=True)  # Endless; avoids a length overflow.
+        .map(gather))
+  # A small buffer: rows are cheap to gather, and memory should not scale with batch x 500.
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+  return iter(ds.to_iter_dataset(options))
+
+
+def _eval_rows(windows: _Windows, batch_size: int, max_batches: int | None, process_index: int,
+               process_count: int) -> list[dict[str, np.ndarray]]:
+  local = _local_batch(batch_size, process_index, process_count)
+  n = windows.num_windows
+  num = -(-n // batch_size)
+  if max_batches is not None:
+    num = min(num, int(max_batches))
+  out = []
+  for b in range(num):
+    start = b * batch_size + process_index * local
+    ids = [i if i < n else -1 for i in range(start, start + local)]
+    out.append(windows.rows(ids))
+  return out

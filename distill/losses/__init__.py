@@ -1,0 +1,40 @@
+"""Soft-target distillation losses: pure, masked, fp32 functions.
+
+Modules: core (dense divergences, CE, shared helpers), chunked (fused, one block of positions
+at a time), sparse (top-k teacher targets, tail rules), schedule (alpha/T), hidden (hidden-state
+and attention-map losses).
+
+Definitions follow DESIGN.md ("The soft-target losses"). With
+P = softmax(teacher / T) and Q = softmax(student / T) over the last axis:
+
+  forward_kl        KL(P || Q)
+  reverse_kl        KL(Q || P)
+  jsd (beta)        M = beta P + (1 - beta) Q;
+                    beta KL(P||M) + (1 - beta) KL(Q||M)
+  tvd               1/2 sum |P - Q|
+  skew_forward_kl   KL(P || skew P + (1 - skew) Q)
+  skew_reverse_kl   KL(Q || skew Q + (1 - skew) P)
+
+Every reduction is a masked mean over tokens: sum(value * mask) / sum(mask),
+with an all-zero mask giving 0 and zero (finite) gradients.
+
+Shape letters: B batch, T length, D hidden width, V vocab, K top-k, C chunk.
+Leading dimensions written `...` are any token layout (usually [B, T]).
+
+Math runs in float32 at least: bf16 inputs are upcast before anything else,
+float64 inputs (x64 tests) stay float64.
+"""
+
+from __future__ import annotations
+
+# The definitions live in one module per concern; this module is the public API.
+from distill.losses.chunked import chunked_distill_objective  # noqa: F401
+from distill.losses.core import (  # noqa: F401
+    KINDS, cross_entropy, distill_objective, divergence, divergence_per_token,
+    logits_from_hidden, softcap)
+from distill.losses.hidden import (  # noqa: F401
+    HIDDEN_KINDS, attention_map_loss, hidden_state_loss)
+from distill.losses.schedule import SCHEDULES, schedule  # noqa: F401
+from distill.losses.sparse import (  # noqa: F401
+    TAIL_FLOOR, TAIL_RULES, grouped_top_k, sparse_distill_objective, sparse_divergence,
+    topk_targets)

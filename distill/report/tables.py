@@ -1,0 +1,113 @@
+"""The report's markdown tables and headline: quality, cost, LiteRT-LM rows."""
+from __future__ import annotations
+
+import os
+
+MODELS = ("teacher", "student", "baseline")
+COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
+           ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
+           ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
+           ("flops_per_token", "FLOPs/token", "{:,.0f}"),
+           ("sample_teacher_nll", "teacher NLL of own samples", "{:.4f}"),
+           ("sample_repeat_rate", "repeated 4-grams", "{:.3f}"),
+           ("sample_len_mean", "sample length", "{:.1f}"))
+
+
+def _fmt(value, fmt):
+  return "–" if value is None else fmt.format(value)
+
+
+def table(rep: dict, part: str | None = None) -> str:
+  """Quality table of the validation split, or of the eval set `part` (e.g. "heldout")."""
+  names = [m for m in MODELS if m in rep and (part is None or part in rep[m])]
+  lines = ["| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+           "|---" * (len(COLUMNS) + 1) + "|"]
+  for m in names:
+    # Sample metrics come from validation prompts: not repeated under another eval set.
+    row = rep[m] if part is None else dict(
+        {k: v for k, v in rep[m].items() if not k.startswith("sample_")}, **rep[m][part])
+    cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def litertlm_lines(rep: dict) -> list[str]:
+  """LiteRT-LM engine rows for the exported .litertlm bundles (measured at export)."""
+  rows = [(p, x) for p, x in (rep.get("export") or {}).items()
+          if isinstance(x, dict) and x.get("litertlm_file")]
+  if not rows:
+    return []
+  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | top-1 agreement |",
+           "|---|---|---|---|---|---|"]
+  for p, x in rows:
+    agree = x.get("litertlm_top1_agreement")
+    lines.append(f"| {p}/{os.path.basename(x['litertlm_file'])} | {x.get('quantization')} | "
+                 f"{x['litertlm_bytes'] / 1e6:.2f} MB | {x['litertlm_prefill_tokens_per_s']:,.0f} | "
+                 f"{x['litertlm_decode_tokens_per_s']:,.0f} | "
+                 f"{'n/a' if agree is None else f'{agree:.1%}'} |")
+  return ["LiteRT-LM (`.litertlm`, Google's on-device LLM runtime): its own benchmark "
+          "(`litert_lm.Benchmark`, one prefill chunk, then decode) at export, and teacher-forced "
+          "top-1 agreement with the JAX student through its engine.", "", *lines, ""]
+
+
+def cost_table(rep: dict) -> str:
+  """Params, FLOPs/token, decode latency, CPU-s per 1k tokens, file size: one row per runtime."""
+  lat = rep.get("latency", {})
+  rows = []
+  for name in ("teacher", "student"):
+    if name in rep:
+      rows.append((f"{name} (JAX)", rep[name].get("params"), rep[name].get("flops_per_token"),
+                   lat.get(name, {}), None))
+  for key, l in lat.items():
+    if key.startswith("student/"):
+      rows.append((f"{key} (LiteRT, {l.get('quantization')})", rep["student"].get("params"),
+                   rep["student"].get("flops_per_token"), l, l.get("bytes")))
+  lines = ["| model | params | FLOPs/token | decode ms/token | CPU-s per 1k tokens | file |",
+           "|---|---|---|---|---|---|"]
+  for label, params, flops, l, size in rows:
+    lines.append(
+        f"| {label} | {_fmt(params, '{:,}')} | {_fmt(flops, '{:,.0f}')} | "
+        f"{_fmt(l.get('decode_ms_per_token'), '{:.2f}')} | "
+        f"{_fmt(l.get('cpu_s_per_1k_tokens'), '{:.2f}')} | "
+        f"{_fmt(None if size is None else size / 1e6, '{:.2f} MB')} |")
+  return "\n".join(lines)
+
+
+def _ratio(a, b):
+  return a / b if a and b else None
+
+
+def headline(rep: dict) -> list[str]:
+  """Plain-language answer to "what did distillation buy me"."""
+  if "student" not in rep or "teacher" not in rep:
+    return []
+  t, s = rep["teacher"], rep["student"]
+  out = []
+  if "baseline" in rep:
+    b = rep["baseline"]
+    verdict = "better" if s["val_ce"] < b["val_ce"] else "worse"
+    out.append(f"- **Quality**: the distilled student's validation CE is {s['val_ce']:.4f} "
+               f"nats/token vs {b['val_ce']:.4f} for the same-size hard-label baseline "
+               f"({verdict} by {abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has "
+               f"{t['val_ce']:.4f}. Gap closed: {rep.get('gap_closed', float('nan')):.3f}.")
+  flops = _ratio(t.get("flops_per_token"), s.get("flops_per_token"))
+  params = _ratio(t.get("params"), s.get("params"))
+  if flops and params:
+    out.append(f"- **Compute**: the student has {params:.1f}× fewer parameters and needs "
+               f"{flops:.1f}× fewer forward FLOPs per token than the teacher.")
+  lat = rep.get("latency", {})
+  speed = _ratio(lat.get("teacher", {}).get("decode_ms_per_token"),
+                 lat.get("student", {}).get("decode_ms_per_token"))
+  cpu = _ratio(lat.get("teacher", {}).get("cpu_s_per_1k_tokens"),
+               lat.get("student", {}).get("cpu_s_per_1k_tokens"))
+  if speed and cpu:
+    out.append(f"- **Latency (JAX, this CPU, batch 1)**: student decode is {speed:.1f}× faster "
+               f"per token and uses {cpu:.1f}× less CPU time per 1,000 tokens. Tiny models are "
+               "dominated by per-step dispatch overhead, so these ratios are smaller than the "
+               "FLOPs ratio.")
+  files = [(k, v) for k, v in lat.items() if k.startswith("student/") and v.get("bytes")]
+  if files:
+    out.append("- **On device**: " + "; ".join(
+        f"{k.split('/')[1]} file {v['bytes'] / 1e6:.2f} MB ({v.get('quantization')}), "
+        f"{v['decode_ms_per_token']:.2f} ms/token with LiteRT here" for k, v in files) + ".")
+  return out
