@@ -178,6 +178,17 @@ def _child(pid: int, port: int, workdir: str, phase: str = "") -> None:
   jax.distributed.shutdown()
 
 
+def _prepare_workdir(workdir: str):
+  """(workdir, corpus glob): the corpus written, its glob left for the children, and the token
+  streams packed once here so the children only memory-map them."""
+  from distill import data  # pylint: disable=import-outside-toplevel
+  corpus_glob = _write_corpus(os.path.join(workdir, "corpus"))
+  with open(os.path.join(workdir, "corpus.txt"), "w") as f:
+    f.write(corpus_glob)
+  data.prepare(_data_cfg(corpus_glob), workdir)
+  return workdir, corpus_glob
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -187,39 +198,12 @@ def _free_port() -> int:
 def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import checkpoint, data, sharding, tokenizers  # pylint: disable=import-outside-toplevel
+  from distill import checkpoint, sharding  # pylint: disable=import-outside-toplevel
   from distill import step as step_lib  # pylint: disable=import-outside-toplevel
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   t0 = time.time()
-  workdir = str(tmp_path)
-  corpus_glob = _write_corpus(os.path.join(workdir, "corpus"))
-  with open(os.path.join(workdir, "corpus.txt"), "w") as f:
-    f.write(corpus_glob)
-  # Pack the token streams once here, so the children only memory-map them.
-  data.prepare(_data_cfg(corpus_glob), workdir)
-  del tokenizers
-
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(pid), str(port),
-                             workdir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for pid in range(2)]
-  logs = []
-  for p in procs:
-    try:
-      out, _ = p.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-    logs.append(out)
-  for pid, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"child {pid} failed:\n{log[-4000:]}"
-  children = []
-  for pid in range(2):
-    with open(os.path.join(workdir, f"child{pid}.json")) as f:
-      children.append(json.load(f))
+  workdir, corpus_glob = _prepare_workdir(str(tmp_path))
+  children = _launch_children(workdir, timeout=150)
   t_multi = time.time() - t0
 
   ref_res, ref_hist = distill_run(workdir, corpus_glob, MULTI_MESH, "single")
@@ -253,7 +237,7 @@ def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_pat
   print(f"2-process run {t_multi:.1f}s, total {time.time() - t0:.1f}s")
 
 
-def _launch_children(workdir: str, phase: str = "") -> list:
+def _launch_children(workdir: str, phase: str = "", timeout: int = 300) -> list:
   """Run the 2 children (this module, `phase`) to completion; their JSON outputs."""
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -265,7 +249,7 @@ def _launch_children(workdir: str, phase: str = "") -> list:
   logs = []
   for p in procs:
     try:
-      out, _ = p.communicate(timeout=300)
+      out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
@@ -284,12 +268,8 @@ def _launch_children(workdir: str, phase: str = "") -> list:
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import checkpoint, data, sharding, train  # pylint: disable=import-outside-toplevel
-  workdir = str(tmp_path)
-  corpus_glob = _write_corpus(os.path.join(workdir, "corpus"))
-  with open(os.path.join(workdir, "corpus.txt"), "w") as f:
-    f.write(corpus_glob)
-  data.prepare(_data_cfg(corpus_glob), workdir)
+  from distill import checkpoint, sharding, train  # pylint: disable=import-outside-toplevel
+  workdir, corpus_glob = _prepare_workdir(str(tmp_path))
   first = _launch_children(workdir, "first")
   # Only process 0 was signalled; both stopped, cleanly, after the same step.
   assert [c["preempted"] for c in first] == [True, True], first

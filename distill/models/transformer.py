@@ -130,30 +130,34 @@ class Attention(nnx.Module):
           q, keys, values, scale=scale, is_causal=True,
           local_window_size=(self.window - 1, 0) if self.window else None,
           implementation="cudnn" if cfg.attention == "cudnn" else None)
-      y = project(out, self.o[...])  # [B, T, D]
-      return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
-    q = (q * scale).reshape(b, t, m, n // m, kd)
-    if cache is None and not self.window and not ops.ATTN_MAPS and t > ops.ATTENTION_BLOCK:
-      out = ops.causal_blocks(q, keys, values, dt, cfg.attn_softcap).reshape(b, t, n, kd)
-      y = project(out, self.o[...])  # [B, T, D]
-      return (y + self.o_bias[...].astype(dt) if cfg.out_bias else y), cache
+    else:
+      q = (q * scale).reshape(b, t, m, n // m, kd)
+      if cache is None and not self.window and not ops.ATTN_MAPS and t > ops.ATTENTION_BLOCK:
+        out = ops.causal_blocks(q, keys, values, dt, cfg.attn_softcap)
+      else:
+        out = self._masked(q, keys, values, positions, key_pos, collect=cache is None)
+      out = out.reshape(b, t, n, kd)
+    y = project(out, self.o[...])  # [B, T, D]
+    if cfg.out_bias:
+      y = y + self.o_bias[...].astype(dt)
+    return y, cache
+
+  def _masked(self, q, keys, values, positions, key_pos, collect: bool):
+    """One-shot attention with a position mask (KV cache, sliding windows, attention maps):
+    q [B, T, M, G, K] scaled -> [B, T, M, G, K]."""
+    dt = q.dtype
     logits = jnp.einsum("BTMGK,BSMK->BMGTS", q, keys, preferred_element_type=jnp.float32)
-    logits = ops.softcap(logits, cfg.attn_softcap)
+    logits = ops.softcap(logits, self.cfg.attn_softcap)
     qp, kp = positions[:, None, None, :, None], key_pos[:, None, None, None, :]
     allowed = kp <= qp
     if self.window:
       allowed &= kp > qp - self.window
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)  # fp32 softmax
-    if ops.ATTN_MAPS and cache is None:
+    if ops.ATTN_MAPS and collect:
       ops.ATTN_MAPS[-1].append(probs.mean(axis=(1, 2)))  # BMGTS -> BTS
-    probs = probs.astype(dt)
-    out = jnp.einsum("BMGTS,BSMK->BTMGK", probs, values,
-                     preferred_element_type=jnp.float32).astype(dt).reshape(b, t, n, kd)
-    y = project(out, self.o[...])  # [B, T, D]
-    if cfg.out_bias:
-      y = y + self.o_bias[...].astype(dt)
-    return y, cache
+    return jnp.einsum("BMGTS,BSMK->BTMGK", probs.astype(dt), values,
+                      preferred_element_type=jnp.float32).astype(dt)
 
 
 class MLP(nnx.Module):
