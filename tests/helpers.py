@@ -94,3 +94,26 @@ def fit_ce(lm, params, batches, steps: int, lr: float = 3e-3):
     b = next(batches)
     params, opt = step(params, opt, b["inputs"], b["targets"], b["mask"])
   return params
+
+
+class Interrupt(Exception):
+  pass
+
+
+class KillAfter:
+  """Wraps a data iterator and dies after `n` batches, like a preempted process."""
+
+  def __init__(self, it, n):
+    self.it, self.n = it, n
+
+  def __next__(self):
+    if self.n == 0:
+      raise Interrupt()
+    self.n -= 1
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, s):
+    self.it.set_state(s)

@@ -8,7 +8,7 @@ import pytest
 
 from distill import data, losses, onpolicy, sampling, sharding, tokenizers, train
 from distill.models.transformer import LM
-from tests.helpers import shrunken_config, tiny_model_config
+from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 
 
 def _models():
@@ -61,26 +61,6 @@ def test_step_decision_is_deterministic_and_near_lambda():
   assert not any(onpolicy.use_on_policy(key, s, 0.0) for s in range(20))
   assert all(onpolicy.use_on_policy(key, s, 1.0) for s in range(20))
 
-
-class Interrupt(Exception):
-  pass
-
-
-class KillAfter:
-  def __init__(self, it, n):
-    self.it, self.n = it, n
-
-  def __next__(self):
-    if self.n == 0:
-      raise Interrupt()
-    self.n -= 1
-    return next(self.it)
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, s):
-    self.it.set_state(s)
 
 
 def _stage(workdir, stage_dir, kill_after=None):

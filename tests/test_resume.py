@@ -7,30 +7,8 @@ import pytest
 
 from distill import data, sharding, tokenizers, train
 from distill.models.transformer import LM
-from tests.helpers import shrunken_config, tiny_model_config
+from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 
-
-class Interrupt(Exception):
-  pass
-
-
-class KillAfter:
-  """Wraps a data iterator and dies after `n` batches, like a preempted process."""
-
-  def __init__(self, it, n):
-    self.it, self.n = it, n
-
-  def __next__(self):
-    if self.n == 0:
-      raise Interrupt()
-    self.n -= 1
-    return next(self.it)
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, s):
-    self.it.set_state(s)
 
 
 def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
