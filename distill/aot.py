@@ -124,7 +124,8 @@ def teacher_model_config(c):
   # Read-only teacher in its own dtype, as pipeline.load_or_train_teacher holds it.
   if c.teacher.dtype != "float32":
     cfg = cfg.replace(dtype=c.teacher.dtype)
-  return cfg
+  from distill.config import PRESETS  # pylint: disable=import-outside-toplevel
+  return cfg.replace(scan_layers=PRESETS[c.preset]["scan_layers"])
 
 
 def student_model_config(c, vocab: int):

@@ -36,6 +36,7 @@ def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
   fields.setdefault("dtype", dtype or config.compute_dtype or PRESETS[config.preset]["dtype"])
   fields.setdefault("attention", PRESETS[config.preset]["attention"])
   fields.setdefault("remat", PRESETS[config.preset]["remat"])
+  fields.setdefault("scan_layers", PRESETS[config.preset]["scan_layers"])
   return ModelConfig(vocab_size=vocab_size, **fields)
 
 
@@ -130,6 +131,7 @@ def load_or_train_teacher(ctx: Context):
       from distill.models import gguf as loader  # pylint: disable=import-outside-toplevel
     lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
                                                     dtype=c.teacher.dtype)
+    lm = LM(lm.cfg.replace(scan_layers=PRESETS[c.preset]["scan_layers"]))  # same params
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = api.read_model_config(path)
@@ -144,7 +146,8 @@ def load_or_train_teacher(ctx: Context):
                            loss_fn=functools.partial(objectives.ce_loss, student=lm))
     path = os.path.join(ctx.workdir, "teacher")
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
-  cfg = cfg.replace(dtype=c.teacher.dtype if c.teacher.dtype != "float32" else cfg.dtype)
+  cfg = cfg.replace(dtype=c.teacher.dtype if c.teacher.dtype != "float32" else cfg.dtype,
+                    scan_layers=PRESETS[c.preset]["scan_layers"])
   lm = LM(cfg)
   shard = sharding.param_shardings(lm, ctx.mesh)
   params = api.load_stage_params(path, lm, shard, dtype=jnp.dtype(c.teacher.dtype))

@@ -22,6 +22,9 @@ Fields:
               config in distill.aot)
   remat       rematerialize every student block in the backward pass (trades ~1/3 more
               FLOPs for activation memory that no longer grows with depth)
+  scan_layers  run the blocks of both models as one lax.scan (compile time independent of
+              depth; what lets distill.aot compile a 28-layer teacher at full depth). Off on
+              the CPU, where the unrolled blocks let XLA:CPU fuse across layers.
   mesh        default (data, fsdp, tensor) mesh: FSDP across the chips of one host or slice
               is the cheapest way to fit teacher + student; data=-1 takes the rest
   hbm_gib     memory per chip, what `distill.aot` compares the compiled step against
@@ -40,6 +43,7 @@ class Hardware:
   teacher_dtype: str
   attention: str
   remat: bool
+  scan_layers: bool
   mesh: tuple  # (data, fsdp, tensor)
   hbm_gib: float
   topology: str
@@ -56,17 +60,21 @@ class Hardware:
 
 HARDWARE = {h.name: h for h in (
     # Laptop / CI: fp32, every fake device on the data axis.
-    Hardware("cpu", "bfloat16", "bfloat16", "xla", False, (-1, 1, 1), 0.0, "", 1),
+    Hardware("cpu", "bfloat16", "bfloat16", "xla", False, False, (-1, 1, 1), 0.0, "", 1),
     # 8 x H100 80 GB per node; FSDP within the node over NVLink, data across nodes.
-    Hardware("gpu", "bfloat16", "bfloat16", "cudnn", True, (-1, 8, 1), 80.0, "", 8),
+    Hardware("gpu", "bfloat16", "bfloat16", "cudnn", True, True, (-1, 8, 1), 80.0, "", 8),
     # v4: 32 GiB per chip, 4 chips per host; compile-only topologies list 2 cores per chip.
-    Hardware("tpu_v4", "bfloat16", "bfloat16", "splash", True, (-1, 4, 1), 32.0, "v4:2x2x1", 4),
+    Hardware("tpu_v4", "bfloat16", "bfloat16", "splash", True, True, (-1, 4, 1), 32.0,
+             "v4:2x2x1", 4),
     # v5e (v5 lite): 16 GiB per chip, the smallest HBM here: FSDP over 16 chips by default.
-    Hardware("tpu_v5e", "bfloat16", "bfloat16", "splash", True, (-1, 16, 1), 16.0, "v5e:4x4", 4),
+    Hardware("tpu_v5e", "bfloat16", "bfloat16", "splash", True, True, (-1, 16, 1), 16.0,
+             "v5e:4x4", 4),
     # v5p: 95 GiB per chip.
-    Hardware("tpu_v5p", "bfloat16", "bfloat16", "splash", True, (-1, 4, 1), 95.0, "v5p:2x2x1", 4),
+    Hardware("tpu_v5p", "bfloat16", "bfloat16", "splash", True, True, (-1, 4, 1), 95.0,
+             "v5p:2x2x1", 4),
     # v6e (Trillium): 32 GiB per chip.
-    Hardware("tpu_v6e", "bfloat16", "bfloat16", "splash", True, (-1, 8, 1), 32.0, "v6e:2x4", 4),
+    Hardware("tpu_v6e", "bfloat16", "bfloat16", "splash", True, True, (-1, 8, 1), 32.0,
+             "v6e:2x4", 4),
 )}
 
 

@@ -41,7 +41,8 @@ def export_lm(lm: LM, params):
   Quantization is the converter's job; exporting bf16 activations would make the fp32 file
   disagree with itself and XNNPACK has no bf16 kernels anyway.
   """
-  cfg = lm.cfg.replace(dtype="float32", param_dtype="float32", remat=False)
+  cfg = lm.cfg.replace(dtype="float32", param_dtype="float32", remat=False,
+                        scan_layers=False)
   host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
   return LM(cfg), host
 

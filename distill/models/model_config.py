@@ -46,6 +46,9 @@ class ModelConfig:
   dtype: str = "float32"  # activation dtype
   param_dtype: str = "float32"
   remat: bool = False
+  # Run the blocks as one lax.scan (distill/models/layer_scan.py): compile time independent
+  # of depth. Same parameters and results as unrolled; the accelerator presets turn it on.
+  scan_layers: bool = False
   # Training-path attention: "xla" (einsum + fp32 softmax with GQA groups kept, any backend),
   # "dot_product" (jax.nn.dot_product_attention, XLA implementation), "cudnn" (its fused flash
   # kernel on NVIDIA GPUs). "splash" (TPU presets) runs the "xla" einsum until the Pallas kernel

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from distill.models import ops
+from distill.models import layer_scan, ops
 from distill.models.model_config import ModelConfig  # noqa: F401  (re-exported)
 # Re-exported: callers (export, QAD, tests) use them as transformer.<name>.
 from distill.models.ops import (apply_rope, collect_attention, fake_quant_rows, project,  # noqa: F401
@@ -257,6 +257,16 @@ class Transformer(nnx.Module):
         key = getattr(self, f"block_{i}").attn.table_key()
         if key not in tables:
           tables[key] = rope_table(positions, cfg.k, *key)
+    if cfg.scan_layers and cache is None and not ops.ATTN_MAPS:
+      # One compiled block body whatever the depth (attention maps and the KV cache unroll).
+      blocks = [getattr(self, f"block_{i}") for i in range(cfg.n_layers)]
+      period = layer_scan.layer_period(cfg.n_layers, cfg.sliding_window, cfg.sliding_pattern)
+      run = lambda blk, y: blk(y, positions, tables=tables)[0]
+      x, outs = layer_scan.scan_blocks(blocks, x, run, period, cfg.remat,
+                                       collect=states is not None)
+      if states is not None:
+        states.extend(outs)
+      return self.final_norm(x), None
     new_cache = []
     for i in range(cfg.n_layers):
       block = getattr(self, f"block_{i}")

@@ -36,7 +36,8 @@ def student_target(teacher: LM, student: LM):
                       f"whole KV groups of the teacher, so n_kv_heads must be n_heads / "
                       f"{teacher.cfg.n_heads // teacher.cfg.n_kv_heads} = {target.n_kv_heads}")
   return target.replace(dtype=s.dtype, param_dtype=s.param_dtype, attention=s.attention,
-                        remat=s.remat, max_len=max(s.max_len, target.max_len))
+                        remat=s.remat, scan_layers=s.scan_layers,
+                        max_len=max(s.max_len, target.max_len))
 
 
 def from_teacher(ctx, student: LM, teacher: LM, t_params, trim=None):
