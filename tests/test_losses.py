@@ -292,7 +292,8 @@ def test_cross_entropy_and_objective(c):
     loss, metrics = out[kind]
     want_div = ref_mean(ref_per_token(kind, c["s"], c["t"], **_kw(c)),
                         c["mask"]) * c["temperature"]**2
-    _close(metrics["divergence"], want_div)
+    # x T^2 scales fp32's rounding of sum p (log p - log q) too (seen: 2.3e-6 at V = 300).
+    _close(metrics["divergence"], want_div, atol=2e-6 * max(1.0, c["temperature"]**2))
     _close(metrics["ce"], want_ce)
     _close(loss, (1 - alpha) * want_div + alpha * want_ce)
     assert all(v.dtype == jnp.float32 and v.shape == () for v in
