@@ -208,6 +208,10 @@ def get_config():
   # Divergence on the sampled positions (any distill.loss kind; GKD: reverse_kl or jsd with
   # distill.beta). Dataset steps keep distill.loss; sampled steps use no hard-label term.
   c.distill.on_policy.divergence = "reverse_kl"
+  # Warm start, in [0, 1): the first `start` fraction of the distill steps are all off-policy
+  # (dataset batches, distill.loss); λ applies to the steps after it. GKD starts on-policy
+  # training from a supervised student, not from random weights. 0 = on-policy from step 0.
+  c.distill.on_policy.start = 0.0
 
   c.baseline = ml_collections.ConfigDict()
   # Train a same-size hard-label student with the same data, steps and seed, for the

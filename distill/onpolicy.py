@@ -33,22 +33,29 @@ class OnPolicyConfig:
   prompt_len: int
   sample: sampling.SampleConfig  # gen_len, temperature, top-k/p, EOS
   divergence: str
+  # Warm start (GKD starts from a supervised student): steps before this one are all
+  # off-policy; from it on, each step is on-policy with probability λ.
+  start_step: int = 0
 
   @classmethod
-  def from_config(cls, d, *, seq_len: int, vocab: int, eos_id, pad_id) -> "OnPolicyConfig":
-    """From `config.distill.on_policy`; gen_len 0 fills the training window."""
+  def from_config(cls, d, *, seq_len: int, vocab: int, eos_id, pad_id,
+                  steps: int = 0) -> "OnPolicyConfig":
+    """From `config.distill.on_policy`; gen_len 0 fills the training window; `start` is a
+    fraction of the `steps` distill steps."""
     p = int(d.prompt_len)
     gen = int(d.gen_len) or seq_len + 1 - p
     return cls(fraction=float(d.fraction), prompt_len=p, divergence=d.divergence,
+               start_step=int(round(float(d.get("start", 0.0)) * steps)),
                sample=sampling.SampleConfig(
                    gen_len=gen, temperature=float(d.temperature), top_k=int(d.get("top_k", 0)),
                    top_p=float(d.get("top_p", 1.0)), eos_id=-1 if eos_id is None else eos_id,
                    pad_id=pad_id or 0, vocab=vocab))
 
 
-def use_on_policy(key, step: int, fraction: float) -> bool:
-  """Whether `step` is on-policy: u(fold_in(key, step)) < λ; exact at λ = 0 and 1."""
-  if fraction <= 0.0:
+def use_on_policy(key, step: int, fraction: float, start_step: int = 0) -> bool:
+  """Whether `step` is on-policy: step >= start_step and u(fold_in(key, step)) < λ; exact at
+  λ = 0 and 1. A function of (key, step) only, so a resumed run decides as the original."""
+  if fraction <= 0.0 or step < start_step:
     return False
   if fraction >= 1.0:
     return True
@@ -113,7 +120,7 @@ class Plan:
                                     cfg=self.cfg, skip_nonfinite=skip_nonfinite)}
 
   def use(self, step: int) -> bool:
-    return use_on_policy(self.key, step, self.cfg.fraction)
+    return use_on_policy(self.key, step, self.cfg.fraction, self.cfg.start_step)
 
 
 def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: objectives.LossConfig,

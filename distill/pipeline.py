@@ -234,7 +234,8 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   tok = ctx.tokenizer
   cfg = onpolicy.OnPolicyConfig.from_config(o, seq_len=c.data.seq_len,
                                             vocab=min(tok.vocab_size, student.cfg.vocab_size),
-                                            eos_id=tok.eos_id, pad_id=data.pad_id(tok))
+                                            eos_id=tok.eos_id, pad_id=data.pad_id(tok),
+                                            steps=int(c.distill.steps))
   total = cfg.prompt_len + cfg.sample.gen_len
   context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
   if total > context:

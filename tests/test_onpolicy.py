@@ -17,8 +17,9 @@ def _models():
   return teacher, student, teacher.init(jax.random.key(1)), student.init(jax.random.key(2))
 
 
-def _cfg(fraction=1.0, p=4, g=6, divergence="reverse_kl"):
+def _cfg(fraction=1.0, p=4, g=6, divergence="reverse_kl", start_step=0):
   return onpolicy.OnPolicyConfig(fraction=fraction, prompt_len=p, divergence=divergence,
+                                 start_step=start_step,
                                  sample=sampling.SampleConfig(gen_len=g, temperature=1.0,
                                                               vocab=260))
 
@@ -53,6 +54,35 @@ def test_loss_is_reverse_kl_on_generated_positions_only():
   np.testing.assert_allclose(float(metrics["teacher_nll"]), nll, rtol=1e-4)
 
 
+def test_on_step_update_is_sgd_on_reverse_kl_of_the_fixed_samples():
+  """One jitted on-policy step with plain SGD moves the params by -lr * the gradient of a
+  reverse KL written from its definition on the step's samples held fixed: no gradient
+  through the sampling, the right direction, T and T^2, the mask and its normalisation."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  teacher, student, tp, sp = _models()
+  cfg, t, lr = _cfg(p=3, g=7), 2.0, 0.1
+  tokens = np.random.default_rng(4).integers(3, 200, size=(4, 11)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 10), np.float32)}
+  plan = onpolicy.make_plan(cfg, student, teacher, train.LossConfig(temperature=t, alpha=0.5), 0)
+  tx = optax.sgd(lr)
+  rng = jax.random.key(9)
+  state, _ = jax.jit(plan.steps(None, tx, False)[True])(
+      train.TrainState(jnp.int32(0), sp, tx.init(sp)), batch, rng, tp)
+  new = jax.device_get(onpolicy.sampled_batch(student, sp, batch, jax.random.fold_in(rng, 1),
+                                              cfg)[0])
+
+  def ref(params):
+    lq = jax.nn.log_softmax(student.apply(params, new["inputs"]) / t)
+    lp = jax.nn.log_softmax(teacher.apply(tp, new["inputs"]) / t)
+    kl = jnp.sum(jnp.exp(lq) * (lq - lp), -1)
+    return t * t * jnp.sum(kl * new["mask"]) / jnp.sum(new["mask"])
+
+  want = jax.tree.map(lambda a, g: a - lr * g, sp, jax.grad(ref)(sp))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
+               state.params, want)
+
+
 def test_step_decision_is_deterministic_and_near_lambda():
   key = jax.random.key(7)
   picks = [onpolicy.use_on_policy(key, s, 0.5) for s in range(400)]
@@ -62,8 +92,25 @@ def test_step_decision_is_deterministic_and_near_lambda():
   assert all(onpolicy.use_on_policy(key, s, 1.0) for s in range(20))
 
 
+def test_warm_start_no_on_policy_step_before_start():
+  key = jax.random.key(7)
+  # Before start_step never; from it on the same draws as without a warm start.
+  assert not any(onpolicy.use_on_policy(key, s, 1.0, start_step=100) for s in range(100))
+  assert all(onpolicy.use_on_policy(key, s, 0.5, start_step=100)
+             == onpolicy.use_on_policy(key, s, 0.5) for s in range(100, 400))
+  c = shrunken_config(**{"distill.on_policy.fraction": 0.5, "distill.on_policy.start": 0.5})
+  cfg = onpolicy.OnPolicyConfig.from_config(c.distill.on_policy, seq_len=32, vocab=260,
+                                            eos_id=None, pad_id=0, steps=250)
+  assert cfg.start_step == 125  # round(0.5 * 250)
+  plan = onpolicy.make_plan(cfg, None, None, train.LossConfig(), seed=0)
+  assert not any(plan.use(s) for s in range(125)) and any(plan.use(s) for s in range(125, 250))
+  c.distill.on_policy.start = 0.0  # the default: today's behaviour
+  assert onpolicy.OnPolicyConfig.from_config(c.distill.on_policy, seq_len=32, vocab=260,
+                                             eos_id=None, pad_id=0, steps=250).start_step == 0
 
-def _stage(workdir, stage_dir, kill_after=None):
+
+
+def _stage(workdir, stage_dir, kill_after=None, steps=6, fraction=0.5, start_step=0):
   c = shrunken_config()
   teacher, student, tp, _ = _models()
   it = data.make_train_iterator(c.data, tokenizers.ByteTokenizer(), workdir, batch_size=4,
@@ -72,10 +119,12 @@ def _stage(workdir, stage_dir, kill_after=None):
     it = KillAfter(it, kill_after)
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
   loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0)
-  plan = onpolicy.make_plan(_cfg(fraction=0.5, p=8, g=8), student, teacher, loss_cfg, seed=3)
+  plan = onpolicy.make_plan(_cfg(fraction=fraction, p=8, g=8, start_step=start_step), student,
+                            teacher, loss_cfg, seed=3)
   loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
-  return train.run(name="s", lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
-                   loss_fn=loss_fn, tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
+  return train.run(name="s", lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it,
+                   steps=steps, loss_fn=loss_fn,
+                   tx=train.make_optimizer(lr=1e-2, steps=steps, warmup=1), seed=3,
                    checkpoint_every=2, log_every=1, teacher_params=tp,
                    teacher_shardings=sharding.param_shardings(teacher, mesh), on_policy=plan)
 
@@ -95,6 +144,14 @@ def test_resumed_run_draws_the_same_samples(tmp_path):
     assert a["on_policy"] == b["on_policy"] and a["sample_checksum"] == b["sample_checksum"], s
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                resumed.params, ref.params)
+
+
+def test_warm_started_run_takes_no_on_policy_step_before_start(tmp_path):
+  workdir = str(tmp_path)
+  data.prepare(shrunken_config().data, workdir)
+  run = _stage(workdir, str(tmp_path / "warm"), steps=4, fraction=1.0, start_step=2)
+  assert [m["on_policy"] for _, m in run.history] == [0.0, 0.0, 1.0, 1.0]
+  assert [m["sample_len"] > 0 for _, m in run.history] == [False, False, True, True]
 
 
 def test_sample_metrics_match_a_numpy_teacher_nll():
