@@ -123,11 +123,7 @@ def teacher_model_config(c):
       raise AotError("--config.teacher.model.vocab_size is needed to compile without a teacher "
                      "checkpoint; set it to the tokenizer's vocabulary size")
     cfg = pipeline.model_config(fields, vocab, c)
-  # Read-only teacher in its own dtype, as pipeline.load_or_train_teacher holds it.
-  if c.teacher.dtype != "float32":
-    cfg = cfg.replace(dtype=c.teacher.dtype)
-  from distill.config import PRESETS  # pylint: disable=import-outside-toplevel
-  return cfg.replace(scan_layers=PRESETS[c.preset]["scan_layers"])
+  return pipeline.read_only_teacher(cfg, c)  # as load_or_train_teacher holds it
 
 
 def student_model_config(c, vocab: int):

@@ -106,7 +106,7 @@ def _on_policy(c, src):
   lam = _num(c, "distill.on_policy.fraction")
   _req(0.0 <= lam <= 1.0, f"--config.distill.on_policy.fraction={lam} must be in [0, 1] (the "
        "share of steps the student samples; 0 = off)")
-  start = _num(c, "distill.on_policy.start") if "start" in o else 0.0
+  start = _num(c, "distill.on_policy.start")
   _req(0.0 <= start < 1.0, f"--config.distill.on_policy.start={start} must be in [0, 1) (the "
        "fraction of the distill steps that run off-policy before on-policy steps begin)")
   p, g = _num(c, "distill.on_policy.prompt_len", int), _num(c, "distill.on_policy.gen_len", int)

@@ -45,10 +45,10 @@ class OnPolicyConfig:
     p = int(d.prompt_len)
     gen = int(d.gen_len) or seq_len + 1 - p
     return cls(fraction=float(d.fraction), prompt_len=p, divergence=d.divergence,
-               start_step=int(round(float(d.get("start", 0.0)) * steps)),
+               start_step=int(round(float(d.start) * steps)),
                sample=sampling.SampleConfig(
-                   gen_len=gen, temperature=float(d.temperature), top_k=int(d.get("top_k", 0)),
-                   top_p=float(d.get("top_p", 1.0)), eos_id=-1 if eos_id is None else eos_id,
+                   gen_len=gen, temperature=float(d.temperature), top_k=int(d.top_k),
+                   top_p=float(d.top_p), eos_id=-1 if eos_id is None else eos_id,
                    pad_id=pad_id or 0, vocab=vocab))
 
 

@@ -29,6 +29,15 @@ def padded_vocab(tokenizer_vocab: int) -> int:
   return -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
+def read_only_teacher(cfg: ModelConfig, config) -> ModelConfig:
+  """How the teacher runs once loaded: held and computed in `teacher.dtype` (fp32 keeps the
+  checkpoint's), with the preset's layer scan. Training, teacher cache and distill.aot all
+  build it here, so the AOT check compiles the teacher that trains."""
+  t_dtype = config.teacher.dtype
+  return cfg.replace(dtype=t_dtype if t_dtype != "float32" else cfg.dtype,
+                     scan_layers=PRESETS[config.preset]["scan_layers"])
+
+
 def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
   fields = dict(model_cfg)
   fields.pop("vocab_size", None)  # the teacher/tokenizer decides
@@ -131,7 +140,7 @@ def load_or_train_teacher(ctx: Context):
       from distill.models import gguf as loader  # pylint: disable=import-outside-toplevel
     lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
                                                     dtype=c.teacher.dtype)
-    lm = LM(lm.cfg.replace(scan_layers=PRESETS[c.preset]["scan_layers"]))  # same params
+    lm = LM(read_only_teacher(lm.cfg, c))  # same params
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = api.read_model_config(path)
@@ -146,9 +155,7 @@ def load_or_train_teacher(ctx: Context):
                            loss_fn=functools.partial(objectives.ce_loss, student=lm))
     path = os.path.join(ctx.workdir, "teacher")
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
-  cfg = cfg.replace(dtype=c.teacher.dtype if c.teacher.dtype != "float32" else cfg.dtype,
-                    scan_layers=PRESETS[c.preset]["scan_layers"])
-  lm = LM(cfg)
+  lm = LM(read_only_teacher(cfg, c))
   shard = sharding.param_shardings(lm, ctx.mesh)
   params = api.load_stage_params(path, lm, shard, dtype=jnp.dtype(c.teacher.dtype))
   return lm, params, shard, info

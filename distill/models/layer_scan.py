@@ -38,14 +38,20 @@ def scan_blocks(blocks: Sequence[nnx.Module], x, call: Callable, period: int, re
   `call(block, x) -> x` runs one block (its other inputs are closed over: they are the same for
   every layer). Blocks i and i + period must be structurally identical.
   """
-  n = len(blocks)
-  groups = n // period
-  if groups < 2:  # nothing to share
-    outs = []
-    for blk in blocks:
-      x = call(blk, x)
-      outs.append(x)
-    return x, (outs if collect else None)
+  groups = len(blocks) // period
+  if groups < 2:  # nothing repeats: every block runs unrolled below
+    groups = 0
+  outs = []
+  if groups:
+    x, outs = _scan_groups(blocks, x, call, period, groups, remat, collect)
+  for blk in blocks[groups * period:]:
+    x = call(blk, x)
+    outs.append(x)
+  return x, (outs if collect else None)
+
+
+def _scan_groups(blocks, x, call, period, groups, remat, collect):
+  """The first `groups * period` blocks as one scan: (x, per-block outputs or [])."""
   defs, stacked = [], []
   for j in range(period):
     members = [nnx.split(blocks[g * period + j]) for g in range(groups)]
@@ -64,8 +70,4 @@ def scan_blocks(blocks: Sequence[nnx.Module], x, call: Callable, period: int, re
     # activation memory independent of depth, as with nnx.remat per block when unrolled.
     body = jax.checkpoint(body, prevent_cse=False)
   x, ys = jax.lax.scan(body, x, stacked)
-  outs = [ys[g, j] for g in range(groups) for j in range(period)] if collect else []
-  for blk in blocks[groups * period:]:
-    x = call(blk, x)
-    outs.append(x)
-  return x, (outs if collect else None)
+  return x, ([ys[g, j] for g in range(groups) for j in range(period)] if collect else [])
