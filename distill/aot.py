@@ -24,7 +24,8 @@ The line then says `"extrapolated": true`. Exact for arguments and outputs (weig
 optimizer state grow by whole layers); close for temporaries, which XLA may schedule
 differently at another depth. The default (full depth) is what to use with the accelerator
 presets: their layer scan (`scan_layers`) keeps the compile independent of depth (the shipped
-v5e config, 28 + 12 layers on 256 chips: 399 s on a 2-core CPU; 1,103 s unrolled).
+v5e config, 28 + 12 layers on 256 chips: 246 s on a quiet 2-core CPU; unrolled 1,103 s with
+other jobs running).
 
 Teacher shape: from `hf:/path/config.json` (or a `gguf:` file's metadata) when that path
 exists, from a distill stage directory's model_config.json, otherwise from

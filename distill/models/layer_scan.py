@@ -2,8 +2,8 @@
 
 Why: unrolled, XLA compiles every block separately, so compile time and program size grow with
 depth. The shipped v5e config's step (28-layer Gemma-7B teacher + 12-layer student, 256 chips)
-took 1,103 s to compile unrolled on this project's 2-core CPU and 399 s scanned, with 1.7 GiB
-less temporary memory per chip (launch/README.md). Scanned, the block body is compiled once
+took 1,103 s to compile unrolled on this project's 2-core CPU (other jobs running) and 246 s
+scanned (quiet), with 1.7 GiB less temporary memory per chip (launch/README.md). Scanned, the block body is compiled once
 whatever the depth, as MaxText and t5x do on accelerators.
 
 The parameters keep their per-layer layout (`block_0`, `block_1`, ...): checkpoints, the
