@@ -128,10 +128,11 @@ def _on_policy(c, src):
        ">= 0 (0 = off)")
   _req(0.0 < _num(c, "distill.on_policy.top_p") <= 1.0,
        f"--config.distill.on_policy.top_p={o.top_p} must be in (0, 1]")
-  if lam > 0:
-    _req(src == "online", f"--config.distill.on_policy.fraction={lam} needs "
-         f"distill.teacher_source='online': a cache-only teacher ({src!r}) cannot score the "
-         "student's new samples; set teacher_source=online or on_policy.fraction=0")
+  if lam > 0:  # 'cache': dataset steps read the cache the pipeline writes, sampled steps run
+    # the loaded teacher; a 'cache:PATH' run has no teacher to run.
+    _req(not src.startswith("cache:"), f"--config.distill.on_policy.fraction={lam} needs "
+         f"a teacher that can run: a cache-only teacher ({src!r}) cannot score the student's "
+         "new samples; set teacher_source=online or cache, or on_policy.fraction=0")
 
 
 def _sample_eval(c):

@@ -170,7 +170,10 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
             beta=cfg.beta, skew=cfg.skew, scale_by_t2=cfg.scale_by_t2)
   if cfg.top_k:
     t_logits = teacher.logits_from_hidden(teacher_params, t_hidden)
-    t_ids, t_logprobs = jax.lax.stop_gradient(losses.topk_targets(t_logits, cfg.top_k))
+    # A trimmed-vocabulary teacher (`prune.trimmed`) returns log-probs already normalized over
+    # its full vocabulary: their top-k keeps the dropped ids' mass in the tail, as the cache does.
+    t_ids, t_logprobs = jax.lax.stop_gradient(losses.topk_targets(
+        t_logits, cfg.top_k, normalized=getattr(teacher, "normalized", False)))
     with cfg.input_quant(step):
       s_logits = student.logits_from_hidden(params, s_hidden)
     return _sparse(s_logits, t_ids, t_logprobs, batch, kw, cfg)

@@ -142,7 +142,9 @@ def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: object
 
 def _teacher_nll_sums(t_params, tokens, gen_mask, *, teacher: LM):
   """(sum of -log p_teacher(token) over sampled positions, count)."""
-  logp = jax.nn.log_softmax(teacher.apply(t_params, tokens[:, :-1]).astype(jnp.float32), -1)
+  logp = teacher.apply(t_params, tokens[:, :-1]).astype(jnp.float32)
+  if not getattr(teacher, "normalized", False):  # a trimmed teacher's rows are log-probs already
+    logp = jax.nn.log_softmax(logp, -1)
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
   m = gen_mask[:, 1:]
   return jnp.sum(nll * m), jnp.sum(m)

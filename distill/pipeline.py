@@ -7,6 +7,7 @@ tests call.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -273,6 +274,12 @@ def _sample_prompts(ctx: Context, teacher: LM):
   return prompts, cfg
 
 
+def _teacher_sample_cfg(cfg: sampling.SampleConfig, tok, lm: LM) -> sampling.SampleConfig:
+  """`cfg` for a model speaking `tok`'s ids (the full teacher beside a trimmed student)."""
+  return dataclasses.replace(cfg, eos_id=-1 if tok.eos_id is None else tok.eos_id,
+                             pad_id=data.pad_id(tok), vocab=min(tok.vocab_size, lm.cfg.vocab_size))
+
+
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
   validate(config, jax.device_count())
@@ -350,8 +357,12 @@ def _run(config, workdir: str) -> dict:
   prompts, s_cfg = _sample_prompts(ctx, teacher)
   for name, (lm, params, _) in models.items():
     if prompts is not None:  # same prompts, settings and key for every model
+      scorer, rows, cfg = teacher, prompts, s_cfg
+      if trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
+        scorer, rows, cfg = t_lm, np.asarray(trim.kept)[prompts], _teacher_sample_cfg(
+            s_cfg, t_tokenizer, t_lm)
       results[name].update(onpolicy.sample_metrics(
-          lm, params, teacher, t_params, prompts, jax.random.key(c.seed + 1000), s_cfg))
+          lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg))
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own

@@ -165,3 +165,50 @@ def test_sample_metrics_match_a_numpy_teacher_nll():
   nll = -np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, 3:]
   np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)
   assert m["sample_len_mean"] == 6 and m["sample_eos_rate"] == 0.0
+
+
+def _trimmed(teacher):
+  """The teacher seen through a trimmed vocabulary: even ids kept, padded to a multiple of 8."""
+  from distill.prune import trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+  kept = np.arange(0, 262, 2, dtype=np.int32)  # 131 ids -> 136 rows
+  rows = np.concatenate([kept, np.zeros(136 - kept.size, np.int32)])
+  tr = vocab_lib.Trim(kept=kept, rows=rows, tokenizer=None, teacher_vocab=264)
+  return trimmed.TrimmedTeacher(teacher, tr), kept
+
+
+def test_trimmed_teacher_scores_samples_as_the_cache_would():
+  """A trimmed-vocabulary student (`student.vocab`) trains on-policy with `teacher_source=cache`:
+  the sampled steps run the teacher online through `TrimmedTeacher`. Its top-k targets there
+  are NumPy's top-k of the full teacher's log-softmax at the kept ids (not renormalized, the
+  dropped mass in the tail bucket), so the on-policy loss equals the cached loss fed those
+  targets; the sample NLL is exactly -log p_teacher of each sampled token."""
+  teacher, _, tp, _ = _models()
+  t_trim, kept = _trimmed(teacher)
+  student = LM(tiny_model_config(vocab_size=136, d_model=16, n_layers=1))
+  sp = student.init(jax.random.key(2))
+  cfg = onpolicy.OnPolicyConfig(fraction=1.0, prompt_len=4, divergence="reverse_kl",
+                                sample=sampling.SampleConfig(gen_len=6, temperature=1.0,
+                                                             vocab=kept.size))
+  tokens = np.random.default_rng(0).integers(3, 120, size=(4, 11)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 10), np.float32)}
+  new = jax.device_get(onpolicy.sampled_batch(student, sp, batch, jax.random.key(0), cfg)[0])
+  assert new["inputs"].max() < kept.size  # the student samples its own ids only
+  loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0, top_k=8, tail="tail_bucket")
+  plan = onpolicy.make_plan(cfg, student, t_trim, loss_cfg, 0)
+  loss, _ = plan.on_loss_fn(sp, new, tp, 0)
+  full = _log_softmax(np.asarray(teacher.apply(tp, kept[new["inputs"]]), np.float64))
+  at_kept = full[..., kept]
+  ids = np.argsort(-at_kept, -1, kind="stable")[..., :8]
+  cached = dict(new, teacher_ids=ids.astype(np.int32),
+                teacher_logprobs=np.take_along_axis(at_kept, ids, -1).astype(np.float32))
+  on_cfg = train.LossConfig(kind="reverse_kl", temperature=1.0, top_k=8, tail="tail_bucket")
+  want, _ = train.cached_distill_loss(sp, cached, None, 0, student=student, cfg=on_cfg)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-4)
+  # Sample metrics through the trimmed teacher: -log p_teacher(kept[token]), full vocabulary.
+  prompts = tokens[:, :4]
+  m = onpolicy.sample_metrics(student, sp, t_trim, tp, prompts, jax.random.key(3), cfg.sample)
+  out = jax.device_get(sampling.run(student, sp, prompts, jax.random.key(3), cfg.sample))
+  toks = out["tokens"]
+  lp = _log_softmax(np.asarray(teacher.apply(tp, kept[toks[:, :-1]]), np.float64))
+  nll = -np.take_along_axis(lp, kept[toks[:, 1:]][..., None], -1)[..., 0][:, 3:]
+  np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)

@@ -71,9 +71,15 @@ def _config(tmp_path, teacher, **over):
 
 def test_pipeline_trims_the_student_vocabulary(tmp_path):
   teacher = _hf_teacher(tmp_path)
-  c = _config(tmp_path, teacher)
+  # On-policy too: dataset steps read the cache, sampled steps run the teacher through the trim.
+  c = _config(tmp_path, teacher, **{"distill.on_policy.fraction": 1.0,
+                                    "distill.on_policy.prompt_len": 8})
   validate(c)
   rep = pipeline.run(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "student" / "metrics.jsonl")]
+  assert rows and all(r["on_policy"] == 1.0 and r["sample_len"] > 0 for r in rows), rows
+  for name in ("teacher", "student"):  # each model sampled in its own vocabulary, teacher-scored
+    assert 0.0 < rep[name]["sample_teacher_nll"] < 20.0
   student = distill.load(str(tmp_path / "run" / "student"))
   kept = rep["student"]["vocab"]["kept"]
   assert kept <= 280 and student.config.vocab_size == rep["student"]["vocab"]["rows"]

@@ -60,11 +60,19 @@ class TrimmedTeacher:
     # Padding ids (>= kept) never occur in text; map them to some row so the gather is defined.
     return jnp.asarray(self._rows)[ids]
 
-  def apply(self, params, ids, positions=None):
-    logits = self.lm.apply(params, self.teacher_ids(ids), positions).astype(jnp.float32)
+  def hidden(self, params, ids, positions=None):
+    """The teacher's final hidden states [B, T, D] of the student-id sequence `ids`."""
+    return self.lm.hidden(params, self.teacher_ids(ids), positions)
+
+  def logits_from_hidden(self, params, h):
+    """Log-probs [B, T, U], normalized over the full teacher vocabulary (see the class)."""
+    logits = self.lm.logits_from_hidden(params, h).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)  # over V: dropped ids keep their share
     out = jnp.take(logp, jnp.asarray(self._rows), axis=-1)  # [B, T, U]
     return jnp.where(jnp.asarray(self._pad), PAD_LOGPROB, out)
+
+  def apply(self, params, ids, positions=None):
+    return self.logits_from_hidden(params, self.hidden(params, ids, positions))
 
 
 def make_trim(teacher: LM, tokenizer, data_cfg, workdir: str, k: int,
