@@ -194,7 +194,8 @@ def get_config():
   c.distill.on_policy = ml_collections.ConfigDict()
   # On-policy distillation (GKD; distill/onpolicy.py): share λ of the steps whose sequences the
   # student samples itself (the rest are dataset batches); each step decides from
-  # fold_in(seed, step). 0 = off (plain off-policy KD). Needs teacher_source='online'.
+  # fold_in(seed, step). 0 = off (plain off-policy KD). Needs a teacher that runs:
+  # teacher_source='online', or 'cache' (dataset steps read the cache, sampled steps run it).
   c.distill.on_policy.fraction = 0.0
   # Prompt tokens taken from the start of each dataset row; the student continues them.
   c.distill.on_policy.prompt_len = 32
@@ -208,6 +209,10 @@ def get_config():
   # Divergence on the sampled positions (any distill.loss kind; GKD: reverse_kl or jsd with
   # distill.beta). Dataset steps keep distill.loss; sampled steps use no hard-label term.
   c.distill.on_policy.divergence = "reverse_kl"
+  # Softmax temperature of that divergence; 0 = distill.temperature (the dataset steps'). TRL's
+  # GKD takes it at the sampling temperature, so the student matches the teacher on the same
+  # distribution it samples from.
+  c.distill.on_policy.loss_temperature = 0.0
   # Warm start, in [0, 1): the first `start` fraction of the distill steps are all off-policy
   # (dataset batches, distill.loss); λ applies to the steps after it. GKD starts on-policy
   # training from a supervised student, not from random weights. 0 = on-policy from step 0.

@@ -126,6 +126,8 @@ def _on_policy(c, src):
        f"{o.temperature} must be >= 0 (0 = greedy)")
   _req(_num(c, "distill.on_policy.top_k", int) >= 0, "--config.distill.on_policy.top_k must be "
        ">= 0 (0 = off)")
+  _req(_num(c, "distill.on_policy.loss_temperature") >= 0, "--config.distill.on_policy."
+       f"loss_temperature={o.loss_temperature} must be >= 0 (0 = distill.temperature)")
   _req(0.0 < _num(c, "distill.on_policy.top_p") <= 1.0,
        f"--config.distill.on_policy.top_p={o.top_p} must be in (0, 1]")
   if lam > 0:  # 'cache': dataset steps read the cache the pipeline writes, sampled steps run

@@ -36,6 +36,8 @@ class OnPolicyConfig:
   # Warm start (GKD starts from a supervised student): steps before this one are all
   # off-policy; from it on, each step is on-policy with probability λ.
   start_step: int = 0
+  # Temperature of the divergence on sampled positions; 0 = the dataset steps' schedule.
+  loss_temperature: float = 0.0
 
   @classmethod
   def from_config(cls, d, *, seq_len: int, vocab: int, eos_id, pad_id,
@@ -46,6 +48,7 @@ class OnPolicyConfig:
     gen = int(d.gen_len) or seq_len + 1 - p
     return cls(fraction=float(d.fraction), prompt_len=p, divergence=d.divergence,
                start_step=int(round(float(d.start) * steps)),
+               loss_temperature=float(d.loss_temperature),
                sample=sampling.SampleConfig(
                    gen_len=gen, temperature=float(d.temperature), top_k=int(d.top_k),
                    top_p=float(d.top_p), eos_id=-1 if eos_id is None else eos_id,
@@ -129,6 +132,10 @@ def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: object
   (CE on the student's own samples would only reinforce them)."""
   on_loss = dataclasses.replace(loss_cfg, kind=on_cfg.divergence, alpha=0.0, alpha_end=0.0,
                                 alpha_schedule="constant")
+  if on_cfg.loss_temperature:
+    on_loss = dataclasses.replace(on_loss, temperature=on_cfg.loss_temperature,
+                                  temperature_end=on_cfg.loss_temperature,
+                                  temperature_schedule="constant")
   loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
                               cfg=on_loss)
   # The decision stream is its own (seed, "on-policy") key, independent of the step keys.

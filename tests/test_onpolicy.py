@@ -54,6 +54,21 @@ def test_loss_is_reverse_kl_on_generated_positions_only():
   np.testing.assert_allclose(float(metrics["teacher_nll"]), nll, rtol=1e-4)
 
 
+def test_loss_temperature_overrides_the_dataset_steps_temperature():
+  """`on_policy.loss_temperature` = 1 with distill.temperature = 2: the sampled steps' reverse KL
+  is taken at T = 1 (NumPy), while the dataset steps keep T = 2."""
+  teacher, student, tp, sp = _models()
+  tokens = np.random.default_rng(2).integers(3, 200, size=(3, 9)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((3, 8), np.float32)}
+  loss_cfg = train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.5)
+  cfg = onpolicy.OnPolicyConfig(**{**_cfg().__dict__, "loss_temperature": 1.0})
+  loss, metrics = onpolicy.make_plan(cfg, student, teacher, loss_cfg, 0).on_loss_fn(sp, batch, tp, 0)
+  q = _log_softmax(np.asarray(student.apply(sp, batch["inputs"]), np.float64))
+  pt = _log_softmax(np.asarray(teacher.apply(tp, batch["inputs"]), np.float64))
+  np.testing.assert_allclose(float(loss), (np.exp(q) * (q - pt)).sum(-1).mean(), rtol=1e-4)
+  assert float(metrics["temperature"]) == 1.0 and loss_cfg.temperature == 2.0
+
+
 def test_on_step_update_is_sgd_on_reverse_kl_of_the_fixed_samples():
   """One jitted on-policy step with plain SGD moves the params by -lr * the gradient of a
   reverse KL written from its definition on the step's samples held fixed: no gradient
