@@ -190,8 +190,9 @@ def _soft_target_loss(params, batch, teacher_params, step, *, student: LM, teach
     loss, metrics = losses.distill_objective(s_logits, t_logits, batch["targets"], **kw)
     # -log p_teacher of the targets: on on-policy steps the teacher-scored NLL of the student's
     # own samples (the quantity GKD lowers), on dataset steps the teacher's CE.
-    metrics = dict(metrics, teacher_nll=losses.cross_entropy(t_logits, batch["targets"],
-                                                             mask=batch["mask"]))
+    metrics = dict(metrics, teacher_nll=losses.cross_entropy(
+        t_logits, batch["targets"], mask=batch["mask"],
+        normalized=getattr(teacher, "normalized", False)))
   return loss, dict(metrics, alpha=alpha, temperature=temperature)
 
 

@@ -130,8 +130,15 @@ def make_plan(on_cfg: OnPolicyConfig, student: LM, teacher: LM, loss_cfg: object
               seed: int) -> Plan:
   """The on-policy loss is the distill objective with `divergence` and no hard-label term
   (CE on the student's own samples would only reinforce them)."""
+  # The teacher runs inside the sampled step, so its whole distribution is there: top_k = 0.
+  # A top-k + tail target would let reverse KL (mode-seeking on the *student's* mass) spread
+  # the tail bucket's share over tokens the teacher ranks anywhere below its top k, which the
+  # student then samples; the sparse targets exist only to store a teacher offline.
   on_loss = dataclasses.replace(loss_cfg, kind=on_cfg.divergence, alpha=0.0, alpha_end=0.0,
-                                alpha_schedule="constant")
+                                alpha_schedule="constant", top_k=0,
+                                # a trimmed teacher has log-probs, not an unembedding to chunk
+                                chunk_size=0 if getattr(teacher, "normalized", False)
+                                else loss_cfg.chunk_size)
   if on_cfg.loss_temperature:
     on_loss = dataclasses.replace(on_loss, temperature=on_cfg.loss_temperature,
                                   temperature_end=on_cfg.loss_temperature,
