@@ -11,14 +11,14 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from distill import data, pipeline, tokenizers
-from tests.helpers import shrunken_config
+from distill import data, tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"main": "distill.main", "export": "distill.export", "generate": "distill.generate",
@@ -242,14 +242,16 @@ def _no_special_tokens_run(path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, small_run):
   """Inputs for every row, and a finished run whose files must never change."""
   tmp = tmp_path_factory.mktemp("bad_inputs")
-  p = {"tmp": str(tmp), "data": str(tmp / "data"), "new": str(tmp / "new_run")}
-  # A finished workdir (in-process: no subprocess start-up to pay).
-  p["finished"] = str(tmp / "finished")
-  pipeline.run(shrunken_config(**{"data.data_dir": p["data"], "baseline.enabled": False,
-                                  "export.enabled": False, "data.eval_batches": 1}), p["finished"])
+  p = {"tmp": str(tmp), "new": str(tmp / "new_run")}
+  # A finished workdir: a private copy of the session's shared tiny:small run
+  # (tests/conftest.py), so a row that wrongly writes damages only this module's copy.
+  p["finished"] = small_run.copy(tmp / "finished")
+  # The rows' data dir, with pydoc_topics already built (a copy of that run's): rows run two
+  # at a time, and two first builds of the dataset in one directory would race.
+  p["data"] = shutil.copytree(small_run.data_dir, str(tmp / "data"))
 
   p["broken_cfg"] = str(tmp / "broken_cfg.py")
   (tmp / "broken_cfg.py").write_text("def get_config(:\n  pass\n")

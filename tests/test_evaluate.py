@@ -78,10 +78,13 @@ def test_heldout_text_batches_hold_the_encoded_docs():
   assert got.size == want.size
 
 
-def test_pipeline_with_offline_cache_and_heldout(tmp_path):
+def test_pipeline_with_offline_cache_and_heldout(tmp_path, small_run):
+  # The session's shared run's teacher (tests/conftest.py): the cache and the held-out
+  # evaluation are under test here, not teacher pretraining (which that run covers).
   c = shrunken_config(**{"distill.teacher_source": "cache", "distill.top_k": 8,
                          "distill.tail": "tail_bucket", "export.enabled": False,
-                         "data.data_dir": str(tmp_path / "data")})
+                         "data.data_dir": small_run.data_dir,
+                         "teacher.checkpoint": small_run.teacher, "eval.sample_prompts": 0})
   rep = pipeline.run(c, str(tmp_path / "w"))
   with open(tmp_path / "w" / "teacher_cache" / "meta.json") as f:
     assert json.load(f)["top_k"] == 8

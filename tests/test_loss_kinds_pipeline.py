@@ -10,16 +10,16 @@ from tests.helpers import shrunken_config
 
 
 def _small(**kw):
+  # Only the student stage is under test: no baseline, export, samples or held-out text.
   return shrunken_config(**{"baseline.enabled": False, "export.enabled": False,
-                            "data.eval_batches": 1, "eval.prompts": (), **kw})
+                            "data.eval_batches": 1, "eval.prompts": (),
+                            "eval.sample_prompts": 0, "eval.heldout": "", **kw})
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("kinds")
-  c = _small(**{"data.data_dir": str(root / "data")})
-  pipeline.run(c, str(root / "base"))
-  return str(root / "base" / "teacher"), str(root / "data")
+def teacher_dir(small_run):
+  """The session's shared run's pretrained teacher and data dir (tests/conftest.py)."""
+  return small_run.teacher, small_run.data_dir
 
 
 # forward_kl and reverse_kl run by default; the other four kinds (same code path through the

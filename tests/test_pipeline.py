@@ -13,14 +13,14 @@ from tests.helpers import shrunken_config
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  rep = pipeline.run(shrunken_config(), workdir)
-  return workdir, rep
+def finished_run(small_run, tmp_path_factory):
+  """The session's shared finished run (tests/conftest.py), copied: the rerun test writes."""
+  workdir = small_run.copy(tmp_path_factory.mktemp("run") / "w")
+  return workdir, small_run.report, small_run.config
 
 
 def test_pipeline_writes_report_and_stage_dirs(finished_run):
-  workdir, rep = finished_run
+  workdir, rep, _ = finished_run
   for f in ("report.json", "report.md", "loss_curves.png"):
     assert os.path.getsize(os.path.join(workdir, f)) > 0, f
   with open(os.path.join(workdir, "report.json")) as f:
@@ -45,17 +45,17 @@ def test_pipeline_writes_report_and_stage_dirs(finished_run):
 
 
 def test_rerun_on_finished_workdir_retrains_nothing(finished_run):
-  workdir, rep = finished_run
+  workdir, rep, config = finished_run
   stamps = {m: os.path.getmtime(os.path.join(workdir, m, "stage.json"))
             for m in ("teacher", "student", "baseline")}
-  rep2 = pipeline.run(shrunken_config(), workdir)
+  rep2 = pipeline.run(config(), workdir)
   for m, t in stamps.items():
     assert os.path.getmtime(os.path.join(workdir, m, "stage.json")) == t
   assert rep2["student"]["val_ce"] == pytest.approx(rep["student"]["val_ce"], rel=1e-6)
 
 
 def test_load_logits_equal_training_forward(finished_run):
-  workdir, _ = finished_run
+  workdir, _, _ = finished_run
   m = distill.load(os.path.join(workdir, "student"))
   # The training loop's own last checkpoint, read raw (no target tree), is the reference.
   ckpt_dir = os.path.join(workdir, "student", "checkpoints")

@@ -12,19 +12,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from distill import pipeline, report
+from distill import report
 from tests.helpers import shrunken_config
 
 STAGES = ("teacher", "student", "baseline")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("report"))
-  # One export preset keeps the run short while still giving the report a .tflite row.
-  pipeline.run(shrunken_config(**{"export.presets": ("watch",)}), workdir)
-  with open(os.path.join(workdir, "report.json")) as f:
-    return workdir, json.load(f)
+def run(small_run):
+  """The session's shared finished run (tests/conftest.py: tiny:small, the watch preset only,
+  which still gives the report a .tflite row); read only."""
+  with open(os.path.join(small_run.workdir, "report.json")) as f:
+    return small_run.workdir, json.load(f)
 
 
 def _saved_arrays(stage_dir):

@@ -42,6 +42,9 @@ SMALL = [
     f"--config.checkpoint_every={CKPT_EVERY}", "--config.log_every=1",
     "--config.export.enabled=False", "--config.baseline.enabled=False",
     "--config.eval.prompts=('The',)", "--config.eval.sample_tokens=2",
+    # Training, checkpoints and the lock are under test, not evaluation: no sampled-continuation
+    # metrics (32 prompts x 96 tokens per model by default) and no held-out text.
+    "--config.eval.sample_prompts=0", "--config.eval.heldout=",
 ]
 
 

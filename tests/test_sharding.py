@@ -43,11 +43,18 @@ def _run(mesh, teacher, student, t_params, batch, loss_fn, tx):
   return state, jax.device_get(metrics), ev, built.param_shardings
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
-def test_sharded_step_and_eval_match_one_device(shape):
+@pytest.fixture(scope="module")
+def one_device():
+  """The models, batch and the 1-device reference run, computed once for every mesh below
+  (each mesh used to recompute the identical reference)."""
   setup = _setup()
   one = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  ref_state, ref_m, ref_ev, _ = _run(one, *setup)
+  return setup, _run(one, *setup)
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+def test_sharded_step_and_eval_match_one_device(shape, one_device):
+  setup, (ref_state, ref_m, ref_ev, _) = one_device
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
   state, m, ev, s_shard = _run(mesh, *setup)
   for k in ("loss", "divergence", "ce", "grad_norm"):

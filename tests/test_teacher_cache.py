@@ -12,17 +12,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _small(**kw):
+  # Only the student's training losses are compared: no baseline, export, samples or held-out.
   return shrunken_config(**{"baseline.enabled": False, "export.enabled": False,
                             "data.eval_batches": 1, "eval.prompts": (), "distill.steps": 3,
-                            "distill.transfer_fraction": 0.05, **kw})
+                            "distill.transfer_fraction": 0.05, "eval.sample_prompts": 0,
+                            "eval.heldout": "", **kw})
 
 
 @pytest.fixture(scope="module")
-def teacher_and_cache(tmp_path_factory):
+def teacher_and_cache(tmp_path_factory, small_run):
   root = tmp_path_factory.mktemp("cache")
-  data_dir = str(root / "data")
-  pipeline.run(_small(**{"data.data_dir": data_dir}), str(root / "base"))  # pretrains it
-  teacher = str(root / "base" / "teacher")
+  # The session's shared run's pretrained teacher and data dir (tests/conftest.py).
+  data_dir, teacher = small_run.data_dir, small_run.teacher
   ctx = pipeline.Context(_small(**{"data.data_dir": data_dir, "teacher.checkpoint": teacher}),
                          str(root / "w"))
   t_lm, t_params, _, _ = pipeline.load_or_train_teacher(ctx)
