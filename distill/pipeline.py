@@ -266,16 +266,12 @@ def _sample_prompts(ctx: Context, teacher: LM):
                               batch_size=n)
   rows = batches[0]
   prompts = rows["inputs"][rows["mask"][:, p - 1] > 0][:, :p]  # full-length rows only
-  tok = ctx.tokenizer
-  cfg = sampling.SampleConfig(gen_len=g, temperature=float(c.eval.sample_temperature),
-                              eos_id=-1 if tok.eos_id is None else tok.eos_id,
-                              pad_id=data.pad_id(tok),
-                              vocab=min(tok.vocab_size, teacher.cfg.vocab_size))
-  return prompts, cfg
+  cfg = sampling.SampleConfig(gen_len=g, temperature=float(c.eval.sample_temperature))
+  return prompts, _speaking(cfg, ctx.tokenizer, teacher)
 
 
-def _teacher_sample_cfg(cfg: sampling.SampleConfig, tok, lm: LM) -> sampling.SampleConfig:
-  """`cfg` for a model speaking `tok`'s ids (the full teacher beside a trimmed student)."""
+def _speaking(cfg: sampling.SampleConfig, tok, lm: LM) -> sampling.SampleConfig:
+  """`cfg` with the EOS, padding and vocabulary of a model speaking `tok`'s ids."""
   return dataclasses.replace(cfg, eos_id=-1 if tok.eos_id is None else tok.eos_id,
                              pad_id=data.pad_id(tok), vocab=min(tok.vocab_size, lm.cfg.vocab_size))
 
@@ -359,8 +355,8 @@ def _run(config, workdir: str) -> dict:
     if prompts is not None:  # same prompts, settings and key for every model
       scorer, rows, cfg = teacher, prompts, s_cfg
       if trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
-        scorer, rows, cfg = t_lm, np.asarray(trim.kept)[prompts], _teacher_sample_cfg(
-            s_cfg, t_tokenizer, t_lm)
+        scorer, rows, cfg = t_lm, np.asarray(trim.kept)[prompts], _speaking(s_cfg, t_tokenizer,
+                                                                             t_lm)
       results[name].update(onpolicy.sample_metrics(
           lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg))
     results[name]["params"] = count_params(params)

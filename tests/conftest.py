@@ -41,17 +41,6 @@ class SmallRun:
     return shutil.copytree(self.workdir, str(dest))
 
 
-def _tree_digest(root) -> dict:
-  import hashlib  # pylint: disable=import-outside-toplevel
-  out = {}
-  for d, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(d, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
   """ONE finished pipeline of configs/tiny.py's `small` variant for the whole session:
@@ -68,8 +57,9 @@ def small_run(tmp_path_factory):
   overrides = {"data.data_dir": str(root / "data"), "export.presets": ("watch",)}
   run = SmallRun(root, overrides, None)
   run.report = pipeline.run(run.config(), run.workdir)
-  before = _tree_digest(run.workdir)
+  from tests.helpers import tree_digest  # pylint: disable=import-outside-toplevel
+  before = tree_digest(run.workdir)
   yield run
-  after = _tree_digest(run.workdir)
+  after = tree_digest(run.workdir)
   changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
   assert not changed, f"a test wrote into the shared small_run workdir: {changed[:10]}"

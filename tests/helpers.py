@@ -117,3 +117,17 @@ class KillAfter:
 
   def set_state(self, s):
     self.it.set_state(s)
+
+
+def tree_digest(root) -> dict:
+  """{path relative to root: sha256 of its bytes} for every file under root: "nothing on disk
+  changed" is then one dict comparison."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  out = {}
+  for d, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out

@@ -8,7 +8,6 @@ fixture launches the selected rows two at a time and each parametrized test chec
 result. docs/troubleshooting.md is this table in prose; keep the two in step.
 """
 import concurrent.futures
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from distill import data, tokenizers
+from tests.helpers import tree_digest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"main": "distill.main", "export": "distill.export", "generate": "distill.generate",
@@ -185,16 +185,6 @@ CASES = [
 ]
 
 
-def _tree_hashes(root):
-  out = {}
-  for d, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(d, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
 def _text_dir(path, content: bytes):
   """A text: corpus whose files land in both splits (the train split is packed first)."""
   os.makedirs(path)
@@ -349,10 +339,10 @@ def results(world, request):
             and hasattr(item, "callspec")}
   todo = [c for c in CASES if c[0] in wanted and not _missing_input(c, world)]
   guarded = [k for k in world if k not in ("tmp", "data", "new")]
-  before = {k: _tree_hashes(world[k]) for k in guarded if os.path.isdir(world[k])}
+  before = {k: tree_digest(world[k]) for k in guarded if os.path.isdir(world[k])}
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     outs = dict(zip([c[0] for c in todo], pool.map(lambda c: _run_case(c, world), todo)))
-  after = {k: _tree_hashes(world[k]) for k in before}
+  after = {k: tree_digest(world[k]) for k in before}
   return outs, before, after
 
 

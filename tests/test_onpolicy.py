@@ -224,8 +224,8 @@ def test_sampled_steps_use_the_full_teacher_distribution_through_a_trim():
   ids = np.argsort(-at_kept, -1, kind="stable")[..., :8]
   cached = dict(new, teacher_ids=ids.astype(np.int32),
                 teacher_logprobs=np.take_along_axis(at_kept, ids, -1).astype(np.float32))
-  sparse, _ = train.cached_distill_loss(sp, cached, None, 0, student=student, cfg=dataclasses
-                                        .replace(loss_cfg, kind="reverse_kl"))
+  sparse_cfg = dataclasses.replace(loss_cfg, kind="reverse_kl")
+  sparse, _ = train.cached_distill_loss(sp, cached, None, 0, student=student, cfg=sparse_cfg)
   assert abs(float(sparse) - want) > 0.05 * want
   # Sample metrics through the trimmed teacher: -log p_teacher(kept[token]), full vocabulary.
   prompts = tokens[:, :4]
