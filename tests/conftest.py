@@ -5,6 +5,19 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the session, this process and every CLI, notebook
+# kernel and worker it starts (they inherit the environment): most of a tiny:small pipeline's
+# minute is compiling programs that other tests compile again (measured: 73 s cold, 32 s warm).
+# A fresh directory per session, so the suite's time is what a clean CI checkout sees.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _CACHE = tempfile.mkdtemp(prefix="distill-tests-xla-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": _CACHE,
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 # Property tests draw the same examples on every run, so CI cannot fail on a draw nobody can
 # reproduce; `HYPOTHESIS_PROFILE=explore` draws new ones (what to run when changing a loss).

@@ -2,12 +2,10 @@
 traceback, and leaves what is on disk as it was.
 
 Each row runs a real CLI (`python -m distill.main | distill.export | distill.generate |
-distill.to_hf | distill.convert |
-distill.prune`) in a subprocess. Starting Python with JAX costs seconds here, so one module
-fixture launches the selected rows two at a time and each parametrized test checks its own
-result. docs/troubleshooting.md is this table in prose; keep the two in step.
+distill.to_hf | distill.convert | distill.prune`) as its own process: one module fixture forks
+the selected rows, two at a time, from one interpreter that has imported JAX once
+(tests/cli_runner.py), and each parametrized test checks its own result. docs/troubleshooting.md is this table in prose; keep the two in step.
 """
-import concurrent.futures
 import json
 import os
 import shutil
@@ -316,19 +314,13 @@ def _env():
   return env
 
 
-def _run_case(case, world):
+def _job(case, world):
+  """One row as a tests.cli_runner job: its argv with the paths filled in."""
   name, (tool, argv), _, _ = case
   # Each row its own fresh workdir: rows run concurrently and a shared one would be locked.
   argv = [a.format(**dict(world, new=os.path.join(world["tmp"], f"new_{name}"))) for a in argv]
-  env = _env()
-  if name.endswith("builder_missing"):
-    env["PYTHONPATH"] = world["no_builder"] + os.pathsep + env["PYTHONPATH"]
-  try:
-    proc = subprocess.run([sys.executable, "-m", MODULES[tool], *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
-  except subprocess.TimeoutExpired as e:
-    return "timeout", e.stdout or "", e.stderr or ""
+  path = [world["no_builder"]] if name.endswith("builder_missing") else []
+  return {"module": MODULES[tool], "argv": argv, "cwd": REPO, "path": path, "timeout": 180}
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +332,16 @@ def results(world, request):
   todo = [c for c in CASES if c[0] in wanted and not _missing_input(c, world)]
   guarded = [k for k in world if k not in ("tmp", "data", "new")]
   before = {k: tree_digest(world[k]) for k in guarded if os.path.isdir(world[k])}
-  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    outs = dict(zip([c[0] for c in todo], pool.map(lambda c: _run_case(c, world), todo)))
+  # One warm interpreter forks a child per row (tests/cli_runner.py): the rows then cost their
+  # own work, not ~3 s of importing JAX each.
+  batch = os.path.join(world["tmp"], "batch.json")
+  with open(batch, "w") as f:
+    json.dump({"warm": ["distill.config", "distill.pipeline"], "workers": 2,
+               "jobs": [_job(c, world) for c in todo]}, f)
+  subprocess.run([sys.executable, "-m", "tests.cli_runner", batch, batch + ".out"], cwd=REPO,
+                 env=_env(), check=True, timeout=1200)
+  with open(batch + ".out") as f:
+    outs = dict(zip([c[0] for c in todo], [tuple(r) for r in json.load(f)]))
   after = {k: tree_digest(world[k]) for k in before}
   return outs, before, after
 
