@@ -241,6 +241,10 @@ def get_config():
   c.eval.sample_prompt_len = 32
   c.eval.sample_gen_len = 96
   c.eval.sample_temperature = 1.0
+  # Continuations drawn per prompt (each row its own key): a small validation split gives
+  # few prompts (the real-teacher config's has 22 full windows), and one draw each leaves the
+  # repetition rate a count of 1-3 repeated 4-grams.
+  c.eval.sample_draws = 1
 
   c.export = ml_collections.ConfigDict()
   # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).

@@ -151,6 +151,8 @@ def _sample_eval(c):
   _req(p + g <= ctx, f"--config.eval.sample_prompt_len + sample_gen_len = {p + g} exceeds the "
        f"model context of {ctx} positions")
   _req(_num(c, "eval.sample_temperature") >= 0, "--config.eval.sample_temperature must be >= 0")
+  d = _num(c, "eval.sample_draws", int)
+  _req(d >= 1, f"--config.eval.sample_draws={d} must be >= 1 (continuations per prompt)")
 
 
 def validate(c, n_devices: int | None = None) -> None:

@@ -170,10 +170,13 @@ def _nll_fn(teacher: LM):
 
 
 def sample_metrics(lm: LM, params, teacher: LM, t_params, prompts, key,
-                   cfg: sampling.SampleConfig, mesh=None, batch: int = 32) -> dict:
+                   cfg: sampling.SampleConfig, mesh=None, batch: int = 32,
+                   draws: int = 1) -> dict:
   """Teacher-scored NLL (nats/token) of `lm`'s samples from `prompts` [N, P], the fraction of
-  repeated 4-grams in them, and their length statistics."""
+  repeated 4-grams in them, and their length statistics; `draws` continuations per prompt."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+  # Each prompt `draws` times in a row: the sampler keys rows by position, so each draw differs.
+  prompts = np.repeat(np.asarray(prompts), draws, axis=0)
   nll = count = 0.0
   toks, masks = [], []
   for start in range(0, len(prompts), batch):

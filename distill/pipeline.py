@@ -358,7 +358,8 @@ def _run(config, workdir: str) -> dict:
         scorer, rows, cfg = t_lm, np.asarray(trim.kept)[prompts], _speaking(s_cfg, t_tokenizer,
                                                                              t_lm)
       results[name].update(onpolicy.sample_metrics(
-          lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg))
+          lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg,
+          draws=int(c.eval.sample_draws)))
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own

@@ -120,6 +120,8 @@ CASES = [
     ("generated_transfer_set_missing",
      _main("--config.distill.transfer_set=generated:{tmp}/no_such_seqkd"), USAGE,
      ["holds no generated transfer set", "python -m distill.teacher_cache --generate"]),
+    ("sample_draws_zero", _main("--config.eval.sample_draws=0"), USAGE,
+     ["--config.eval.sample_draws=0 must be >= 1", "continuations per prompt"]),
     ("heldout_glob_matches_nothing", _main("--config.eval.heldout=text:{tmp}/none/*.txt"),
      USAGE, ["--config.eval.heldout=", "matches no files", "give a glob"]),
     ("real_teacher_package_missing", _main(config="{no_smollm2_cfg}", small=False), USAGE,

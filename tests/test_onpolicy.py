@@ -183,6 +183,24 @@ def test_sample_metrics_match_a_numpy_teacher_nll():
   assert m["sample_len_mean"] == 6 and m["sample_eos_rate"] == 0.0
 
 
+def test_sample_metrics_draw_several_continuations_per_prompt():
+  """`draws=3`: each prompt continued three times with different keys, all scored."""
+  teacher, student, tp, sp = _models()
+  prompts = np.random.default_rng(1).integers(3, 200, size=(2, 4)).astype(np.int32)
+  cfg = sampling.SampleConfig(gen_len=6, temperature=1.0, vocab=260)
+  m = onpolicy.sample_metrics(student, sp, teacher, tp, prompts, jax.random.key(0), cfg,
+                              batch=4, draws=3)
+  toks = jax.device_get(sampling.run(student, sp, np.repeat(prompts, 3, axis=0),
+                                     jax.random.key(0), cfg)["tokens"])
+  for i in range(2):  # same prompt, three different continuations
+    group = toks[3 * i:3 * i + 3]
+    assert (group[:, :4] == prompts[i]).all()
+    assert len({tuple(r[4:]) for r in group}) == 3
+  logp = _log_softmax(np.asarray(teacher.apply(tp, toks[:, :-1]), np.float64))
+  nll = -np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, 3:]
+  np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)
+
+
 def _trimmed(teacher):
   """The teacher seen through a trimmed vocabulary: even ids kept, padded to a multiple of 8."""
   from distill.prune import trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel

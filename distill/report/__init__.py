@@ -48,7 +48,8 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "on_policy": (config.distill.on_policy.to_dict() if "on_policy" in config.distill
                     else None),
       "sample_eval": {k: config.eval.get(k) for k in ("sample_prompts", "sample_prompt_len",
-                                                      "sample_gen_len", "sample_temperature")},
+                                                      "sample_gen_len", "sample_temperature",
+                                                      "sample_draws")},
       "note": ("student and baseline: same architecture, init, data (the transfer set), order "
                "and steps; the baseline uses hard labels only"),
   }
