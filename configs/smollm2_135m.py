@@ -67,7 +67,8 @@ def get_config(variant: str = "phone"):
   c.eval.sample_tokens = 48
   # The sampled-continuation metrics (README's on-policy section) are off by default here:
   # sampling 96 tokens from each of 32 prompts with the 135M teacher adds minutes on a laptop
-X
+  # CPU. --config.eval.sample_prompts=32 --config.eval.sample_draws=8 turns them on (the
+  # README's on-policy figures: this split has 22 full validation windows to prompt from).
   c.eval.sample_prompts = 0
   if variant == "random":
     c.student.model = tiny.model(d_model=192, n_layers=6, n_heads=3, n_kv_heads=1, d_ff=512)
