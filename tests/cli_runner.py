@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -56,7 +57,16 @@ def run_batch(batch):
   for name in batch.get("warm", []):
     importlib.import_module(name)
   jobs, workers = batch["jobs"], batch.get("workers", 2)
+  # mkdtemp, not TemporaryDirectory: its finalizer is an atexit hook, and each child runs the
+  # atexit hooks it inherited, which would delete the directory under its siblings.
   tmp = tempfile.mkdtemp(prefix="cli_runner_")
+  try:
+    return _run_jobs(jobs, workers, tmp)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_jobs(jobs, workers, tmp):
   files = [(os.path.join(tmp, f"{i}.out"), os.path.join(tmp, f"{i}.err"))
            for i in range(len(jobs))]
   codes, running, todo = [None] * len(jobs), {}, list(range(len(jobs)))

@@ -4,7 +4,8 @@ traceback, and leaves what is on disk as it was.
 Each row runs a real CLI (`python -m distill.main | distill.export | distill.generate |
 distill.to_hf | distill.convert | distill.prune`) as its own process: one module fixture forks
 the selected rows, two at a time, from one interpreter that has imported JAX once
-(tests/cli_runner.py), and each parametrized test checks its own result. docs/troubleshooting.md is this table in prose; keep the two in step.
+(tests/cli_runner.py), and each parametrized test checks its own result.
+docs/troubleshooting.md is this table in prose; keep the two in step.
 """
 import json
 import os

@@ -170,6 +170,12 @@ def test_warm_started_run_takes_no_on_policy_step_before_start(tmp_path):
   assert [m["sample_len"] > 0 for _, m in run.history] == [False, False, True, True]
 
 
+def _numpy_sample_nll(teacher, tp, toks, p):
+  """Mean -log p_teacher (NumPy, float64) of the tokens after the first `p` of each row."""
+  logp = _log_softmax(np.asarray(teacher.apply(tp, toks[:, :-1]), np.float64))
+  return (-np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, p - 1:]).mean()
+
+
 def test_sample_metrics_match_a_numpy_teacher_nll():
   teacher, student, tp, sp = _models()
   prompts = np.random.default_rng(1).integers(3, 200, size=(5, 4)).astype(np.int32)
@@ -177,9 +183,8 @@ def test_sample_metrics_match_a_numpy_teacher_nll():
   m = onpolicy.sample_metrics(student, sp, teacher, tp, prompts, jax.random.key(0), cfg, batch=2)
   out = jax.device_get(sampling.run(student, sp, prompts, jax.random.key(0), cfg))
   toks = out["tokens"]
-  logp = _log_softmax(np.asarray(teacher.apply(tp, toks[:, :-1]), np.float64))
-  nll = -np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, 3:]
-  np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)
+  np.testing.assert_allclose(m["sample_teacher_nll"], _numpy_sample_nll(teacher, tp, toks, 4),
+                             rtol=1e-4)
   assert m["sample_len_mean"] == 6 and m["sample_eos_rate"] == 0.0
 
 
@@ -196,9 +201,8 @@ def test_sample_metrics_draw_several_continuations_per_prompt():
     group = toks[3 * i:3 * i + 3]
     assert (group[:, :4] == prompts[i]).all()
     assert len({tuple(r[4:]) for r in group}) == 3
-  logp = _log_softmax(np.asarray(teacher.apply(tp, toks[:, :-1]), np.float64))
-  nll = -np.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0][:, 3:]
-  np.testing.assert_allclose(m["sample_teacher_nll"], nll.mean(), rtol=1e-4)
+  np.testing.assert_allclose(m["sample_teacher_nll"], _numpy_sample_nll(teacher, tp, toks, 4),
+                             rtol=1e-4)
 
 
 def _trimmed(teacher):

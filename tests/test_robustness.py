@@ -2,8 +2,9 @@
 
 The kill tests drive the real CLI (`python -m distill.main`) in a subprocess on a shrunken
 tiny config and compare the final teacher and student parameters bit for bit with an
-uninterrupted run. Every subprocess shares one TFDS/data directory and one persistent XLA
-compilation cache, so only the first run pays for the dataset build and the compiles.
+uninterrupted run. Every subprocess shares one TFDS/data directory and the session's persistent
+XLA compilation cache (tests/conftest.py), so only the first run pays for the dataset build and
+the compiles.
 """
 import functools
 import glob
@@ -50,16 +51,13 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-  """Data dir, compile cache and environment shared by every subprocess of this module."""
+  """Data dir and environment shared by every subprocess of this module."""
   root = tmp_path_factory.mktemp("robust_shared")
   env = dict(os.environ)
   env.update({
       "JAX_PLATFORMS": "cpu",
       # Two fake devices: the sharded code path, at a fraction of the cost of eight.
       "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-      "JAX_COMPILATION_CACHE_DIR": str(root / "xla_cache"),
-      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
       "TF_CPP_MIN_LOG_LEVEL": "3",
       "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
   })
