@@ -82,16 +82,22 @@ class LossConfig:
     return qat.fake_quant(params, self.qat, qat.schedule_on(step, self.qat_start_step))
 
   def final_params(self, params):
-    """The params to save after training: under QAT the quantized weights themselves.
+    """The params to save after training: under QAT the forward it trained (`qat.snap`).
 
     QAD optimizes the fake-quantized forward, not the fp32 master weights (those end up
     anywhere inside their rounding bins: on the tiny run their own int4 export agreed only
     86% with them). Saving the grid values makes the stage the model QAD trained, and its
     export reproduces them exactly (re-quantizing grid values is the identity; see qat.py).
+    A tied embedding comes back untied: load these params with `final_lm(lm)`.
     """
     if self.qat == "none":
       return params
-    return jax.jit(lambda p: qat.fake_quant(p, self.qat)[1])(params)
+    return jax.jit(lambda p: qat.snap(p, self.qat))(params)
+
+  def final_lm(self, lm: LM) -> LM:
+    """The model of `final_params`' params (the same `lm` unless QAT unties its embedding)."""
+    cfg = qat.snap_config(lm.cfg, self.qat)
+    return lm if cfg == lm.cfg else LM(cfg)
 
   def at(self, step):
     """(alpha, temperature) at `step`, traced-safe."""

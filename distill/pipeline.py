@@ -104,14 +104,18 @@ def init_from_teacher(student: LM, teacher: LM, t_params):
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
-                 finalize=None, on_policy=None, data_iter=None):
-  """Train (or resume, or skip) one stage; returns (params, info)."""
+                 finalize=None, saved_lm=None, on_policy=None, data_iter=None):
+  """Train (or resume, or skip) one stage; returns (params, info).
+
+  `finalize` maps the trained params to the saved ones, of model `saved_lm` (default `lm`).
+  """
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
-  p_shard = sharding.param_shardings(lm, ctx.mesh)
+  saved_lm = saved_lm or lm
   if api.is_stage(stage_dir):
     logging.info("[%s] finished stage found in %s: skipped", name, stage_dir)
     with open(os.path.join(stage_dir, "stage.json")) as f:
-      return api.load_stage_params(stage_dir, lm, p_shard), json.load(f)
+      return (api.load_stage_params(stage_dir, saved_lm,
+                                    sharding.param_shardings(saved_lm, ctx.mesh)), json.load(f))
   os.makedirs(stage_dir, exist_ok=True)
   tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
@@ -126,7 +130,7 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
           "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction}
-  api.save_stage(stage_dir, lm.cfg, ctx.tokenizer, res.params, info)
+  api.save_stage(stage_dir, saved_lm.cfg, ctx.tokenizer, res.params, info)
   return res.params, info
 
 
@@ -338,8 +342,9 @@ def _run(config, workdir: str) -> dict:
       ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
       fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
       init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params,
-      on_policy=plan, data_iter=_generated_iter(ctx))
-  models = {"teacher": (t_lm, t_params, t_info), "student": (student, s_params, s_info)}
+      saved_lm=loss_cfg.final_lm(student), on_policy=plan, data_iter=_generated_iter(ctx))
+  models = {"teacher": (t_lm, t_params, t_info),
+            "student": (loss_cfg.final_lm(student), s_params, s_info)}
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
@@ -374,7 +379,8 @@ def _run(config, workdir: str) -> dict:
   if c.export.enabled:
     from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel
     t_exp = time.time()
-    results["export"] = pipeline_stage.run(c, workdir, student, s_params, ctx.tokenizer)
+    results["export"] = pipeline_stage.run(c, workdir, models["student"][0], s_params,
+                                           ctx.tokenizer)
     walls["export"] = time.time() - t_exp
 
   rep = report.build(c, results, walls, time.time() - t0)

@@ -116,3 +116,34 @@ def test_on_policy_stage_samples_every_step_and_reports(tmp_path):
   assert all(0 < r["sample_len"] <= 25.0 for r in rows)  # gen_len 0 fills seq_len + 1 - 8
   assert np.isfinite(rep["student"]["sample_teacher_nll"])
   assert rep["setup"]["on_policy"]["fraction"] == 1.0
+
+
+def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finished_run, tmp_path):
+  """A QAD (int4) student of a tied model is saved untied: loading it gives QAD's training
+  forward (int4 blocks and head, the lookup from the fp32 table), computed here from the raw
+  last checkpoint's master weights; a rerun skips the stage and loads the same model."""
+  from distill import qat  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  workdir, _, config = finished_run
+  c = config()
+  c.teacher.checkpoint = os.path.join(workdir, "teacher")
+  c.student.model.d_model, c.student.model.d_ff = 32, 64  # inputs of 32 and 64: int4 blocks
+  c.distill.qat = "int4_block32"
+  c.baseline.enabled = c.export.enabled = False
+  out = str(tmp_path / "qad")
+  rep = pipeline.run(c, out)
+  m = distill.load(os.path.join(out, "student"))
+  assert m.config.tie_embeddings is False
+  ckpt_dir = os.path.join(out, "student", "checkpoints")
+  last = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  with ocp.StandardCheckpointer() as ck:
+    master = ck.restore(os.path.join(ckpt_dir, str(last), "state"))["params"]
+  body, head = qat.fake_quant(master, "int4_block32")
+  tied = LM(m.config.replace(tie_embeddings=True))
+  tokens = np.array([m.tokenizer.encode("def f(x): return x")[:16]], np.int32)
+  ref = np.asarray(jax.jit(lambda b, h, t: tied.logits_from_hidden(h, tied.hidden(b, t)))(
+      body, head, tokens), np.float32)
+  np.testing.assert_allclose(m.logits(tokens), ref, atol=1e-4 * np.abs(ref).max())
+  np.testing.assert_array_equal(m.params["embed"], master["embed"])
+  rep2 = pipeline.run(c, out)
+  assert rep2["student"]["val_ce"] == pytest.approx(rep["student"]["val_ce"], rel=1e-6)

@@ -142,15 +142,39 @@ def test_loss_config_selects_qat():
 
 
 def test_final_params_are_the_grid_and_requantize_to_themselves():
-  """Saved QAD weights are grid values, so the export's int4 quantization returns them as is."""
+  """Saved QAD weights are grid values, so the export's int4 quantization returns them as is;
+  the tied embedding is saved untied: the fp32 lookup table and the int4 unembedding."""
   params = LM(CFG).init(jax.random.key(2))
   c = train.LossConfig(qat="int4_block32")
   snapped = c.final_params(params)
   again = qat.fake_quant(snapped, "int4_block32")[1]
+  assert jax.tree.structure(again) == jax.tree.structure(snapped)
   for a, b in zip(jax.tree.leaves(snapped), jax.tree.leaves(again)):
     assert np.array_equal(np.asarray(a), np.asarray(b))
-  assert not np.array_equal(np.asarray(snapped["embed"]), np.asarray(params["embed"]))
+  np.testing.assert_array_equal(snapped["embed"], params["embed"])
+  np.testing.assert_array_equal(snapped["unembed"], qat.int4_blockwise(params["embed"].T))
+  up = params["block_1"]["mlp"]["up"]
+  np.testing.assert_array_equal(snapped["block_1"]["mlp"]["up"], qat.int4_blockwise(up))
+  assert c.final_lm(LM(CFG)).cfg.tie_embeddings is False
   assert train.LossConfig().final_params(params) is params
+  assert train.LossConfig().final_lm(lm := LM(CFG)) is lm
+
+
+@pytest.mark.parametrize("mode", ["int4_block32", "int4_block32_head8"])
+def test_saved_student_is_the_forward_qad_trained(mode):
+  """The saved model computes QAD's training forward: quantized blocks and head, and the lookup
+  from the fp32 table (the export keeps its own table for the lookup). Saving the quantized
+  table for both would feed the lookup rounding that training never saw."""
+  lm = LM(CFG)
+  params = lm.init(jax.random.key(4))
+  c = train.LossConfig(qat=mode)
+  body, head = qat.fake_quant(params, mode)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 259, (2, 24)), jnp.int32)
+  trained = np.asarray(lm.logits_from_hidden(head, lm.hidden(body, tokens)))
+  saved = np.asarray(c.final_lm(lm).apply(c.final_params(params), tokens))
+  np.testing.assert_allclose(saved, trained, rtol=1e-5, atol=1e-5)
+  all_quantized = np.asarray(lm.apply(head, tokens))  # the quantized table for the lookup too
+  assert np.abs(all_quantized - trained).max() > 100 * np.abs(saved - trained).max()
 
 
 def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
@@ -211,7 +235,8 @@ def test_int4_head8_file_runs_its_head_in_float(tmp_path):
   from ai_edge_quantizer import quantizer, recipe_manager  # pylint: disable=import-outside-toplevel
   lm = LM(CFG)
   lm32, p32 = converter.export_lm(lm, lm.init(jax.random.key(5)))
-  grid = train.LossConfig(qat="int4_block32_head8").final_params(p32)
+  c = train.LossConfig(qat="int4_block32_head8")
+  lm32, grid = c.final_lm(lm32), c.final_params(p32)  # untied: fp32 lookup, int8-grid head
   sm = str(tmp_path / "sm")
   converter.save_saved_model(converter.build_module(lm32, grid, vocab=259, max_context=32,
                                                     prefill_len=8), sm)
