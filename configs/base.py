@@ -191,6 +191,14 @@ def get_config():
   # With qat: also round every fully connected op's input per token to int8 (asymmetric), as
   # the dynamic-range kernels of the int8/int4 files do on the device.
   c.distill.qat_activations = False
+  # QAD as a stage of its own (0 = off; then qat_start_fraction applies): the student first
+  # trains all distill.steps in full precision (stage student_fp32), then a copy of it trains
+  # qat_steps more steps with `qat` fake-quantized weights against that fp32 student as its
+  # teacher (stage student: the one evaluated and exported), so the quantized model learns to
+  # match its own unquantized self (NVIDIA's QAD recipe).
+  c.distill.qat_steps = 0
+  # Peak learning rate of that stage (warmup and cosine decay as every stage, over qat_steps).
+  c.distill.qat_lr = 1e-3
   c.distill.on_policy = ml_collections.ConfigDict()
   # On-policy distillation (GKD; distill/onpolicy.py): share λ of the steps whose sequences the
   # student samples itself (the rest are dataset batches); each step decides from

@@ -254,6 +254,13 @@ def validate(c, n_devices: int | None = None) -> None:
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
   _req(isinstance(_get(c, "distill.qat_activations"), bool),
        f"--config.distill.qat_activations={d.qat_activations!r} must be True or False")
+  qat_steps = _num(c, "distill.qat_steps", int)
+  _req(qat_steps >= 0, f"--config.distill.qat_steps={qat_steps} must be >= 0 (0 = QAD inside "
+       "the student stage, from qat_start_fraction)")
+  _req(not qat_steps or _get(c, "distill.qat") != "none",
+       f"--config.distill.qat_steps={qat_steps} is a QAD stage, but --config.distill.qat='none'; "
+       "set --config.distill.qat=int4_block32 (or int8, int4_block32_head8)")
+  _req(_num(c, "distill.qat_lr") > 0, f"--config.distill.qat_lr={d.qat_lr} must be > 0")
   vocab = _num(c, "student.vocab", int)
   _req(vocab >= 0, f"--config.student.vocab={vocab} must be >= 0 (0 = the teacher's vocabulary)")
   _req(not vocab or src != "online",

@@ -134,6 +134,23 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   return res.params, info
 
 
+def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfig):
+  """QAD after training (`distill.qat_steps` > 0): a copy of the finished full-precision
+  student trains with fake-quantized weights (`cfg.qat`) against that student as its teacher
+  (online, its whole distribution), so the quantized model learns to match its own unquantized
+  self, as in NVIDIA's QAD. Returns (params, info) of the quantized student (stage `student`).
+  """
+  c = ctx.config
+  return _train_stage(
+      ctx, "student", student, steps=c.distill.qat_steps, lr=c.distill.qat_lr,
+      fraction=c.distill.transfer_fraction, teacher_params=fp32_params,
+      teacher_shardings=sharding.param_shardings(student, ctx.mesh),
+      init_params=lambda _: fp32_params,
+      loss_fn=functools.partial(objectives.distill_loss, student=student, teacher=student,
+                                cfg=cfg),
+      finalize=cfg.final_params, saved_lm=cfg.final_lm(student))
+
+
 def load_or_train_teacher(ctx: Context):
   """(LM, params in teacher dtype and shards, shardings, stage info)."""
   c = ctx.config
@@ -309,6 +326,11 @@ def _run(config, workdir: str) -> dict:
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
   loss_cfg = objectives.LossConfig.from_config(c.distill)
+  qad_cfg = None
+  if c.distill.qat_steps:  # QAD as its own stage after the fp32 student (see _qad_stage)
+    qad_cfg = dataclasses.replace(loss_cfg, qat_start_step=0, total_steps=c.distill.qat_steps,
+                                  top_k=0)
+    loss_cfg = dataclasses.replace(loss_cfg, qat="none")
   init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
           else None)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
@@ -339,12 +361,16 @@ def _run(config, workdir: str) -> dict:
                                 cfg=loss_cfg)
   plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
   s_params, s_info = _train_stage(
-      ctx, "student", student, steps=c.distill.steps, lr=c.distill.lr,
-      fraction=c.distill.transfer_fraction, teacher_params=t_params, teacher_shardings=t_shard,
-      init_params=s_init, loss_fn=loss_fn, cache=cache, finalize=loss_cfg.final_params,
-      saved_lm=loss_cfg.final_lm(student), on_policy=plan, data_iter=_generated_iter(ctx))
-  models = {"teacher": (t_lm, t_params, t_info),
-            "student": (loss_cfg.final_lm(student), s_params, s_info)}
+      ctx, "student_fp32" if qad_cfg else "student", student, steps=c.distill.steps,
+      lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t_params,
+      teacher_shardings=t_shard, init_params=s_init, loss_fn=loss_fn, cache=cache,
+      finalize=loss_cfg.final_params, saved_lm=loss_cfg.final_lm(student), on_policy=plan,
+      data_iter=_generated_iter(ctx))
+  models = {"teacher": (t_lm, t_params, t_info)}
+  if qad_cfg:
+    models["student_fp32"] = (student, s_params, s_info)
+    s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
+  models["student"] = ((qad_cfg or loss_cfg).final_lm(student), s_params, s_info)
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,

@@ -121,6 +121,13 @@ CASES = [
     ("generated_transfer_set_missing",
      _main("--config.distill.transfer_set=generated:{tmp}/no_such_seqkd"), USAGE,
      ["holds no generated transfer set", "python -m distill.teacher_cache --generate"]),
+    # --- quantization-aware distillation as its own stage
+    ("qat_steps_without_qat", _main("--config.distill.qat_steps=10"), USAGE,
+     ["qat_steps=10 is a QAD stage, but --config.distill.qat='none'",
+      "set --config.distill.qat=int4_block32"]),
+    ("qat_steps_negative", _main("--config.distill.qat=int4_block32",
+                                 "--config.distill.qat_steps=-1"), USAGE,
+     ["--config.distill.qat_steps=-1 must be >= 0"]),
     ("sample_draws_zero", _main("--config.eval.sample_draws=0"), USAGE,
      ["--config.eval.sample_draws=0 must be >= 1", "continuations per prompt"]),
     ("heldout_glob_matches_nothing", _main("--config.eval.heldout=text:{tmp}/none/*.txt"),

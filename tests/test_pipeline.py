@@ -118,10 +118,14 @@ def test_on_policy_stage_samples_every_step_and_reports(tmp_path):
   assert rep["setup"]["on_policy"]["fraction"] == 1.0
 
 
-def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finished_run, tmp_path):
+@pytest.mark.parametrize("qat_steps", [0, 2])
+def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finished_run, tmp_path,
+                                                                         qat_steps):
   """A QAD (int4) student of a tied model is saved untied: loading it gives QAD's training
   forward (int4 blocks and head, the lookup from the fp32 table), computed here from the raw
-  last checkpoint's master weights; a rerun skips the stage and loads the same model."""
+  last checkpoint's master weights; a rerun skips the stage and loads the same model. With
+  `qat_steps` QAD is its own stage: it starts from the finished fp32 student (kept as
+  `student_fp32`, tied, also in the report) and trains `qat_steps` steps."""
   from distill import qat  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
   workdir, _, config = finished_run
@@ -129,6 +133,7 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
   c.teacher.checkpoint = os.path.join(workdir, "teacher")
   c.student.model.d_model, c.student.model.d_ff = 32, 64  # inputs of 32 and 64: int4 blocks
   c.distill.qat = "int4_block32"
+  c.distill.qat_steps = qat_steps
   c.baseline.enabled = c.export.enabled = False
   out = str(tmp_path / "qad")
   rep = pipeline.run(c, out)
@@ -136,6 +141,7 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
   assert m.config.tie_embeddings is False
   ckpt_dir = os.path.join(out, "student", "checkpoints")
   last = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert last == (qat_steps or c.distill.steps)
   with ocp.StandardCheckpointer() as ck:
     master = ck.restore(os.path.join(ckpt_dir, str(last), "state"))["params"]
   body, head = qat.fake_quant(master, "int4_block32")
@@ -145,5 +151,19 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
       body, head, tokens), np.float32)
   np.testing.assert_allclose(m.logits(tokens), ref, atol=1e-4 * np.abs(ref).max())
   np.testing.assert_array_equal(m.params["embed"], master["embed"])
+  assert rep["setup"]["qat"]["qat_steps"] == qat_steps
+  if qat_steps:
+    fp32 = distill.load(os.path.join(out, "student_fp32"))
+    assert fp32.config.tie_embeddings is True
+    assert np.isfinite(rep["student_fp32"]["val_ce"])
+    with open(os.path.join(out, "student_fp32", "stage.json")) as f:
+      assert json.load(f)["steps"] == c.distill.steps
+    # Adam moves a weight at most ~lr per step: 2 steps from the fp32 student stay within
+    # 2 x qat_lr of it (a fresh init would differ by O(0.1)).
+    for a, b in zip(jax.tree.leaves(master), jax.tree.leaves(fp32.params)):
+      diff = np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max()
+      assert diff < 2.5 * c.distill.qat_lr, diff
+  else:
+    assert "student_fp32" not in rep
   rep2 = pipeline.run(c, out)
   assert rep2["student"]["val_ce"] == pytest.approx(rep["student"]["val_ce"], rel=1e-6)

@@ -47,6 +47,8 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "seed": config.seed,
       "on_policy": (config.distill.on_policy.to_dict() if "on_policy" in config.distill
                     else None),
+      "qat": {k: config.distill.get(k) for k in ("qat", "qat_start_fraction", "qat_steps",
+                                                 "qat_lr", "qat_activations")},
       "sample_eval": {k: config.eval.get(k) for k in ("sample_prompts", "sample_prompt_len",
                                                       "sample_gen_len", "sample_temperature",
                                                       "sample_draws")},

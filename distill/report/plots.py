@@ -6,7 +6,8 @@ import os
 
 from distill.report.tables import MODELS
 
-COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
+COLORS = {"teacher": "tab:blue", "student": "tab:orange", "student_fp32": "tab:purple",
+          "baseline": "tab:gray"}
 
 
 def _history(workdir, stage):

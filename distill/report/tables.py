@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-MODELS = ("teacher", "student", "baseline")
+# student_fp32: the full-precision student a QAD stage (distill.qat_steps) started from.
+MODELS = ("teacher", "student", "student_fp32", "baseline")
 COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
            ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
            ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
