@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, features, lock, objectives, onpolicy, report, sampling,
-                     sharding, step, teacher_cache, tokenizers, train)
+from distill import (api, data, evaluate, features, lock, objectives, onpolicy, report,
+                     sample_eval, sharding, step, teacher_cache, tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
@@ -273,30 +273,6 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   return onpolicy.make_plan(cfg, student, teacher, loss_cfg, c.seed)
 
 
-def _sample_prompts(ctx: Context, teacher: LM):
-  """(prompts [N, P] from the first validation windows, SampleConfig) or (None, None)."""
-  c = ctx.config
-  n = c.eval.get("sample_prompts", 0)
-  if not n:
-    return None, None
-  p, g = c.eval.sample_prompt_len, c.eval.sample_gen_len
-  if p + g > teacher.cfg.max_len:
-    raise ConfigError(f"--config.eval.sample_prompt_len + sample_gen_len = {p + g} exceeds the "
-                      f"teacher's context of {teacher.cfg.max_len} positions")
-  batches = data.eval_batches(c.data, ctx.tokenizer, ctx.workdir, split="validation",
-                              batch_size=n)
-  rows = batches[0]
-  prompts = rows["inputs"][rows["mask"][:, p - 1] > 0][:, :p]  # full-length rows only
-  cfg = sampling.SampleConfig(gen_len=g, temperature=float(c.eval.sample_temperature))
-  return prompts, _speaking(cfg, ctx.tokenizer, teacher)
-
-
-def _speaking(cfg: sampling.SampleConfig, tok, lm: LM) -> sampling.SampleConfig:
-  """`cfg` with the EOS, padding and vocabulary of a model speaking `tok`'s ids."""
-  return dataclasses.replace(cfg, eos_id=-1 if tok.eos_id is None else tok.eos_id,
-                             pad_id=data.pad_id(tok), vocab=min(tok.vocab_size, lm.cfg.vocab_size))
-
-
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
   validate(config, jax.device_count())
@@ -381,13 +357,16 @@ def _run(config, workdir: str) -> dict:
 
   t_eval = time.time()
   results = evaluate_models(ctx, models, teacher, t_params)
-  prompts, s_cfg = _sample_prompts(ctx, teacher)
+  e = c.eval
+  prompts, s_cfg = sample_eval.prompts(
+      c.data, ctx.tokenizer, workdir, teacher, count=e.get("sample_prompts", 0),
+      prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
   for name, (lm, params, _) in models.items():
     if prompts is not None:  # same prompts, settings and key for every model
       scorer, rows, cfg = teacher, prompts, s_cfg
       if trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
-        scorer, rows, cfg = t_lm, np.asarray(trim.kept)[prompts], _speaking(s_cfg, t_tokenizer,
-                                                                             t_lm)
+        scorer, rows = t_lm, np.asarray(trim.kept)[prompts]
+        cfg = sample_eval.speaking(s_cfg, t_tokenizer, t_lm)
       results[name].update(onpolicy.sample_metrics(
           lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg,
           draws=int(c.eval.sample_draws)))
