@@ -93,8 +93,9 @@ def get_config(variant: str = "phone"):
     # before the tokenizer, over 8 MB as a bundle), with quantization-aware distillation of
     # exactly those weights over the last half of the steps: the file agrees 97.9% with its
     # JAX self (96.9% on the whole validation split) at the unquantized student's CE. Plain
-    # int4 (its unembedding's input rounded to int8 per token, 0.7 MB smaller) reaches 95.8% /
-    # 95.04% only with QAD over all steps, 71.3% without QAD (README, 27 Nov 2026).
+    # int4 (its unembedding's input rounded to int8 per token, 0.7 MB smaller) reached 95.8% /
+    # 95.04% with QAD over all steps on seed 0 but 95.3% / 94.7% at +2.2-2.7% CE on seed 1,
+    # 71.3% without QAD (README, 27 Nov 2026).
     c.distill.qat = "int4_block32_head8"
     c.distill.qat_start_fraction = 0.5
     c.export.presets = ("watch",)
