@@ -118,7 +118,9 @@ def test_on_policy_stage_samples_every_step_and_reports(tmp_path):
   assert rep["setup"]["on_policy"]["fraction"] == 1.0
 
 
-@pytest.mark.parametrize("qat_steps", [0, 2])
+# qat_steps=0 (QAD inside the student stage) is slow-marked to keep the default run under 15
+# minutes: the stage variant covers the same saving path, and tests/test_qat.py the snap.
+@pytest.mark.parametrize("qat_steps", [pytest.param(0, marks=pytest.mark.slow), 2])
 def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finished_run, tmp_path,
                                                                          qat_steps):
   """A QAD (int4) student of a tied model is saved untied: loading it gives QAD's training
