@@ -336,17 +336,19 @@ def _run(config, workdir: str) -> dict:
     loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
                                 cfg=loss_cfg)
   plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
+  s_lm = loss_cfg.final_lm(student)  # the saved student's model (untied after in-stage QAD)
   s_params, s_info = _train_stage(
       ctx, "student_fp32" if qad_cfg else "student", student, steps=c.distill.steps,
       lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t_params,
       teacher_shardings=t_shard, init_params=s_init, loss_fn=loss_fn, cache=cache,
-      finalize=loss_cfg.final_params, saved_lm=loss_cfg.final_lm(student), on_policy=plan,
+      finalize=loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
       data_iter=_generated_iter(ctx))
   models = {"teacher": (t_lm, t_params, t_info)}
   if qad_cfg:
-    models["student_fp32"] = (student, s_params, s_info)
+    models["student_fp32"] = (s_lm, s_params, s_info)
+    s_lm = qad_cfg.final_lm(student)
     s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
-  models["student"] = ((qad_cfg or loss_cfg).final_lm(student), s_params, s_info)
+  models["student"] = (s_lm, s_params, s_info)
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
         ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
@@ -384,8 +386,7 @@ def _run(config, workdir: str) -> dict:
   if c.export.enabled:
     from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel
     t_exp = time.time()
-    results["export"] = pipeline_stage.run(c, workdir, models["student"][0], s_params,
-                                           ctx.tokenizer)
+    results["export"] = pipeline_stage.run(c, workdir, s_lm, s_params, ctx.tokenizer)
     walls["export"] = time.time() - t_exp
 
   rep = report.build(c, results, walls, time.time() - t0)

@@ -132,7 +132,7 @@ def fake_quant(params, mode: str, on=True):
 
   body = walk(params)
   head = body
-  if isinstance(params, dict) and "embed" in params and "unembed" not in params:
+  if _tied(params):
     e = params["embed"]  # tied: the unembedding is embed.T ([D, V], FC over D)
     q = _fq_matrix(head_mode, e.T)
     if q is not None:
