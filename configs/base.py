@@ -199,6 +199,11 @@ def get_config():
   c.distill.qat_steps = 0
   # Peak learning rate of that stage (warmup and cosine decay as every stage, over qat_steps).
   c.distill.qat_lr = 1e-3
+  # That stage first picks the fp32 student's qat_outliers residual-stream channels with the
+  # largest values (relative to their token's RMS, on 4 training batches); every d_model-input
+  # matmul computes them apart in fp32, so the int8/int4 files' per-token int8 rounding of
+  # activations spans the other channels only (ModelConfig.outlier_channels). 0 = off.
+  c.distill.qat_outliers = 8
   c.distill.on_policy = ml_collections.ConfigDict()
   # On-policy distillation (GKD; distill/onpolicy.py): share λ of the steps whose sequences the
   # student samples itself (the rest are dataset batches); each step decides from

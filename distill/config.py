@@ -261,6 +261,8 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.qat_steps={qat_steps} is a QAD stage, but --config.distill.qat='none'; "
        "set --config.distill.qat=int4_block32 (or int8, int4_block32_head8)")
   _req(_num(c, "distill.qat_lr") > 0, f"--config.distill.qat_lr={d.qat_lr} must be > 0")
+  _req(_num(c, "distill.qat_outliers", int) >= 0,
+       f"--config.distill.qat_outliers={d.qat_outliers} must be >= 0 (0 = no channel apart)")
   vocab = _num(c, "student.vocab", int)
   _req(vocab >= 0, f"--config.student.vocab={vocab} must be >= 0 (0 = the teacher's vocabulary)")
   _req(not vocab or src != "online",

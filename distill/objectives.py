@@ -55,6 +55,8 @@ class LossConfig:
   # Also round the input of every fully connected op per token to int8 during QAT, as the
   # dynamic-range kernels of the int8/int4 files do (transformer.quantized_inputs).
   qat_activations: bool = False
+  # The student's ModelConfig.outlier_channels: rows of the d_model-input matrices kept fp32.
+  qat_outliers: tuple = ()
 
   @classmethod
   def from_config(cls, d) -> "LossConfig":
@@ -79,7 +81,8 @@ class LossConfig:
     """(body, head) params for the student forward: fake-quantized under QAT, else as is."""
     if self.qat == "none":
       return params, params
-    return qat.fake_quant(params, self.qat, qat.schedule_on(step, self.qat_start_step))
+    return qat.fake_quant(params, self.qat, qat.schedule_on(step, self.qat_start_step),
+                          outliers=self.qat_outliers)
 
   def final_params(self, params):
     """The params to save after training: under QAT the forward it trained (`qat.snap`).
@@ -92,7 +95,7 @@ class LossConfig:
     """
     if self.qat == "none":
       return params
-    return jax.jit(lambda p: qat.snap(p, self.qat))(params)
+    return jax.jit(lambda p: qat.snap(p, self.qat, self.qat_outliers))(params)
 
   def final_lm(self, lm: LM) -> LM:
     """The model of `final_params`' params (the same `lm` unless QAT unties its embedding)."""

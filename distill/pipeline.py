@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import (api, data, evaluate, features, lock, objectives, onpolicy, report,
+from distill import (api, data, evaluate, features, lock, objectives, onpolicy, qat, report,
                      sample_eval, sharding, step, teacher_cache, tokenizers, train)
 from distill.config import PRESETS, ConfigError, validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
@@ -72,36 +72,6 @@ class Context:
     return it if cache is None else teacher_cache.CachedIterator(it, cache)
 
 
-def init_from_teacher(student: LM, teacher: LM, t_params):
-  """Init that copies every k-th teacher layer (and embeddings/norms) where shapes match.
-
-  DistilBERT / Minitron-style depth pruning: student layer i takes teacher layer i * k with
-  k = teacher layers // student layers. Raises ConfigError when no shape matches at all.
-  """
-  stride = max(1, teacher.cfg.n_layers // student.cfg.n_layers)
-  shapes_s = student.abstract_params()
-
-  def same(a, b):
-    return (jax.tree.structure(a) == jax.tree.structure(b) and
-            all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
-
-  plan = {}
-  for key in shapes_s:
-    src = f"block_{int(key.split('_')[1]) * stride}" if key.startswith("block_") else key
-    if src in t_params and same(shapes_s[key], t_params[src]):
-      plan[key] = src
-  if not any(k.startswith("block_") for k in plan):
-    raise ConfigError("--config.student.init='teacher_layers' needs student layers shaped like "
-                      "the teacher's (same d_model, heads, d_ff); use init='random'")
-
-  def init(key):
-    params = student.init(key)
-    for dst, src in plan.items():
-      params[dst] = jax.tree.map(lambda t, s: t.astype(s.dtype), t_params[src], params[dst])
-    return params
-  return init
-
-
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
                  finalize=None, saved_lm=None, on_policy=None, data_iter=None):
@@ -138,17 +108,30 @@ def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfi
   """QAD after training (`distill.qat_steps` > 0): a copy of the finished full-precision
   student trains with fake-quantized weights (`cfg.qat`) against that student as its teacher
   (online, its whole distribution), so the quantized model learns to match its own unquantized
-  self, as in NVIDIA's QAD. Returns (params, info) of the quantized student (stage `student`).
+  self, as in NVIDIA's QAD. The copy first sets its `outlier_channels` (distill.qat_outliers,
+  the same function). Returns (LM, params, info) of the quantized student (stage `student`).
   """
-  c = ctx.config
-  return _train_stage(
-      ctx, "student", student, steps=c.distill.qat_steps, lr=c.distill.qat_lr,
+  c, stage_dir = ctx.config, os.path.join(ctx.workdir, "student")
+  if api.is_stage(stage_dir):  # finished: its saved config holds the channels it trained with
+    outliers = api.read_model_config(stage_dir).outlier_channels
+  else:
+    it = ctx.train_iter(c.distill.transfer_fraction)
+    batches = [sharding.global_batch(next(it), ctx.mesh)["inputs"] for _ in range(4)]
+    try:
+      outliers = qat.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
+    except ValueError as e:
+      raise ConfigError(f"--config.distill.{e}") from None
+  q_lm = LM(student.cfg.replace(outlier_channels=outliers))
+  cfg = dataclasses.replace(cfg, qat_outliers=outliers)
+  params, info = _train_stage(
+      ctx, "student", q_lm, steps=c.distill.qat_steps, lr=c.distill.qat_lr,
       fraction=c.distill.transfer_fraction, teacher_params=fp32_params,
       teacher_shardings=sharding.param_shardings(student, ctx.mesh),
       init_params=lambda _: fp32_params,
-      loss_fn=functools.partial(objectives.distill_loss, student=student, teacher=student,
+      loss_fn=functools.partial(objectives.distill_loss, student=q_lm, teacher=student,
                                 cfg=cfg),
-      finalize=cfg.final_params, saved_lm=cfg.final_lm(student))
+      finalize=cfg.final_params, saved_lm=cfg.final_lm(q_lm))
+  return cfg.final_lm(q_lm), params, info
 
 
 def load_or_train_teacher(ctx: Context):
@@ -307,8 +290,10 @@ def _run(config, workdir: str) -> dict:
     qad_cfg = dataclasses.replace(loss_cfg, qat_start_step=0, total_steps=c.distill.qat_steps,
                                   top_k=0)
     loss_cfg = dataclasses.replace(loss_cfg, qat="none")
-  init = (init_from_teacher(student, teacher, t_params) if c.student.init == "teacher_layers"
-          else None)
+  init = None
+  if c.student.init == "teacher_layers":
+    from distill.prune.pipeline_init import init_from_teacher  # pylint: disable=import-outside-toplevel
+    init = init_from_teacher(student, teacher, t_params)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
     from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
     student, init = pipeline_init.from_teacher(ctx, student, t_lm, t_params, trim)
@@ -346,8 +331,7 @@ def _run(config, workdir: str) -> dict:
   models = {"teacher": (t_lm, t_params, t_info)}
   if qad_cfg:
     models["student_fp32"] = (s_lm, s_params, s_info)
-    s_lm = qad_cfg.final_lm(student)
-    s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
+    s_lm, s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
   models["student"] = (s_lm, s_params, s_info)
   if c.baseline.enabled:
     b_params, b_info = _train_stage(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distill.models.model_config import ModelConfig
 
@@ -102,16 +103,27 @@ def _quantizer(mode: str):
   raise ValueError(f"qat={mode!r}: use one of {QAT_MODES}")
 
 
-def _fq_matrix(mode, m):
+# The matrices whose input is the (normed) residual stream: their rows `outliers` stay fp32.
+_D_INPUT = ("q", "k", "v", "gate", "up", "unembed")
+
+
+def _fq_matrix(mode, m, outliers=()):
   if mode == "int4_block32" and m.shape[0] % INT4_BLOCK:
     return None  # not a whole number of blocks: the quantizer would not block it either
-  return _quantizer(mode)(m)
+  if not outliers:
+    return _quantizer(mode)(m)
+  # The export's fully connected op holds the other rows (these zeroed, see ops.split_matmul),
+  # the rank-1 updates these rows in fp32.
+  keep = np.ones((m.shape[0], 1), bool)
+  keep[list(outliers)] = False
+  return jnp.where(keep, _quantizer(mode)(jnp.where(keep, m, 0)), m)
 
 
-def fake_quant(params, mode: str, on=True):
+def fake_quant(params, mode: str, on=True, outliers: tuple = ()):
   """(body, head) params with the export's quantized weights (STE); see the module doc.
 
   `on` may be a traced bool (the qat_start_fraction schedule); mode "none" is the identity.
+  `outliers`: ModelConfig.outlier_channels, rows of the d_model-input matrices left in fp32.
   """
   if mode == "none":
     return params, params
@@ -125,7 +137,8 @@ def fake_quant(params, mode: str, on=True):
     m = _as_matrix(name, node) if hasattr(node, "ndim") else None
     if m is None:
       return node
-    q = _fq_matrix(head_mode if name == "unembed" else body_mode, m)
+    q = _fq_matrix(head_mode if name == "unembed" else body_mode, m,
+                   outliers if name in _D_INPUT else ())
     if q is None:
       return node
     return _ste(node, q.reshape(node.shape).astype(node.dtype), on)
@@ -134,7 +147,7 @@ def fake_quant(params, mode: str, on=True):
   head = body
   if _tied(params):
     e = params["embed"]  # tied: the unembedding is embed.T ([D, V], FC over D)
-    q = _fq_matrix(head_mode, e.T)
+    q = _fq_matrix(head_mode, e.T, outliers)
     if q is not None:
       head = dict(body, embed=_ste(e, q.T.astype(e.dtype), on))
   return body, head
@@ -149,12 +162,12 @@ def _tied(params) -> bool:
   return isinstance(params, dict) and "embed" in params and "unembed" not in params
 
 
-def snap(params, mode: str):
+def snap(params, mode: str, outliers: tuple = ()):
   """The params of the forward QAD trained, for saving: the quantized matrices, and with tied
   embeddings the fp32 lookup table plus the quantized unembedding as `unembed` ([D, V])."""
   if mode == "none":
     return params
-  body, head = fake_quant(params, mode)
+  body, head = fake_quant(params, mode, outliers=outliers)
   if not _tied(params):
     return head
   return dict(body, unembed=head["embed"].T)  # body["embed"]: the fp32 table the lookup read
@@ -165,3 +178,28 @@ def snap_config(cfg: ModelConfig, mode: str) -> ModelConfig:
   if mode == "none" or not cfg.tie_embeddings:
     return cfg
   return cfg.replace(tie_embeddings=False)
+
+
+def _outlier_scores(lm, params, tokens):
+  """[D]: each residual-stream channel's largest |value| relative to its token's RMS, over the
+  residual after every block and the final hidden state (the inputs of the d_model-input
+  matmuls are these, normed)."""
+  hidden, states = lm.hidden_states(params, tokens)
+
+  def rel(x):
+    x = x.astype(jnp.float32)
+    return jnp.abs(x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-12)).max(axis=(0, 1))
+  return jnp.max(jnp.stack([rel(x) for x in [*states, hidden]]), axis=0)
+
+
+def outlier_channels(lm, params, token_batches, k: int) -> tuple:
+  """The `k` channels with the largest `_outlier_scores` over `token_batches` (global [B, T]
+  int arrays), sorted: ModelConfig.outlier_channels for a QAD student. Every process gets the
+  same answer (the scores are computed on global arrays)."""
+  if k <= 0:
+    return ()
+  if k >= lm.cfg.d_model:
+    raise ValueError(f"qat_outliers={k} must be below d_model={lm.cfg.d_model}")
+  score = jax.jit(_outlier_scores, static_argnums=0)
+  best = np.max([np.asarray(score(lm, params, t)) for t in token_batches], axis=0)
+  return tuple(sorted(int(i) for i in np.argsort(-best, kind="stable")[:k]))

@@ -269,3 +269,100 @@ def test_head8_mode_quantizes_the_head_int8_and_the_blocks_int4():
   untied = dict(params, unembed=params["embed"].T)
   b2, _ = qat.fake_quant(untied, "int4_block32_head8")
   np.testing.assert_array_equal(b2["unembed"], qat.int8_per_channel(untied["unembed"]))
+
+
+OUTLIERS = (5, 17)
+
+
+def _with_outliers(seed=5):
+  """A random CFG model whose residual stream has two outlier channels (embedding columns
+  scaled 30x and -20x), and the same model computing them apart."""
+  params = LM(CFG).init(jax.random.key(seed))
+  params["embed"] = params["embed"].at[:, 5].multiply(30.0).at[:, 17].multiply(-20.0)
+  return params, LM(CFG.replace(outlier_channels=OUTLIERS))
+
+
+def test_outlier_channels_are_found_and_computed_apart_out_of_the_rounding():
+  """`qat.outlier_channels` finds the two scaled channels; `split_matmul` is the same matmul
+  in fp32 (and the same gradient), and under `quantized_inputs` rounds only the other
+  channels (NumPy reference: per-row asymmetric int8 of the input with those zeroed)."""
+  from distill.models import ops  # pylint: disable=import-outside-toplevel
+  params, lm = _with_outliers()
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
+  assert qat.outlier_channels(LM(CFG), params, [tokens], 2) == OUTLIERS
+  with pytest.raises(ValueError, match="d_model"):
+    qat.outlier_channels(LM(CFG), params, [tokens], CFG.d_model)
+  np.testing.assert_allclose(lm.apply(params, tokens), LM(CFG).apply(params, tokens),
+                             rtol=1e-4, atol=1e-4)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(6, 64)).astype(np.float32)
+  x[:, 5] *= 40.0
+  w = rng.normal(size=(64, 7)).astype(np.float32)
+  keep = np.ones(64, bool)
+  keep[[5, 17]] = False
+  xm = np.where(keep, x, 0.0)
+  lo, hi = np.minimum(xm.min(-1, keepdims=True), 0), np.maximum(xm.max(-1, keepdims=True), 0)
+  scale = (hi - lo) / 255.0
+  zero = np.clip(np.round(-128 - lo / scale), -128, 127)
+  want = (np.clip(np.round(xm / scale) + zero, -128, 127) - zero) * scale @ w + x[:, ~keep] @ w[~keep]
+  with ops.quantized_inputs(True):
+    got = np.asarray(ops.split_matmul(jnp.asarray(x), jnp.asarray(w), OUTLIERS))
+    plain = np.asarray(ops.split_matmul(jnp.asarray(x), jnp.asarray(w)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  exact = x @ w
+  assert np.abs(got - exact).mean() < 0.3 * np.abs(plain - exact).mean()  # the outlier's cost
+  grads = [jax.grad(lambda a, b, s=s: ops.split_matmul(a, b, s).sum(), argnums=(0, 1))(
+      jnp.asarray(x), jnp.asarray(w)) for s in ((), OUTLIERS)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fake_quant_leaves_outlier_rows_fp32_and_the_file_holds_the_rest(tmp_path):
+  """With outlier channels, the d_model-input matrices (q/k/v, gate/up, the unembedding) are
+  int4 blocks of the matrix with those rows zeroed, plus the rows in fp32; o and down are
+  plain int4. The int4 file of the snapped student holds exactly those int4 matrices, its
+  logits follow the JAX forward with int8-rounded inputs (outliers apart), and it is closer to
+  the fp32 JAX model than the same student exported without the split."""
+  from distill.export import converter  # pylint: disable=import-outside-toplevel
+  from distill.models import ops  # pylint: disable=import-outside-toplevel
+  params, lm = _with_outliers()
+  body, head = qat.fake_quant(params, "int4_block32", outliers=OUTLIERS)
+  keep = np.ones(CFG.d_model, bool)
+  keep[list(OUTLIERS)] = False
+  up = np.asarray(params["block_0"]["mlp"]["up"])
+  np.testing.assert_array_equal(body["block_0"]["mlp"]["up"][~keep], up[~keep])
+  np.testing.assert_array_equal(body["block_0"]["mlp"]["up"][keep],
+                                qat.int4_blockwise(np.where(keep[:, None], up, 0))[keep])
+  np.testing.assert_array_equal(body["block_0"]["mlp"]["down"],
+                                qat.int4_blockwise(params["block_0"]["mlp"]["down"]))
+  np.testing.assert_array_equal(head["embed"][:, ~keep], params["embed"][:, ~keep])
+  ids = np.random.default_rng(0).integers(3, 259, 24).astype(np.int32)
+  err = {}
+  for name, model in (("split", lm), ("plain", LM(CFG))):
+    c = train.LossConfig(qat="int4_block32", qat_outliers=model.cfg.outlier_channels)
+    lm32, p32 = converter.export_lm(model, params)
+    lm32, grid = c.final_lm(lm32), c.final_params(p32)
+    sm = str(tmp_path / f"sm-{name}")
+    converter.save_saved_model(converter.build_module(lm32, grid, vocab=259, max_context=32,
+                                                      prefill_len=8), sm)
+    flat, _ = converter.to_tflite(sm, "int4")
+    if name == "split":  # the file's int4 matrices: the snapped ones with the rows zeroed
+      got = _tflite_weights(flat)
+      mats = [np.where(keep[:, None], np.asarray(grid["unembed"]), 0).T]
+      for i in range(CFG.n_layers):
+        for n, w in grid[f"block_{i}"]["attn"].items():
+          m = np.asarray(qat._as_matrix(n, w))  # pylint: disable=protected-access
+          mats.append((m if n == "o" else np.where(keep[:, None], m, 0)).T)
+        for n, w in grid[f"block_{i}"]["mlp"].items():
+          mats.append((np.asarray(w) if n == "down" else np.where(keep[:, None], w, 0)).T)
+      assert len(got) == len(mats) == 7 * CFG.n_layers + 1
+      for g in got:
+        assert min(np.abs(g - w).max() for w in mats if w.shape == g.shape) == 0.0
+    ref = np.asarray(lm32.apply(grid, jnp.asarray(ids[None])))[0, :, :259]
+    with ops.quantized_inputs(True):
+      sim = np.asarray(lm32.apply(grid, jnp.asarray(ids[None])))[0, :, :259]
+    out = _litert_logits(flat, tmp_path / f"{name}.tflite", ids)
+    err[name] = np.abs(out - ref).mean()
+    # The file rounds as simulated (up to fp32 summation order feeding later roundings).
+    assert np.abs(out - sim).mean() < 0.25 * np.abs(sim - ref).mean(), name
+  assert err["split"] < 0.6 * err["plain"], err

@@ -55,10 +55,16 @@ class ModelConfig:
   # is wired: distill.aot measured XLA's dot_product_attention at 4x the temporaries there.
   # The KV-cache path and attention soft-capping always use the einsum.
   attention: str = "xla"
+  # Residual-stream channels (a few, with ~10x the values of the rest) that every d_model-input
+  # fully connected op (q/k/v, gate/up, the unembedding) computes apart, in float: the same
+  # function, but the export's dynamic-range kernels then round each token's input to int8
+  # over the range of the other channels only (ops.project; chosen by QAD, distill/qat.py).
+  outlier_channels: tuple = ()
 
   def __post_init__(self):
     # JSON gives lists; the config must stay hashable (it keys jit and LM caches).
     object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
+    object.__setattr__(self, "outlier_channels", tuple(int(i) for i in self.outlier_channels))
 
   @property
   def k(self) -> int:

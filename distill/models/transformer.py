@@ -92,9 +92,9 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, cache=None, cache_index=None, tables=None):
     """`tables`: {table_key(): rope_table(...)} built once per forward (else built here)."""
     cfg, dt = self.cfg, x.dtype
-    q = project(x, self.q[...])  # [B, T, N, K]
-    k = project(x, self.k[...])  # [B, T, M, K]
-    v = project(x, self.v[...])
+    q = project(x, self.q[...], cfg.outlier_channels)  # [B, T, N, K]
+    k = project(x, self.k[...], cfg.outlier_channels)  # [B, T, M, K]
+    v = project(x, self.v[...], cfg.outlier_channels)
     if cfg.qkv_bias:
       q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt),
                  v + self.v_bias[...].astype(dt))
@@ -176,13 +176,13 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     cfg, dt = self.cfg, x.dtype
-    h = project(x, self.up[...])  # [B, T, F]
+    h = project(x, self.up[...], cfg.outlier_channels)  # [B, T, F]
     if cfg.mlp_bias:
       h = h + self.up_bias[...].astype(dt)
     if cfg.mlp == "swiglu":
-      h = h * jax.nn.silu(project(x, self.gate[...]))
+      h = h * jax.nn.silu(project(x, self.gate[...], cfg.outlier_channels))
     elif cfg.mlp == "geglu":
-      h = h * jax.nn.gelu(project(x, self.gate[...]), approximate=True)
+      h = h * jax.nn.gelu(project(x, self.gate[...], cfg.outlier_channels), approximate=True)
     else:
       h = jax.nn.gelu(h, approximate=True)
     y = project(h, self.down[...])  # [B, T, D]
@@ -333,9 +333,8 @@ class LM:
     # form took several times the forward, and this matmul is most of a small student's step).
     w = self.unembedding(params)
     b, t, d = hidden.shape
-    logits = jnp.einsum("XD,DV->XV", ops.maybe_quant_input(hidden.reshape(b * t, d)),
-                        w.astype(hidden.dtype),
-                        preferred_element_type=jnp.float32).reshape(b, t, -1)
+    logits = ops.split_matmul(hidden.reshape(b * t, d), w.astype(hidden.dtype),
+                              self.cfg.outlier_channels).reshape(b, t, -1)
     return ops.softcap(logits, self.cfg.final_softcap)
 
   def apply(self, params, tokens, positions=None):

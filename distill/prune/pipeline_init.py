@@ -1,7 +1,8 @@
 """Glue between pruning and the rest of distill: calibration data, teachers, stage output.
 
 `from_teacher` is the pipeline's `--config.student.init=prune` (one init function that the
-student and the baseline both start from); `prune_to_stage` is the CLI's body.
+student and the baseline both start from), `init_from_teacher` its `init=teacher_layers`;
+`prune_to_stage` is the CLI's body.
 """
 from __future__ import annotations
 
@@ -113,3 +114,33 @@ def prune_to_stage(teacher_path: str, out: str, target, *, data_cfg, fraction: f
     info["vocab"] = {"kept": int(trim.kept.size), "teacher_vocab": lm.cfg.vocab_size}
   api.save_stage(out, cfg, tok, pruned, info)
   return info
+
+
+def init_from_teacher(student: LM, teacher: LM, t_params):
+  """Init that copies every k-th teacher layer (and embeddings/norms) where shapes match.
+
+  DistilBERT / Minitron-style depth pruning: student layer i takes teacher layer i * k with
+  k = teacher layers // student layers. Raises ConfigError when no shape matches at all.
+  """
+  stride = max(1, teacher.cfg.n_layers // student.cfg.n_layers)
+  shapes_s = student.abstract_params()
+
+  def same(a, b):
+    return (jax.tree.structure(a) == jax.tree.structure(b) and
+            all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+  plan = {}
+  for key in shapes_s:
+    src = f"block_{int(key.split('_')[1]) * stride}" if key.startswith("block_") else key
+    if src in t_params and same(shapes_s[key], t_params[src]):
+      plan[key] = src
+  if not any(k.startswith("block_") for k in plan):
+    raise ConfigError("--config.student.init='teacher_layers' needs student layers shaped like "
+                      "the teacher's (same d_model, heads, d_ff); use init='random'")
+
+  def init(key):
+    params = student.init(key)
+    for dst, src in plan.items():
+      params[dst] = jax.tree.map(lambda t, s: t.astype(s.dtype), t_params[src], params[dst])
+    return params
+  return init
