@@ -117,10 +117,7 @@ def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfi
   else:
     it = ctx.train_iter(c.distill.transfer_fraction)
     batches = [sharding.global_batch(next(it), ctx.mesh)["inputs"] for _ in range(4)]
-    try:
-      outliers = qat.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
-    except ValueError as e:
-      raise ConfigError(f"--config.distill.{e}") from None
+    outliers = qat.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
   q_lm = LM(student.cfg.replace(outlier_channels=outliers))
   cfg = dataclasses.replace(cfg, qat_outliers=outliers)
   params, info = _train_stage(
@@ -297,6 +294,9 @@ def _run(config, workdir: str) -> dict:
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
     from distill.prune import pipeline_init  # pylint: disable=import-outside-toplevel
     student, init = pipeline_init.from_teacher(ctx, student, t_lm, t_params, trim)
+  if qad_cfg and c.distill.qat_outliers >= student.cfg.d_model:  # before any training
+    raise ConfigError(f"--config.distill.qat_outliers={c.distill.qat_outliers} must be below "
+                      f"the student's d_model={student.cfg.d_model}")
   # Feature losses: the student (not the baseline) also trains hidden-state projections.
   loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
                                     getattr(init, "plan", None))

@@ -173,10 +173,12 @@ def split_matmul(x2, w2, split: tuple = ()):
 
   The same sum, regrouped: the other channels go through the matmul (whose input the dynamic-
   range kernels, and `quantized_inputs`, round to int8 per token over its [min, max]), the
-  `split` ones through broadcast multiply-adds that stay float in the exported file and never
+  `split` ones through fp32 rank-1 updates that stay float in the exported file and never
   set that range. A few residual-stream channels carry ~10x the values of the rest; on the
   SmolLM2 watch student, keeping its 8 largest out of the rounding took the fp32-weight
-  agreement of int8-rounded inputs from 94.8% to 97.2% (ModelConfig.outlier_channels).
+  agreement of int8-rounded inputs from 94.8% to 97.2% (ModelConfig.outlier_channels). The
+  price on the device: two more small ops per channel and matmul (~650 for 8 channels on the
+  8-layer watch student), which cost about half of LiteRT-LM's speed there (README).
   """
   if not split:
     return jnp.einsum("XI,IO->XO", maybe_quant_input(x2), w2, preferred_element_type=jnp.float32)
@@ -191,9 +193,16 @@ def split_matmul(x2, w2, split: tuple = ()):
   # Traced weights need no zeros: the input's do it, and these rows learn through the updates.
   y = jnp.einsum("XI,IO->XO", maybe_quant_input(x2 * keep.astype(x2.dtype)), main,
                  preferred_element_type=jnp.float32)
-  for i in split:  # k rank-1 updates, not a [X, k] @ [k, O] matmul: no quantizer touches them
-    y = y + x2[:, i:i + 1].astype(jnp.float32) * w2[i].astype(jnp.float32)
-  return y
+  if isinstance(w2, np.ndarray):
+    # The export: k rank-1 multiply-adds, not a [X, k] @ [k, O] matmul, which the quantizers
+    # would take (ai-edge-quantizer cannot block k < 32 inputs; TF's int8 would round them),
+    # nor a broadcast [X, k, O] product (a transient of k x the logits on the device).
+    for i in split:
+      y = y + x2[:, i:i + 1].astype(jnp.float32) * w2[i].astype(np.float32)
+    return y
+  idx = np.asarray(split)
+  return y + jnp.einsum("XK,KO->XO", jnp.take(x2, idx, axis=1), w2[idx],
+                        preferred_element_type=jnp.float32)
 
 
 def softcap(x, cap):
