@@ -209,6 +209,9 @@ def outlier_channels(lm, params, token_batches, k: int) -> tuple:
     return ()
   if k >= lm.cfg.d_model:
     raise ValueError(f"qat_outliers={k} must be below d_model={lm.cfg.d_model}")
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   score = jax.jit(_outlier_scores, static_argnums=0)
-  best = np.max([np.asarray(score(lm, params, t)) for t in token_batches], axis=0)
+  # process_allgather: the global [D] on every process, however XLA left it sharded.
+  best = np.max([multihost_utils.process_allgather(score(lm, params, t), tiled=True)
+                 for t in token_batches], axis=0)
   return tuple(sorted(int(i) for i in np.argsort(-best, kind="stable")[:k]))

@@ -200,9 +200,9 @@ def split_matmul(x2, w2, split: tuple = ()):
     for i in split:
       y = y + x2[:, i:i + 1].astype(jnp.float32) * w2[i].astype(np.float32)
     return y
-  idx = np.asarray(split)
-  return y + jnp.einsum("XK,KO->XO", jnp.take(x2, idx, axis=1), w2[idx],
-                        preferred_element_type=jnp.float32)
+  idx = np.asarray(split)  # fp32 operands: XLA:CPU has no bf16 x bf16 -> fp32 dot for these
+  return y + jnp.einsum("XK,KO->XO", jnp.take(x2, idx, axis=1).astype(jnp.float32),
+                        w2[idx].astype(jnp.float32))
 
 
 def softcap(x, cap):
