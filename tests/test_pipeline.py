@@ -138,6 +138,7 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
   c.distill.qat = "int4_block32"
   c.distill.qat_steps = qat_steps
   c.baseline.enabled = c.export.enabled = False
+  c.eval.sample_prompts = 0  # not under test here (tests/test_onpolicy.py): no sampler compiles
   out = str(tmp_path / "qad")
   rep = pipeline.run(c, out)
   m = distill.load(os.path.join(out, "student"))
