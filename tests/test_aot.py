@@ -33,6 +33,9 @@ SMALL = ["--topology=v5e:2x2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
          "--config.data.seq_len=256", "--config.distill.chunk_size=128"]
 
 
+# Slow-marked (~70 s) to keep the default run under 15 minutes: the next test compiles the
+# same config for the same topology by default and checks the memory line's fields.
+@pytest.mark.slow
 def test_aot_prints_one_memory_line_for_the_v5e_config():
   # One layer each, compiled as is (one compile: minutes on 2 shared cores otherwise).
   r, out = _aot(*SMALL, "--config.teacher.model.n_layers=1", "--config.student.model.n_layers=1")
