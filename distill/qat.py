@@ -48,10 +48,13 @@ stores the lookup as its own table, so the file is no larger.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill.models import ops
 from distill.models.model_config import ModelConfig
 
 QAT_MODES = ("none", "int8", "int4_block32", "int4_block32_head8")
@@ -123,8 +126,7 @@ def _fq_matrix(mode, m, outliers=()):
     return _quantizer(mode)(m)
   # The export's fully connected op holds the other rows (these zeroed, see ops.split_matmul),
   # the rank-1 updates these rows in fp32.
-  keep = np.ones((m.shape[0], 1), bool)
-  keep[list(outliers)] = False
+  keep = ops.kept_channels(m.shape[0], outliers)[:, None]
   return jnp.where(keep, _quantizer(mode)(jnp.where(keep, m, 0)), m)
 
 
@@ -189,6 +191,7 @@ def snap_config(cfg: ModelConfig, mode: str) -> ModelConfig:
   return cfg.replace(tie_embeddings=False)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per model, not per call
 def _outlier_scores(lm, params, tokens):
   """[D]: each residual-stream channel's largest |value| relative to its token's RMS, over the
   residual after every block and the final hidden state (the inputs of the d_model-input
@@ -210,8 +213,7 @@ def outlier_channels(lm, params, token_batches, k: int) -> tuple:
   if k >= lm.cfg.d_model:
     raise ValueError(f"qat_outliers={k} must be below d_model={lm.cfg.d_model}")
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  score = jax.jit(_outlier_scores, static_argnums=0)
   # process_allgather: the global [D] on every process, however XLA left it sharded.
-  best = np.max([multihost_utils.process_allgather(score(lm, params, t), tiled=True)
+  best = np.max([multihost_utils.process_allgather(_outlier_scores(lm, params, t), tiled=True)
                  for t in token_batches], axis=0)
   return tuple(sorted(int(i) for i in np.argsort(-best, kind="stable")[:k]))

@@ -183,18 +183,16 @@ def split_matmul(x2, w2, split: tuple = ()):
   """
   if not split:
     return jnp.einsum("XI,IO->XO", maybe_quant_input(x2), w2, preferred_element_type=jnp.float32)
-  keep = np.ones((x2.shape[-1],), bool)
-  keep[list(split)] = False
-  main = w2
-  if isinstance(w2, np.ndarray):
-    # Host weights: the export, whose params are numpy constants. Zeroing the rows here, not
-    # in the graph, leaves the file's fully connected op a constant weight (which the
-    # quantizers need) whose int4 blocks never see these rows (as qat.fake_quant assumes).
-    main = np.where(keep[:, None], w2, 0).astype(w2.dtype)
-  # Traced weights need no zeros: the input's do it, and these rows learn through the updates.
+  keep = kept_channels(x2.shape[-1], split)
+  # Host weights are the export's (its params are numpy constants): zeroing the rows here, not
+  # in the graph, leaves the file's fully connected op a constant weight (which the quantizers
+  # need) whose int4 blocks never see these rows (as qat.fake_quant assumes). Traced weights
+  # need no zeros: the input's do it, and these rows learn through the updates below.
+  host = isinstance(w2, np.ndarray)
+  main = np.where(keep[:, None], w2, 0).astype(w2.dtype) if host else w2
   y = jnp.einsum("XI,IO->XO", maybe_quant_input(x2 * keep.astype(x2.dtype)), main,
                  preferred_element_type=jnp.float32)
-  if isinstance(w2, np.ndarray):
+  if host:
     # The export: k rank-1 multiply-adds, not a [X, k] @ [k, O] matmul, which the quantizers
     # would take (ai-edge-quantizer cannot block k < 32 inputs; TF's int8 would round them),
     # nor a broadcast [X, k, O] product (a transient of k x the logits on the device).
@@ -204,6 +202,13 @@ def split_matmul(x2, w2, split: tuple = ()):
   idx = np.asarray(split)  # fp32 operands: XLA:CPU has no bf16 x bf16 -> fp32 dot for these
   return y + jnp.einsum("XK,KO->XO", jnp.take(x2, idx, axis=1).astype(jnp.float32),
                         w2[idx].astype(jnp.float32))
+
+
+def kept_channels(n: int, split: tuple) -> np.ndarray:
+  """[n] bool: False at the channels `split` computes apart (split_matmul, qat.fake_quant)."""
+  keep = np.ones((n,), bool)
+  keep[list(split)] = False
+  return keep
 
 
 def softcap(x, cap):
