@@ -31,7 +31,8 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import api, qat  # pylint: disable=import-outside-toplevel
+  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
+  from distill.methods import qat  # pylint: disable=import-outside-toplevel
   from distill.export import artifact  # pylint: disable=import-outside-toplevel
   from distill.models import ops  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel

@@ -95,7 +95,7 @@ def load_and_measure(path: str, dtype: str) -> dict:
   """Runs in the child process: 8 fake CPU devices, fsdp=8 mesh, one load."""
   import jax
   import psutil
-  from distill import sharding
+  from distill.models import sharding
   from distill.models import hf
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
   baseline = psutil.Process().memory_info().rss

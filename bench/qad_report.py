@@ -45,7 +45,7 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import api  # pylint: disable=import-outside-toplevel
+  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
   from distill.export import artifact, converter, litertlm, litertlm_runtime  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   from distill.export import card as card_lib  # pylint: disable=import-outside-toplevel

@@ -29,7 +29,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny  # noqa: E402
-from distill import api, onpolicy, pipeline, sampling, tokenizers, train  # noqa: E402
+from distill.inference import model as api  # noqa: E402
+from distill.methods import onpolicy  # noqa: E402
+from distill.run import pipeline  # noqa: E402
+from distill.inference import sampling  # noqa: E402
+from distill.data import tokenizer as tokenizers  # noqa: E402
+from distill.train import loop as train  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402
 
 

@@ -110,7 +110,9 @@ def build(c):
   `train.run` trains, from the same builder (`distill.step.make_step`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill import objectives, sharding, step  # pylint: disable=import-outside-toplevel
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
+  from distill.models import sharding  # pylint: disable=import-outside-toplevel
+  from distill.train import step  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
 
   def model_cfg(node, dtype):
@@ -150,7 +152,8 @@ def breakdown(b, c, step_s: float) -> dict:
   """Seconds of the step's parts as separate jitted functions, and their share of the step."""
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from distill import losses, objectives  # pylint: disable=import-outside-toplevel
+  from distill import losses  # pylint: disable=import-outside-toplevel
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
   student, teacher, tx = b["student"], b["teacher"], b["tx"]
   batch, state, t_params = b["batch"], b["state"], b["t_params"]
   cfg = objectives.LossConfig.from_config(c.distill)

@@ -18,7 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny  # noqa: E402
-from distill import losses, pipeline, train  # noqa: E402
+from distill import losses  # noqa: E402
+from distill.run import pipeline  # noqa: E402
+from distill.train import loop as train  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402
 
 

@@ -24,7 +24,8 @@ _WINDOWS = flags.DEFINE_integer("windows", 8, "Validation windows of 256 tokens.
 
 def main(_):
   from configs import smollm2_135m  # pylint: disable=import-outside-toplevel
-  from distill import data, losses, sharding  # pylint: disable=import-outside-toplevel
+  from distill import data, losses  # pylint: disable=import-outside-toplevel
+  from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.models import gguf  # pylint: disable=import-outside-toplevel
   import pydoc_data.topics  # pylint: disable=import-outside-toplevel
   path = _GGUF.value or smollm2_135m.teacher_gguf()

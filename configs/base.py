@@ -12,7 +12,7 @@ in distill/), so a field added here is the one place to document it.
 """
 import ml_collections
 
-from distill import presets
+from distill.run import hardware as presets
 
 
 def model(d_model, n_layers, n_heads, n_kv_heads, d_ff, **extra):

@@ -9,7 +9,7 @@ CPU cores one step takes a few seconds; on an accelerator raise `batch_size`.
 import ml_collections
 
 from configs import base
-from distill import presets
+from distill.run import hardware as presets
 
 
 def get_config():

@@ -22,7 +22,7 @@ the student forward+backward ~1.0 PFLOP; at ~40% of 8 x 989 TFLOP/s (bf16 dense)
 ~1 s/step, so ~6 h for 20k steps (2.6B tokens) plus ~2 h for the hard-label baseline.
 """
 from configs import base
-from distill import presets
+from distill.run import hardware as presets
 
 
 def get_config():

@@ -24,7 +24,7 @@ training FLOPs per token dominates; set baseline.enabled=False to halve it). The
 `hf:` override is required: without it the pipeline would pretrain a 7B teacher from scratch.
 """
 from configs import base
-from distill import presets
+from distill.run import hardware as presets
 
 
 def get_config():

@@ -6,6 +6,6 @@ __all__ = ["load"]
 def __getattr__(name):
   # Lazy so `import distill.losses` does not pull in the model, data or TensorFlow.
   if name == "load":
-    from distill.api import load
+    from distill.inference.model import load
     return load
   raise AttributeError(name)

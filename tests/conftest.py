@@ -64,7 +64,7 @@ def small_run(tmp_path_factory):
   of each training their own. It is read-only: a test that writes copies it (`.copy(dest)`),
   and the session fails at teardown if anything under the workdir changed.
   """
-  from distill import pipeline  # pylint: disable=import-outside-toplevel
+  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("small_run")
   # One export preset keeps the run short while still giving the report a .tflite row.
   overrides = {"data.data_dir": str(root / "data"), "export.presets": ("watch",)}

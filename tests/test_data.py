@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from distill import data
-from distill import tokenizers
+from distill.data import tokenizer as tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTE = tokenizers.ByteTokenizer()

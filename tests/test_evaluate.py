@@ -7,7 +7,11 @@ import jax
 import numpy as np
 from scipy import special
 
-from distill import data, evaluate, pipeline, sharding, tokenizers
+from distill import data
+from distill.eval import metrics as evaluate
+from distill.run import pipeline
+from distill.models import sharding
+from distill.data import tokenizer as tokenizers
 from distill.models.transformer import LM
 from tests.helpers import shrunken_config, tiny_model_config
 

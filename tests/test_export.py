@@ -14,7 +14,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from distill import api, tokenizers
+from distill.inference import stage
+from distill.inference import model as api
+from distill.data import tokenizer as tokenizers
 from distill.models.transformer import LM, ModelConfig
 
 CONTEXT, PREFILL = 96, 16
@@ -29,7 +31,7 @@ def root(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
   cfg = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
                     max_len=128)
-  api.save_stage(str(root / "student"), cfg, tokenizers.ByteTokenizer(),
+  stage.save_stage(str(root / "student"), cfg, tokenizers.ByteTokenizer(),
                  LM(cfg).init(jax.random.key(0)), {"note": "random test student"})
   text = root / "text"
   text.mkdir()
@@ -98,7 +100,7 @@ def _briefly_trained_stage(root, steps=150):
   model = api.load(str(root / "student"))
   it = data.make_train_iterator(_data_cfg(root), model.tokenizer, str(root), batch_size=16, seed=0)
   lm, params = model.lm, fit_ce(model.lm, model.params, it, steps)
-  api.save_stage(str(root / "trained"), lm.cfg, model.tokenizer, params, {"steps": steps})
+  stage.save_stage(str(root / "trained"), lm.cfg, model.tokenizer, params, {"steps": steps})
   return str(root / "trained")
 
 

@@ -21,7 +21,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 
 import distill  # noqa: E402
-from distill import api, convert  # noqa: E402
+from distill.errors import LoadError
+from distill.export import gguf_to_hf as convert  # noqa: E402
 from distill.models import gguf as dgguf  # noqa: E402
 from tests.helpers import write_gguf  # noqa: E402
 
@@ -434,12 +435,12 @@ def test_bad_files_give_one_clear_line(tmp_path):
       "missing": (t("nope.gguf"), "does not exist"),
   }
   for case, (path, expect) in cases.items():
-    with pytest.raises(api.LoadError) as e:
+    with pytest.raises(LoadError) as e:
       distill.load("gguf:" + path)
     assert expect in str(e.value) and "\n" not in str(e.value), (case, str(e.value))
   for case in ("unknown_quant", "architecture"):
     out = str(tmp_path / f"out_{case}")
-    with pytest.raises(api.LoadError):
+    with pytest.raises(LoadError):
       convert.convert(cases[case][0], out)
     assert not os.path.exists(out) and not any(p.startswith(f"out_{case}.tmp")
                                                for p in os.listdir(tmp_path))
@@ -493,7 +494,7 @@ def test_smollm2_as_close_to_fp64_as_transformers():
 
 @pytest.mark.slow  # about a minute here: data preparation with the teacher's tokenizer, compiles
 def test_pipeline_distills_from_a_gguf_teacher(bpe_vocab, tmp_path):
-  from distill import pipeline  # pylint: disable=import-outside-toplevel
+  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
   model = _tiny("llama", len(bpe_vocab[0]))
   path = str(tmp_path / "teacher.gguf")

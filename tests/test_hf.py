@@ -15,8 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import distill  # noqa: E402
-from distill import api, to_hf  # noqa: E402
-from distill import tokenizers as dtok  # noqa: E402
+from distill.errors import LoadError
+from distill.inference import stage  # noqa: E402
+from distill.export import hf as to_hf  # noqa: E402
+from distill.data import tokenizer as dtok  # noqa: E402
 from distill.models import hf  # noqa: E402
 from distill.models.transformer import LM, ModelConfig  # noqa: E402
 
@@ -147,7 +149,7 @@ def test_student_round_trip_through_transformers(tmp_path):
                     max_len=64, tie_embeddings=False)
   lm = LM(cfg)
   params = jax.jit(lm.init)(jax.random.key(0))
-  api.save_stage(str(tmp_path / "run" / "student"), cfg, tok, params, {})
+  stage.save_stage(str(tmp_path / "run" / "student"), cfg, tok, params, {})
   assert to_hf.main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
   ids = np.asarray([tok.encode("The for statement", add_bos=True)], np.int32)
@@ -173,7 +175,7 @@ def test_pickled_weights_are_refused_without_running_them(tmp_path):
   marker = tmp_path / "ran"
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
   (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(str(marker))))
-  with pytest.raises(api.LoadError, match="pickled weights.*safe_serialization") as e:
+  with pytest.raises(LoadError, match="pickled weights.*safe_serialization") as e:
     distill.load("hf:" + str(tmp_path))
   assert "\n" not in str(e.value) and not marker.exists()
 
@@ -197,7 +199,7 @@ def test_broken_checkpoints_give_one_line_errors(case, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[:-9])
   else:
     os.remove(tmp_path / "config.json")
-  with pytest.raises(api.LoadError, match=expect) as e:
+  with pytest.raises(LoadError, match=expect) as e:
     distill.load("hf:" + str(tmp_path))
   assert "\n" not in str(e.value)
 

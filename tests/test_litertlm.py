@@ -19,7 +19,9 @@ pytest.importorskip("litert_lm", reason="LiteRT-LM runtime not installed: pip in
 pytest.importorskip("litert_lm_builder",
                     reason="LiteRT-LM builder not installed: pip install litert-lm-builder")
 
-from distill import api, tokenizers  # pylint: disable=wrong-import-position
+from distill.inference import stage  # pylint: disable=wrong-import-position
+from distill.inference import model as api
+from distill.data import tokenizer as tokenizers  # pylint: disable=wrong-import-position
 from distill.models.transformer import LM, ModelConfig  # pylint: disable=wrong-import-position
 
 CONTEXT, PREFILL = 128, 16
@@ -48,7 +50,7 @@ def root(tmp_path_factory):
   lm, tok = LM(cfg), tokenizers.ByteTokenizer()
   it = data.make_train_iterator(_data_cfg(root), tok, str(root), batch_size=16, seed=0)
   params = fit_ce(lm, lm.init(jax.random.key(0)), it, 120, lr=1e-2)
-  api.save_stage(str(root / "student"), cfg, tok, params, {"note": "briefly trained"})
+  stage.save_stage(str(root / "student"), cfg, tok, params, {"note": "briefly trained"})
   return root
 
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from distill import losses, pipeline
+from distill import losses
+from distill.run import pipeline
 from tests.helpers import shrunken_config
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import sharding
+from distill.models import sharding
 from distill.models.transformer import LM, count_params, flops_per_token
 from tests.helpers import tiny_model_config
 

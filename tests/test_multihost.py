@@ -78,12 +78,12 @@ def _teacher_params(teacher, shardings):
 
 
 def _optimizer():
-  from distill import step  # pylint: disable=import-outside-toplevel
+  from distill.train import step  # pylint: disable=import-outside-toplevel
   return step.make_optimizer(lr=1e-2, steps=STEPS, warmup=0)
 
 
 def _loss_fn(teacher, student):
-  from distill import objectives  # pylint: disable=import-outside-toplevel
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
   return functools.partial(objectives.distill_loss, student=student, teacher=teacher,
                            cfg=objectives.LossConfig(kind="forward_kl", temperature=2.0,
                                                      alpha=0.3))
@@ -97,7 +97,10 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, step
   during that step), as a preemption notice reaching one VM of a slice would.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from distill import data, sharding, tokenizers, train  # pylint: disable=import-outside-toplevel
+  from distill import data  # pylint: disable=import-outside-toplevel
+  from distill.models import sharding  # pylint: disable=import-outside-toplevel
+  from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
+  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(mesh_cfg)
   teacher, student = _models()
   t_shard = sharding.param_shardings(teacher, mesh)
@@ -198,8 +201,9 @@ def _free_port() -> int:
 def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import checkpoint, sharding  # pylint: disable=import-outside-toplevel
-  from distill import step as step_lib  # pylint: disable=import-outside-toplevel
+  from distill.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from distill.models import sharding  # pylint: disable=import-outside-toplevel
+  from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   t0 = time.time()
   workdir, corpus_glob = _prepare_workdir(str(tmp_path))
@@ -268,7 +272,9 @@ def _launch_children(workdir: str, phase: str = "", timeout: int = 300) -> list:
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill import checkpoint, sharding, train  # pylint: disable=import-outside-toplevel
+  from distill.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from distill.models import sharding  # pylint: disable=import-outside-toplevel
+  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
   workdir, corpus_glob = _prepare_workdir(str(tmp_path))
   first = _launch_children(workdir, "first")
   # Only process 0 was signalled; both stopped, cleanly, after the same step.

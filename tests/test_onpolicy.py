@@ -7,7 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from distill import data, losses, onpolicy, sampling, sharding, tokenizers, train
+from distill import data, losses
+from distill.methods import onpolicy
+from distill.inference import sampling
+from distill.models import sharding
+from distill.data import tokenizer as tokenizers
+from distill.train import loop as train
 from distill.models.transformer import LM
 from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 
@@ -207,7 +212,7 @@ def test_sample_metrics_draw_several_continuations_per_prompt():
 
 def _trimmed(teacher):
   """The teacher seen through a trimmed vocabulary: even ids kept, padded to a multiple of 8."""
-  from distill.prune import trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+  from distill.methods.prune import trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
   kept = np.arange(0, 262, 2, dtype=np.int32)  # 131 ids -> 136 rows
   rows = np.concatenate([kept, np.zeros(136 - kept.size, np.int32)])
   tr = vocab_lib.Trim(kept=kept, rows=rows, tokenizer=None, teacher_vocab=264)

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from distill import cli
+from distill.cli import common as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,17 +50,17 @@ def test_extras_mirror_the_requirement_files():
 def test_every_python_m_entry_point_has_a_console_script():
   scripts = _pyproject()["project"]["scripts"]
   mains = {"distill": "main"}
-  for path in ("distill", "distill/export", "distill/prune"):
+  for path in ("distill", "distill/export"):
     for f in os.listdir(os.path.join(ROOT, path)):
       src = open(os.path.join(ROOT, path, f)).read() if f.endswith(".py") else ""
       if '__name__ == "__main__"' in src and f != "main.py":
         mod = os.path.basename(path) if f == "__main__.py" else f[:-3]
         mains["distill-" + mod.replace("_", "-")] = mod
   assert set(mains) <= set(scripts), sorted(set(mains) - set(scripts))
-  from distill import scripts as scripts_mod  # noqa: PLC0415
+  from distill.cli import scripts as scripts_mod  # noqa: PLC0415
   for name, target in scripts.items():
     module, func = target.split(":")
-    assert module == "distill.scripts" and callable(getattr(scripts_mod, func)), name
+    assert module == "distill.cli.scripts" and callable(getattr(scripts_mod, func)), name
 
 
 @pytest.mark.parametrize("arg,expect", [

@@ -8,8 +8,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import distill
-from distill import api, pipeline
-from distill.prune import pipeline_init
+from distill.errors import LoadError
+from distill.run import pipeline
+from distill.methods.prune import pipeline_init
 from tests.helpers import shrunken_config
 
 
@@ -85,9 +86,9 @@ def test_load_logits_equal_training_forward(finished_run):
 
 
 def test_load_refuses_non_stage_dirs(tmp_path):
-  with pytest.raises(api.LoadError, match="does not exist"):
+  with pytest.raises(LoadError, match="does not exist"):
     distill.load(str(tmp_path / "nope"))
-  with pytest.raises(api.LoadError, match="not a distill stage"):
+  with pytest.raises(LoadError, match="not a distill stage"):
     distill.load(str(tmp_path))
 
 
@@ -129,7 +130,7 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
   last checkpoint's master weights; a rerun skips the stage and loads the same model. With
   `qat_steps` QAD is its own stage: it starts from the finished fp32 student (kept as
   `student_fp32`, tied, also in the report) and trains `qat_steps` steps."""
-  from distill import qat  # pylint: disable=import-outside-toplevel
+  from distill.methods import qat  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
   workdir, _, config = finished_run
   c = config()

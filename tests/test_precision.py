@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import presets, train
+from distill.run import hardware as presets
+from distill.train import loop as train
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 
@@ -107,7 +108,7 @@ def test_blocked_causal_attention_equals_full_mask(block, monkeypatch):
 def test_tiny_pipeline_bf16_policy_within_1pct_of_fp32(tmp_path):
   """configs/tiny.py under the cpu preset's bf16 policy against the same run in fp32."""
   from configs import tiny
-  from distill import pipeline
+  from distill.run import pipeline
   reports = {}
   for name, dtypes in (("fp32", ("float32", "float32")), ("policy", None)):
     c = tiny.get_config()

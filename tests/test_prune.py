@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 import distill
-from distill import api, losses, tokenizers
-from distill.config import ConfigError
+from distill import losses
+from distill.inference import stage
+from distill.data import tokenizer as tokenizers
+from distill.run.validate import ConfigError
 from distill.models.transformer import LM
-from distill.prune import core, pipeline_init
-from distill.prune import vocab as vocab_lib
+from distill.methods.prune import core, pipeline_init
+from distill.methods.prune import vocab as vocab_lib
 from tests.helpers import tiny_model_config
 
 FEATURES = dict(qkv_bias=True, mlp_bias=True, out_bias=True, post_norms=True, qk_norm=True,
@@ -237,7 +239,7 @@ def test_vocab_trim_params_and_targets_match_numpy(tmp_path):
                           ) - t_logits.max(-1, keepdims=True)
   np.testing.assert_allclose(np.asarray(lp), ref[..., tr.kept], rtol=1e-5, atol=1e-5)
   # The trimmed-vocab objective against NumPy forward KL (T = 1, no CE).
-  from distill import train  # pylint: disable=import-outside-toplevel
+  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
   batch = {"inputs": s_ids, "targets": np.roll(s_ids, -1, 1), "mask": np.ones(s_ids.shape)}
   u = tr.kept.size
   # A student that is not the teacher's exact slice, so the divergence is not ~0.
@@ -283,7 +285,7 @@ def _data_cfg(name, tokenizer="byte"):
 def test_pruned_stage_loads_and_keeps_logits(tmp_path):
   lm, params = _model(vocab_size=264)
   teacher_dir = str(tmp_path / "teacher")
-  api.save_stage(teacher_dir, lm.cfg, tokenizers.ByteTokenizer(), params, {})
+  stage.save_stage(teacher_dir, lm.cfg, tokenizers.ByteTokenizer(), params, {})
   data_cfg = _data_cfg(_text_corpus(str(tmp_path / "text")))
   keep_all = pipeline_init.prune_to_stage(
       teacher_dir, str(tmp_path / "same"), core.target_config(lm.cfg), data_cfg=data_cfg,
@@ -340,7 +342,8 @@ def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
 
 
 def test_hidden_state_objective_matches_numpy():
-  from distill import features, train  # pylint: disable=import-outside-toplevel
+  from distill.methods import features  # pylint: disable=import-outside-toplevel
+  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
   t_lm, t_params = _model(seed=0, n_layers=3)
   s_lm, s_params = _model(seed=5, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32, head_dim=16)
   pairs = features.pairs("0:1,1:2", 2, 3)
@@ -379,7 +382,7 @@ def test_hidden_state_objective_matches_numpy():
 
 
 def test_pruned_projection_starts_as_channel_selection():
-  from distill import features  # pylint: disable=import-outside-toplevel
+  from distill.methods import features  # pylint: disable=import-outside-toplevel
   p = features.projection(3, 5, channels=[0, 2, 4])
   x = np.float32([[1.0, 2.0, 3.0]])
   np.testing.assert_array_equal(x @ p, [[1.0, 0.0, 2.0, 0.0, 3.0]])
@@ -387,7 +390,7 @@ def test_pruned_projection_starts_as_channel_selection():
 
 @pytest.mark.slow
 def test_pipeline_prune_init_with_feature_loss(tmp_path):
-  from distill import pipeline  # pylint: disable=import-outside-toplevel
+  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
   over = {"data.data_dir": str(tmp_path / "data"), "export.enabled": False,
           "student.init": "prune", "student.prune.calib_batches": 2}
@@ -404,7 +407,7 @@ def test_pipeline_prune_init_with_feature_loss(tmp_path):
 
 
 def test_config_validation_for_prune_init():
-  from distill.config import validate  # pylint: disable=import-outside-toplevel
+  from distill.run.validate import validate  # pylint: disable=import-outside-toplevel
   from tests.helpers import shrunken_config  # pylint: disable=import-outside-toplevel
   c = shrunken_config(**{"student.init": "prune"})
   c.student.model.d_model = 15  # fine: the pruned student keeps the teacher's head_dim

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import qat, train
+from distill.methods import qat
+from distill.train import loop as train
 from distill.models.transformer import LM, ModelConfig
 
 CFG = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from distill import report
+from distill.run import report
 from tests.helpers import shrunken_config
 
 STAGES = ("teacher", "student", "baseline")

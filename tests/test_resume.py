@@ -5,7 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from distill import data, sharding, tokenizers, train
+from distill import data
+from distill.models import sharding
+from distill.data import tokenizer as tokenizers
+from distill.train import loop as train
 from distill.models.transformer import LM
 from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 

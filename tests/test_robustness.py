@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from distill import data, lock
+from distill import data
+from distill.run import lock
 from tests.helpers import shrunken_config
 from tests.test_resume import Interrupt, run_stage
 
@@ -225,7 +226,9 @@ NAN_STEP = 5  # the step (1-based, as logged) whose loss is poisoned
 _NAN_SCRIPT = f'''
 """distill.main with the student's loss replaced by NaN at step {NAN_STEP}."""
 import jax.numpy as jnp
-from distill import main, objectives, step
+from distill.cli import main
+from distill.train import objectives
+from distill.train import step
 
 _orig = step.train_step
 

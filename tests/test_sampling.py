@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import sampling, sharding
+from distill.inference import sampling
+from distill.models import sharding
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 
@@ -105,7 +106,8 @@ def test_eos_stops_a_row_and_pads_after_it():
 
 
 def test_matches_the_one_sequence_generate_loop():
-  from distill import api, tokenizers
+  from distill.inference import model as api
+  from distill.data import tokenizer as tokenizers
   lm, params = _model(vocab_size=264)
   model = api.Model(lm, params, tokenizers.from_config("byte"))
   ids = [72, 105, 32]

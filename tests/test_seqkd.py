@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from distill import sampling, teacher_cache, tokenizers
+from distill.inference import sampling
+from distill.methods import teacher_cache
+from distill.data import tokenizer as tokenizers
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from distill import evaluate, objectives, sharding
-from distill import step as step_lib
+from distill.eval import metrics as evaluate
+from distill.train import objectives
+from distill.models import sharding
+from distill.train import step as step_lib
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from distill import pipeline, teacher_cache, tokenizers
+from distill.run import pipeline
+from distill.methods import teacher_cache
+from distill.data import tokenizer as tokenizers
 from tests.helpers import shrunken_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from distill import tokenizers
+from distill.data import tokenizer as tokenizers
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

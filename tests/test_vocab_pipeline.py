@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import distill
-from distill import data, losses, pipeline, tokenizers
-from distill.config import ConfigError, validate
-from distill.prune import trimmed
-from distill.prune import vocab as vocab_lib
+from distill import data, losses
+from distill.run import pipeline
+from distill.data import tokenizer as tokenizers
+from distill.run.validate import ConfigError, validate
+from distill.methods.prune import trimmed
+from distill.methods.prune import vocab as vocab_lib
 from tests.test_prune import (CORPUS, OUTSIDE, _byte_level_bpe, _counts, _model, _text_corpus,
                                hf_llama_teacher)
 
@@ -138,7 +140,7 @@ def test_k_below_the_required_tokens_is_one_line_before_any_training(tmp_path):
 
 
 def test_norm_gains_match_numpy_and_are_one_when_nothing_is_dropped():
-  from distill.prune import core  # pylint: disable=import-outside-toplevel
+  from distill.methods.prune import core  # pylint: disable=import-outside-toplevel
   lm, params = _model(vocab_size=64)
   tokens = np.random.default_rng(0).integers(0, 64, (2, 12))
   imp = core.importance(lm, params, [{"inputs": tokens}])

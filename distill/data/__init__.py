@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from distill import tokenizers as tok_lib
+from distill.data import tokenizer as tok_lib
 # One module per concern (sources, packing, windows); the names stay importable from here.
 from distill.data.packing import _pack, token_stream  # noqa: F401
 from distill.data.sources import (  # noqa: F401

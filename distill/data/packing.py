@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import tokenizers as tok_lib
+from distill.data import tokenizer as tok_lib
 from distill.data.sources import (TEXT_PREFIX, _cfg, _data_dir, _name, _text_documents,
                                   _text_files, _text_files_digest, _tfds_documents, _tokenizer)
 

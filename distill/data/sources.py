@@ -6,7 +6,8 @@ import hashlib
 import os
 from typing import Any, Sequence
 
-from distill import datasets, tokenizers as tok_lib
+from distill.data import corpus as datasets
+from distill.data import tokenizer as tok_lib
 
 TEXT_PREFIX = "text:"
 PYDOC = "pydoc_topics"
@@ -79,7 +80,7 @@ def _text_documents(name: str, split: str) -> list[str]:
 def _tfds():
   # Importing our builder registers it (and the shim tfds needs). TensorFlow itself loads
   # only if a reader needs it (tfrecord datasets); array_record does not.
-  from distill.datasets import pydoc_topics  # pylint: disable=g-import-not-at-top,unused-import
+  from distill.data.corpus import pydoc_topics  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # our own progress lines are the console's
   return tfds

@@ -6,7 +6,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from distill import tokenizers as tok_lib
+from distill.data import tokenizer as tok_lib
 
 # Fixed so the transfer set (fraction < 1) is the same whatever the training seed.
 _TRANSFER_PERMUTATION_SEED = 20240501

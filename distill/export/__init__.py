@@ -26,7 +26,7 @@ def export_stage(stage_dir: str, preset: str, out_dir: str | None = None, **kw) 
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
 
-  from distill import api  # pylint: disable=import-outside-toplevel
+  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
   from distill.export import artifact  # pylint: disable=import-outside-toplevel
   over = {k: kw.pop(k) for k in ("quant", "max_context", "prefill_len", "budget_mb") if k in kw}
   p = resolve(preset, **over)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from distill import quiet
+from distill.export import quiet_tf
 from distill.export import card as card_lib
 from distill.export import converter, presets, quantize, verify
 from distill.export.runtime import LiteRTModel
@@ -159,7 +159,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
         os.path.join(tmp, f)))
 
     from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
-    with quiet.native_stderr():  # TFLite announces its XNNPACK delegate on stderr
+    with quiet_tf.native_stderr():  # TFLite announces its XNNPACK delegate on stderr
       sigs = card_lib.signatures(litert.Interpreter(model_path=path), cfg.n_layers)
     card = card_lib.build(model_file=name, nbytes=len(flat), preset=preset, quant_detail=detail,
                           cfg=cfg, vocab=vocab, tokenizer=tokenizer, tokenizer_files=tok_files,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import quiet
+from distill.export import quiet_tf
 from distill.models.transformer import LM
 
 PREFILL, DECODE = "prefill", "decode"
@@ -84,7 +84,7 @@ def step_fn(lm: LM, params, vocab: int, *, int8_embedding: bool = False):
 def build_module(lm: LM, params, *, vocab: int, max_context: int, prefill_len: int,
                  int8_embedding: bool = False):
   """tf.Module with `prefill` and `decode` tf.functions whose in/out names follow the convention."""
-  tf = quiet.import_tensorflow()
+  tf = quiet_tf.import_tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
 
   cfg = lm.cfg
@@ -115,14 +115,14 @@ def build_module(lm: LM, params, *, vocab: int, max_context: int, prefill_len: i
 
 
 def save_saved_model(module, directory: str) -> None:
-  tf = quiet.import_tensorflow()
+  tf = quiet_tf.import_tensorflow()
   tf.saved_model.save(module, directory, signatures={
       PREFILL: module.prefill.get_concrete_function(),
       DECODE: module.decode.get_concrete_function()})
 
 
 def _converter(saved_model_dir: str):
-  tf = quiet.import_tensorflow()
+  tf = quiet_tf.import_tensorflow()
   conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[PREFILL, DECODE])
   # Builtin ops only: a Flex (Select TF) op would need the 6 MB Flex delegate on device.
   conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -136,7 +136,7 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
   fp16 and dynamic_int8 are TF converter options; int8, int4 and int4_head8 run ai-edge-quantizer on the
   fp32 flatbuffer, because its recipes can pick the ops (see quantize.py for why).
   """
-  tf = quiet.import_tensorflow()
+  tf = quiet_tf.import_tensorflow()
   from distill.export import quantize  # pylint: disable=import-outside-toplevel
 
   with warnings.catch_warnings():

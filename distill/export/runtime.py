@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from distill import quiet
+from distill.export import quiet_tf
 
 CARD_NAME = "model_card.json"
 
@@ -78,7 +78,7 @@ class LiteRTModel:
     args = dict(tokens=tokens, input_pos=np.arange(start, start + t, dtype=np.int32), **cache)
     if self._first_call:  # only the first: a filter on every call would skew the timings
       self._first_call = False
-      with quiet.native_stderr():
+      with quiet_tf.native_stderr():
         out = runner(**args)
     else:
       out = runner(**args)

@@ -23,8 +23,8 @@ import os
 
 import jax.numpy as jnp
 
-from distill import sharding
-from distill.api import LoadError, Model  # noqa: F401  (LoadError re-exported)
+from distill.models import sharding
+from distill.errors import LoadError
 # One module per concern (config, safetensors, params, tokenizer, vocab); the names stay
 # importable from here.
 from distill.models.hf.config import FAMILIES, model_config, read_config  # noqa: F401
@@ -52,11 +52,3 @@ def load(path: str, mesh, dtype: str = "bfloat16", *, with_tokenizer: bool = Tru
 def load_teacher(path: str, mesh, dtype: str = "bfloat16"):
   """For `config.teacher.checkpoint = "hf:/path"`: (LM, params in `dtype` on `mesh`, tokenizer)."""
   return load(path, mesh, dtype)
-
-
-
-
-def load_model(path: str, dtype: str | None = None) -> Model:
-  """`distill.load("hf:/path")`: fp32 unless `dtype` says otherwise, sharded over all devices."""
-  lm, params, tok = load(path, default_mesh(), dtype or "float32")
-  return Model(lm, params, tok)

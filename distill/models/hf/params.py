@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import sharding
+from distill.models import sharding
 from distill.errors import LoadError
 from distill.models.hf.safetensors import Checkpoint
 from distill.models.transformer import LM, ModelConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from distill import tokenizers
+from distill.data import tokenizer as tokenizers
 from distill.errors import LoadError
 from distill.models.hf.config import read_config
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from distill import sharding, tokenizers
+from distill.models import sharding
+from distill.data import tokenizer as tokenizers
 from distill.models.hf.params import default_mesh
 from distill.models.transformer import LM
 

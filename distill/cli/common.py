@@ -1,0 +1,177 @@
+"""Shared CLI error handling: one line naming the problem and the fix, and an exit code.
+
+Exit 2 for usage mistakes (bad config, bad flags, bad paths), 1 for runtime failures. Full
+tracebacks only with --verbose.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import traceback
+
+from distill import errors
+from distill.cli import quiet
+
+# Exit 2: the user gave something wrong. ValueError covers the library's own argument checks
+# (and every errors.UsageError); FileNotFoundError a path that is not there.
+USAGE_ERRORS = (errors.UsageError, ValueError, FileNotFoundError)
+
+
+def run_main(argv, fn, *, verbose: bool, arg_hint: str, quiet_level: str = "warning") -> int:
+  """The shared body of every CLI's `main`: refuse stray arguments, quiet library logs, run.
+
+  Orbax, TFDS and TensorFlow log every file they touch; the console is for our own lines.
+  """
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:  # e.g. an override without its dashes would otherwise be ignored
+    print(f"error: unexpected arguments {argv[1:]}; {arg_hint}", file=sys.stderr)
+    return 2
+  quiet.start()  # before any JAX backend or TensorFlow library loads
+  absl_logging.set_verbosity(absl_logging.DEBUG if verbose else quiet_level)
+  return guarded(fn, verbose=verbose)
+
+
+def guarded(fn, *, verbose: bool = False) -> int:
+  try:
+    return fn() or 0
+  except KeyboardInterrupt:
+    print("interrupted; re-run the same command to resume", file=sys.stderr)
+    return 130
+  except errors.Preempted as e:  # SIGTERM with a checkpoint saved: a clean exit
+    print(str(e), file=sys.stderr)
+    return 0
+  except Exception as e:  # pylint: disable=broad-except
+    if verbose:
+      traceback.print_exc()
+    usage = isinstance(e, USAGE_ERRORS)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    return 2 if usage else 1
+
+
+def _config_flag_error(e: Exception, argv) -> str:
+  """One line for an ml_collections override naming a field the config does not have."""
+  text = str(e).replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
+  m = re.search(r"'([^'\s]+)'", text)
+  field = m.group(1) if m else "?"
+  flag = next((a for a in argv if a.startswith("--config.") and
+               re.search(rf"\.{re.escape(field)}(=|$)", a)), f"--config....{field}")
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  fix = (f"did you mean {hint.group(1)!r}?" if hint else
+         "see the commented fields in your configs/*.py file")
+  return f"{flag.split('=')[0]}: the config has no field {field!r}; {fix}"
+
+
+def parse_flags(argv):
+  """absl `flags_parser` for our CLIs: a bad flag is one `error:` line and exit 2.
+
+  absl prints its own multi-line usage and ml_collections a traceback for a typo in a
+  `--config.x.y=` override; both bury the one thing the user got wrong.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    rest = flags.FLAGS(argv, known_only=False)
+  except flags.UnrecognizedFlagError as e:
+    name = getattr(e, "flagname", "") or str(e)
+    sugg = re.findall(r"Did you mean: ([\w.-]+)", str(e))
+    fix = f"did you mean --{sugg[0]}?" if sugg else "run with --helpshort to list the flags"
+    _die(f"unknown flag --{name}; {fix}")
+  except flags.Error as e:
+    msg = " ".join(str(e).split("\n")[0].split()).removeprefix("flag ")
+    if "Error whilst parsing config file" in str(e):
+      cause = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      _die(f"{msg.split(':', 1)[0]} failed to load ({cause}); fix the config file")
+    _die(f"{msg}; give a value of the field's type (see the config file)")
+  except (AttributeError, KeyError) as e:  # ml_collections: no such field
+    _die(_config_flag_error(e, argv))
+  except errors.MissingDependencyError as e:  # the config is fine; the machine lacks a package
+    _die(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else comes from executing a config file (syntax error, NameError, ...).
+    where = next((a for a in argv if a.startswith("--config=")), "the command line")
+    first = (str(e).strip().splitlines() or [""])[0]
+    _die(f"{where} failed to load ({type(e).__name__}: {first}); fix the config file")
+  return rest
+
+
+def check_config_file(flag_name: str = "config"):
+  """Raise FileNotFoundError/ValueError when ml_collections could not load the config file.
+
+  ml_collections defers a failed load until the config is first touched; touch it here so the
+  user reads which file failed and why, not a traceback from deep inside the pipeline.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flag = flags.FLAGS[flag_name]
+  try:
+    flag.value.keys()
+  except OSError as e:
+    path = getattr(flag, "config_filename", "") or ""
+    if not os.path.exists(resolve_config(path).split(":")[0]):
+      names = ", ".join(config_names()) or "tiny"
+      raise FileNotFoundError(f"--{flag_name}={path}: no such config file; give a path such as "
+                              f"configs/tiny.py or a shipped config's name ({names})") from None
+    cause = str(e.__cause__ or e).strip().splitlines() or ["?"]
+    raise ValueError(f"--{flag_name}={path} failed to load ({cause[-1][:160]}); fix the file"
+                     ) from None
+
+
+def config_names() -> list[str]:
+  """Names of the configs shipped in the `configs` package (what `--config=NAME` accepts)."""
+  spec = importlib.util.find_spec("configs")
+  dirs = list(spec.submodule_search_locations or []) if spec else []
+  return sorted({f[:-3] for d in dirs if os.path.isdir(d) for f in os.listdir(d)
+                 if f.endswith(".py") and not f.startswith("_")})
+
+
+def resolve_config(arg: str) -> str:
+  """`--config=` value -> a config file path ml_collections can load.
+
+  An existing path is used as given. Otherwise `tiny`, `tiny.py` or `configs/tiny.py` name the
+  shipped config `configs/tiny.py` from the importable `configs` package: the clone's when
+  it is the working directory, the installed one anywhere else (`pip install`). A `:arg`
+  suffix (`tiny:small`) is passed on to `get_config` as ml_collections does.
+  """
+  path, sep, rest = arg.partition(":")
+  if not path or os.path.exists(path):
+    return arg
+  name = path.removeprefix("configs/").removesuffix(".py")
+  if not name.isidentifier():
+    return arg
+  try:
+    spec = importlib.util.find_spec(f"configs.{name}")
+  except ImportError:  # no `configs` package on the path at all
+    return arg
+  if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+    return arg
+  return spec.origin + sep + rest
+
+
+def define_config(name: str = "config", default: str | None = None, help_string: str = "",
+                  lock_config: bool = True):
+  """`config_flags.DEFINE_config_file` whose value may also be a shipped config's name.
+
+  Overrides (`--config.distill.steps=2`) work as before; only the file lookup changes.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  # The parser class is public in the module that defines it, not re-exported by the package.
+  from ml_collections.config_flags import config_flags as config_flags_impl  # pylint: disable=import-outside-toplevel
+
+  class _Parser(config_flags_impl.ConfigFileFlagParser):
+
+    def parse(self, path):
+      return super().parse(resolve_config(path))
+
+  holder = config_flags.DEFINE_config_file(
+      name, resolve_config(default) if default else None,
+      help_string or "A configs/*.py file, or a shipped config's name (e.g. tiny).",
+      lock_config=lock_config)
+  flags.FLAGS[name].parser = _Parser(name=name, lock_config=lock_config)
+  return holder
+
+
+def _die(msg: str):
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)

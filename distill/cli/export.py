@@ -1,0 +1,71 @@
+"""Export a trained stage to a verified .tflite for an edge preset.
+
+  python -m distill.export --workdir=runs/tiny --preset=watch
+  python -m distill.export --workdir=runs/tiny --preset=phone --quant=int8 --stage=student
+  python -m distill.export --workdir=runs/tiny --preset=watch --budget_mb=0.1   # BudgetError
+  python -m distill.export --workdir=runs/tiny --preset=watch --format=litertlm  # + LiteRT-LM
+
+Output: <workdir>/export/<preset>[-<quant>]/{student-<quant>.tflite, model_card.json, tokenizer}
+and, with --format=litertlm, student.litertlm (the .tflite + tokenizer + metadata in the one
+file LiteRT-LM's engine loads; checked in that engine, its figures in the card).
+Calibration (int8) and verification text come from --data (default: the embedded corpus,
+reusing <workdir>/data). Exit code 2 with one line for usage errors, budget overruns included.
+"""
+import os
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding the stage to export.")
+_PRESET = flags.DEFINE_enum("preset", None, ["phone", "watch"], "Edge preset.")
+_QUANT = flags.DEFINE_enum("quant", None, ["fp32", "fp16", "dynamic_int8", "int8", "int4",
+                                             "int4_head8"],
+                           "Quantization mode (default: the preset's).")
+_STAGE = flags.DEFINE_string("stage", "student", "Stage subdirectory of --workdir (or a path).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/export/<preset>).")
+_CONTEXT = flags.DEFINE_integer("max_context", None, "Override the preset's cache length.")
+_PREFILL = flags.DEFINE_integer("prefill_len", None, "Override the preset's prefill length P.")
+_BUDGET = flags.DEFINE_float("budget_mb", None, "Override the preset's size budget (10^6 bytes).")
+_FORMAT = flags.DEFINE_enum("format", "tflite", ["tflite", "litertlm"],
+                            "litertlm: also write student.litertlm for LiteRT-LM.")
+_VERIFY = flags.DEFINE_enum("verify", "full", ["full", "quick", "none"],
+                            "full: 5 prompts x 64 tokens + 16 windows; quick: 2 x 16 + 4.")
+_DATA = flags.DEFINE_string("data", "pydoc_topics", "data.name for calibration/verification text.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Validation window length (capped at max_context).")
+_THREADS = flags.DEFINE_integer("threads", None, "LiteRT threads for the latency figures.")
+_KEEP_SM = flags.DEFINE_bool("keep_saved_model", False, "Keep the intermediate SavedModel.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Full tracebacks.")
+
+
+def _run():
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required, e.g. --workdir=runs/tiny")
+  if not _PRESET.value:
+    raise ValueError("--preset is required: phone or watch")
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from distill.export import export_stage  # pylint: disable=import-outside-toplevel
+  stage = _STAGE.value if os.path.isabs(_STAGE.value) else os.path.join(_WORKDIR.value, _STAGE.value)
+  data_cfg = ml_collections.ConfigDict(dict(name=_DATA.value, data_dir="", seq_len=_SEQ_LEN.value,
+                                            tokenizer="byte"))
+  out = _OUT.value
+  if out is None:
+    from distill.export import default_dirname, resolve  # pylint: disable=import-outside-toplevel
+    p = resolve(_PRESET.value, quant=_QUANT.value)
+    out = os.path.join(_WORKDIR.value, "export", default_dirname(p))
+  card = export_stage(stage, _PRESET.value, out, quant=_QUANT.value, max_context=_CONTEXT.value,
+                      prefill_len=_PREFILL.value, budget_mb=_BUDGET.value, data_cfg=data_cfg,
+                      workdir=_WORKDIR.value, level=_VERIFY.value, num_threads=_THREADS.value,
+                      keep_saved_model=_KEEP_SM.value, litertlm=_FORMAT.value == "litertlm")
+  print(os.path.join(out, card["model_file"]))
+  if "litertlm" in card:
+    print(os.path.join(out, card["litertlm"]["file"]))
+  return 0
+
+
+def main(argv):
+  from distill.cli import common as cli  # pylint: disable=import-outside-toplevel
+  return cli.run_main(argv, _run, verbose=_VERBOSE.value,
+                      arg_hint="flags look like --preset=watch", quiet_level="error")
+
+
+def run_cli():
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,412 @@
+"""The pipeline: teacher -> distilled student -> baseline -> evaluation -> report -> export.
+
+Each stage writes its directory under the workdir and is skipped when that directory holds a
+finished stage, so re-running a finished workdir retrains nothing and an interrupted one
+resumes from its last checkpoint. `run(config, workdir)` is what `distill.main`, Colab and
+tests call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import data
+from distill.inference import stage
+from distill.inference import model as api
+from distill.eval import metrics as evaluate
+from distill.methods import features
+from distill.run import lock
+from distill.train import objectives
+from distill.methods import onpolicy
+from distill.methods import qat
+from distill.run import report
+from distill.eval import samples as sample_eval
+from distill.models import sharding
+from distill.train import step
+from distill.methods import teacher_cache
+from distill.data import tokenizer as tokenizers
+from distill.train import loop as train
+from distill.run.validate import PRESETS, ConfigError, validate
+from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
+
+VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
+
+
+def padded_vocab(tokenizer_vocab: int) -> int:
+  return -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def read_only_teacher(cfg: ModelConfig, config) -> ModelConfig:
+  """How the teacher runs once loaded: held and computed in `teacher.dtype` (fp32 keeps the
+  checkpoint's), with the preset's layer scan. Training, teacher cache and distill.aot all
+  build it here, so the AOT check compiles the teacher that trains."""
+  t_dtype = config.teacher.dtype
+  return cfg.replace(dtype=t_dtype if t_dtype != "float32" else cfg.dtype,
+                     scan_layers=PRESETS[config.preset]["scan_layers"])
+
+
+def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
+  fields = dict(model_cfg)
+  fields.pop("vocab_size", None)  # the teacher/tokenizer decides
+  fields.setdefault("max_len", max(config.data.seq_len, 2048))
+  fields.setdefault("dtype", dtype or config.compute_dtype or PRESETS[config.preset]["dtype"])
+  fields.setdefault("attention", PRESETS[config.preset]["attention"])
+  fields.setdefault("remat", PRESETS[config.preset]["remat"])
+  fields.setdefault("scan_layers", PRESETS[config.preset]["scan_layers"])
+  return ModelConfig(vocab_size=vocab_size, **fields)
+
+
+class Context:
+  """What every stage needs: config, workdir, mesh, tokenizer, TensorBoard writer."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.is_main = jax.process_index() == 0
+    self.writer = None
+    if self.is_main:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+    self.tokenizer = None
+
+  def train_iter(self, fraction, cache=None):
+    c = self.config
+    it = data.make_train_iterator(
+        c.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
+        fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count(),
+        with_window_ids=cache is not None)
+    return it if cache is None else teacher_cache.CachedIterator(it, cache)
+
+
+def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
+                 teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
+                 finalize=None, saved_lm=None, on_policy=None, data_iter=None):
+  """Train (or resume, or skip) one stage; returns (params, info).
+
+  `finalize` maps the trained params to the saved ones, of model `saved_lm` (default `lm`).
+  """
+  c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
+  saved_lm = saved_lm or lm
+  if stage.is_stage(stage_dir):
+    logging.info("[%s] finished stage found in %s: skipped", name, stage_dir)
+    with open(os.path.join(stage_dir, "stage.json")) as f:
+      return (stage.load_stage_params(stage_dir, saved_lm,
+                                    sharding.param_shardings(saved_lm, ctx.mesh)), json.load(f))
+  os.makedirs(stage_dir, exist_ok=True)
+  tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
+                            weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
+  res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
+                  data_iter=(data_iter if data_iter is not None else ctx.train_iter(fraction, cache)),
+                  steps=steps, loss_fn=loss_fn, tx=tx,
+                  seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                  teacher_params=teacher_params, teacher_shardings=teacher_shardings,
+                  init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
+                  skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
+                  on_policy=on_policy)
+  info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
+          "final": res.history[-1][1] if res.history else {},
+          "transfer_fraction": fraction}
+  stage.save_stage(stage_dir, saved_lm.cfg, ctx.tokenizer, res.params, info)
+  return res.params, info
+
+
+def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfig):
+  """QAD after training (`distill.qat_steps` > 0): a copy of the finished full-precision
+  student trains with fake-quantized weights (`cfg.qat`) against that student as its teacher
+  (online, its whole distribution), so the quantized model learns to match its own unquantized
+  self, as in NVIDIA's QAD. The copy first sets its `outlier_channels` (distill.qat_outliers,
+  the same function). Returns (LM, params, info) of the quantized student (stage `student`).
+  """
+  c, stage_dir = ctx.config, os.path.join(ctx.workdir, "student")
+  if stage.is_stage(stage_dir):  # finished: its saved config holds the channels it trained with
+    outliers = stage.read_model_config(stage_dir).outlier_channels
+  else:
+    it = ctx.train_iter(c.distill.transfer_fraction)
+    batches = [sharding.global_batch(next(it), ctx.mesh)["inputs"] for _ in range(4)]
+    outliers = qat.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
+  q_lm = LM(student.cfg.replace(outlier_channels=outliers))
+  cfg = dataclasses.replace(cfg, qat_outliers=outliers)
+  params, info = _train_stage(
+      ctx, "student", q_lm, steps=c.distill.qat_steps, lr=c.distill.qat_lr,
+      fraction=c.distill.transfer_fraction, teacher_params=fp32_params,
+      teacher_shardings=sharding.param_shardings(student, ctx.mesh),
+      init_params=lambda _: fp32_params,
+      loss_fn=functools.partial(objectives.distill_loss, student=q_lm, teacher=student,
+                                cfg=cfg),
+      finalize=cfg.final_params, saved_lm=cfg.final_lm(q_lm))
+  return cfg.final_lm(q_lm), params, info
+
+
+def load_or_train_teacher(ctx: Context):
+  """(LM, params in teacher dtype and shards, shardings, stage info)."""
+  c = ctx.config
+  path = c.teacher.checkpoint
+  if path.startswith(("hf:", "gguf:")):
+    if path.startswith("hf:"):
+      from distill.models import hf as loader  # pylint: disable=import-outside-toplevel
+    else:
+      from distill.models import gguf as loader  # pylint: disable=import-outside-toplevel
+    lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
+                                                    dtype=c.teacher.dtype)
+    lm = LM(read_only_teacher(lm.cfg, c))  # same params
+    return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
+  if path:
+    cfg = stage.read_model_config(path)
+    ctx.tokenizer = tokenizers.load(os.path.join(path, "tokenizer"))
+    info = {"source": path}
+  else:
+    ctx.tokenizer = tokenizers.from_config(c.data.tokenizer)
+    cfg = model_config(c.teacher.model, padded_vocab(ctx.tokenizer.vocab_size), c)
+    lm = LM(cfg)
+    _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
+                           lr=c.teacher.pretrain.lr, fraction=1.0,
+                           loss_fn=functools.partial(objectives.ce_loss, student=lm))
+    path = os.path.join(ctx.workdir, "teacher")
+  # Read-only from here on: held in the teacher dtype, never in an optimizer.
+  lm = LM(read_only_teacher(cfg, c))
+  shard = sharding.param_shardings(lm, ctx.mesh)
+  params = stage.load_stage_params(path, lm, shard, dtype=jnp.dtype(c.teacher.dtype))
+  return lm, params, shard, info
+
+
+def _eval_sets(ctx: Context) -> dict:
+  """{name: (per-process batches, target bytes)}: the validation split, and the held-out text
+  when `eval.heldout` names one (text the student never trained on, another domain)."""
+  c = ctx.config
+  kw = dict(batch_size=c.data.batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count())
+  sets = {"validation": data.eval_batches(c.data, ctx.tokenizer, ctx.workdir, split="validation",
+                                          max_batches=c.data.eval_batches or None, **kw)}
+  if c.eval.heldout:
+    sets["heldout"] = data.text_eval_batches(data.heldout_texts(c.eval.heldout), ctx.tokenizer,
+                                             seq_len=c.data.seq_len, **kw)
+  out = {}
+  for name, batches in sets.items():
+    n_bytes = evaluate.target_bytes(batches, ctx.tokenizer)
+    if jax.process_count() > 1:  # each process counted only its own rows
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      n_bytes = int(np.sum(multihost_utils.process_allgather(np.int64(n_bytes))))
+    out[name] = (batches, n_bytes)
+  return out
+
+
+def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
+  """Validation metrics per model (the teacher's forward runs once per batch for all of them),
+  with the held-out text's metrics under "heldout"."""
+  results = {}
+  others = {k: v[:2] for k, v in models.items() if k != "teacher"}
+  c = ctx.config
+  for set_name, (batches, n_bytes) in _eval_sets(ctx).items():
+    # The teacher's targets on each eval set are written once per workdir (teacher_eval/).
+    key = json.dumps([c.teacher.checkpoint or "pretrained", c.teacher.dtype,
+                      ctx.tokenizer.fingerprint, c.data.seq_len, c.data.batch_size,
+                      c.data.eval_batches, set_name, c.eval.heldout, jax.process_count()])
+    metrics = evaluate.evaluate_all(
+        others, teacher, t_params, batches, ctx.mesh, n_bytes=n_bytes, key=key,
+        cache_file=os.path.join(ctx.workdir, "teacher_eval",
+                                f"{set_name}-p{jax.process_index()}.npz"))
+    for name, m in metrics.items():
+      if set_name == "validation":
+        results.setdefault(name, {}).update(m)
+      else:
+        results.setdefault(name, {})[set_name] = m
+  return results
+
+
+def _samples(ctx: Context, model: api.Model) -> dict:
+  """Greedy continuations of the eval prompts; through the chat template when the tokenizer
+  has one (an instruct teacher), so the teacher is sampled the way it was trained to answer."""
+  c = ctx.config
+  if not ctx.is_main:
+    return {"samples": {}}
+  out = {"samples": {p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}}
+  template = getattr(model.tokenizer, "chat_template", None)
+  if template and c.eval.chat_prompts:
+    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(model.tokenizer, p),
+                                             c.eval.sample_tokens)
+                           for p in c.eval.chat_prompts}
+  return out
+
+
+def _generated_iter(ctx: Context):
+  """The SeqKD transfer set's iterator when distill.transfer_set names one, else None."""
+  c = ctx.config
+  ts = c.distill.get("transfer_set", "")
+  if not ts or stage.is_stage(os.path.join(ctx.workdir, "student")):
+    return None
+  return teacher_cache.generated_iterator(
+      ts[len(teacher_cache.GENERATED_PREFIX):], seq_len=c.data.seq_len, tokenizer=ctx.tokenizer,
+      batch_size=c.data.batch_size, seed=c.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
+  """The on-policy plan for the student stage, or None when on_policy.fraction is 0."""
+  c = ctx.config
+  o = c.distill.on_policy
+  if o is None or not o.fraction:
+    return None
+  tok = ctx.tokenizer
+  cfg = onpolicy.OnPolicyConfig.from_config(o, seq_len=c.data.seq_len,
+                                            vocab=min(tok.vocab_size, student.cfg.vocab_size),
+                                            eos_id=tok.eos_id, pad_id=data.pad_id(tok),
+                                            steps=int(c.distill.steps))
+  total = cfg.prompt_len + cfg.sample.gen_len
+  context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
+  if total > context:
+    raise ConfigError(f"--config.distill.on_policy.prompt_len + gen_len = {total} exceeds the "
+                      f"model context of {context} positions; shorten prompt_len or gen_len")
+  return onpolicy.make_plan(cfg, student, teacher, loss_cfg, c.seed)
+
+
+def run(config, workdir: str) -> dict:
+  """Run every stage not yet finished in `workdir`; returns the report dict."""
+  validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  with lock.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
+  t0 = time.time()
+  ctx = Context(config, workdir)
+  c = config
+  if c.data.tokenizer:  # before any training: a data mistake fails first
+    data.prepare(c.data, workdir)
+  teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
+  if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
+    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
+  t_lm, t_tokenizer, trim = teacher, ctx.tokenizer, None
+  if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
+    from distill.methods.prune import trimmed  # pylint: disable=import-outside-toplevel
+    trim = trimmed.make_trim(teacher, ctx.tokenizer, c.data, workdir, int(c.student.vocab),
+                             c.distill.transfer_fraction)
+    ctx.tokenizer = trim.tokenizer
+    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
+    teacher = trimmed.TrimmedTeacher(t_lm, trim)
+  # The student shares the teacher's vocab axis (its padding included), so soft targets line
+  # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
+  student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
+  loss_cfg = objectives.LossConfig.from_config(c.distill)
+  qad_cfg = None
+  if c.distill.qat_steps:  # QAD as its own stage after the fp32 student (see _qad_stage)
+    qad_cfg = dataclasses.replace(loss_cfg, qat_start_step=0, total_steps=c.distill.qat_steps,
+                                  top_k=0)
+    loss_cfg = dataclasses.replace(loss_cfg, qat="none")
+  init = None
+  if c.student.init == "teacher_layers":
+    from distill.run.student_init import init_from_teacher  # pylint: disable=import-outside-toplevel
+    init = init_from_teacher(student, teacher, t_params)
+  if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
+    from distill.methods.prune import pipeline_init  # pylint: disable=import-outside-toplevel
+    student, init = pipeline_init.from_teacher(ctx, student, t_lm, t_params, trim)
+  if qad_cfg and c.distill.qat_outliers >= student.cfg.d_model:  # before any training
+    raise ConfigError(f"--config.distill.qat_outliers={c.distill.qat_outliers} must be below "
+                      f"the student's d_model={student.cfg.d_model}")
+  # Feature losses: the student (not the baseline) also trains hidden-state projections.
+  loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
+                                    getattr(init, "plan", None))
+  source = c.distill.teacher_source
+  walls_extra = {}
+  if source == "cache":  # the teacher runs once per token, here, not once per step
+    cache_dir = os.path.join(workdir, "teacher_cache")
+    if not os.path.exists(os.path.join(cache_dir, "meta.json")):
+      t_cache = time.time()
+      logging.info("[teacher_cache] top-%d of the teacher over the transfer set -> %s",
+                   c.distill.top_k, cache_dir)
+      teacher_cache.write(ctx, teacher, t_params, cache_dir, c.distill.top_k,
+                          batch_size=c.data.batch_size)
+      walls_extra["teacher_cache"] = time.time() - t_cache
+    source = teacher_cache.CACHE_PREFIX + cache_dir
+  if source.startswith(teacher_cache.CACHE_PREFIX):
+    cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
+    cache.check(c, teacher.cfg.vocab_size, ctx.tokenizer)
+    loss_fn = functools.partial(objectives.cached_distill_loss, student=student, cfg=loss_cfg)
+  else:
+    cache = None
+    loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                                cfg=loss_cfg)
+  plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
+  s_lm = loss_cfg.final_lm(student)  # the saved student's model (untied after in-stage QAD)
+  s_params, s_info = _train_stage(
+      ctx, "student_fp32" if qad_cfg else "student", student, steps=c.distill.steps,
+      lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t_params,
+      teacher_shardings=t_shard, init_params=s_init, loss_fn=loss_fn, cache=cache,
+      finalize=loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
+      data_iter=_generated_iter(ctx))
+  models = {"teacher": (t_lm, t_params, t_info)}
+  if qad_cfg:
+    models["student_fp32"] = (s_lm, s_params, s_info)
+    s_lm, s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
+  models["student"] = (s_lm, s_params, s_info)
+  if c.baseline.enabled:
+    b_params, b_info = _train_stage(
+        ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
+        fraction=c.distill.transfer_fraction,
+        loss_fn=functools.partial(objectives.ce_loss, student=student),
+        init_params=init if c.student.init == "prune" else None)  # same pruned start as student
+    models["baseline"] = (student, b_params, b_info)
+
+  t_eval = time.time()
+  results = evaluate_models(ctx, models, teacher, t_params)
+  e = c.eval
+  prompts, s_cfg = sample_eval.prompts(
+      c.data, ctx.tokenizer, workdir, teacher, count=e.get("sample_prompts", 0),
+      prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
+  for name, (lm, params, _) in models.items():
+    if prompts is not None:  # same prompts, settings and key for every model
+      scorer, rows, cfg = teacher, prompts, s_cfg
+      if trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
+        scorer, rows = t_lm, np.asarray(trim.kept)[prompts]
+        cfg = sample_eval.speaking(s_cfg, t_tokenizer, t_lm)
+      results[name].update(onpolicy.sample_metrics(
+          lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg,
+          draws=int(c.eval.sample_draws)))
+    results[name]["params"] = count_params(params)
+    results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
+    tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
+    results[name].update(_samples(ctx, api.Model(lm, params, tok)))
+  if trim is not None:
+    results["student"]["vocab"] = {"kept": int(trim.kept.size), "rows": int(trim.rows.size),
+                                   "teacher_vocab": t_lm.cfg.vocab_size}
+  walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
+  walls["evaluate"] = time.time() - t_eval
+  walls.update(walls_extra)
+
+  if c.export.enabled:
+    from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel
+    t_exp = time.time()
+    results["export"] = pipeline_stage.run(c, workdir, s_lm, s_params, ctx.tokenizer)
+    walls["export"] = time.time() - t_exp
+
+  rep = report.build(c, results, walls, time.time() - t0)
+  if ctx.is_main:
+    report.write(workdir, rep, c)
+    ctx.writer.close()
+  return rep
+
+
+def write_teacher_cache(config, workdir: str, out_dir: str, top_k: int) -> dict:
+  """`python -m distill.teacher_cache`: the teacher's top-k targets over the transfer set."""
+  ctx = Context(config, workdir)
+  data.prepare(config.data, workdir)
+  teacher, t_params, _, _ = load_or_train_teacher(ctx)
+  return teacher_cache.write(ctx, teacher, t_params, out_dir, top_k)
+
+
+def write_generations(config, workdir: str, out_dir: str, **sample) -> dict:
+  """`python -m distill.teacher_cache --generate`: the teacher's continuations of the transfer
+  set's prompts as a SeqKD transfer set; the returned dict names it (`transfer_set`)."""
+  ctx = Context(config, workdir)
+  data.prepare(config.data, workdir)
+  teacher, t_params, _, _ = load_or_train_teacher(ctx)
+  meta = teacher_cache.generate(ctx, teacher, t_params, out_dir, **sample)
+  return {"transfer_set": teacher_cache.GENERATED_PREFIX + out_dir, **meta}

@@ -1,0 +1,106 @@
+"""report.json, report.md and plots in the workdir: what distillation bought.
+
+The report answers two questions side by side:
+  quality  validation CE / bits per byte / perplexity, KL to the teacher, top-1 agreement,
+           and the share of the teacher-vs-baseline gap the distilled student closed;
+  cost     parameters, forward FLOPs per token, per-token decode latency and CPU seconds per
+           1,000 generated tokens on this CPU (JAX, and LiteRT for the exported files), and
+           the size of each exported .tflite.
+
+Latency is measured while writing the report (a few milliseconds per model for tiny: one
+prefill, then `DECODE_TOKENS` timed greedy decode steps at batch 1), so the numbers describe
+the machine the pipeline ran on. Plots: `quality_vs_compute.png` (validation CE against
+forward FLOPs/token) and `loss_curves.png` (training curves of every stage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from distill.eval import metrics as evaluate
+# One module per concern (tables, latency, plots); the names stay importable from here.
+from distill.run.report.latency import (  # noqa: F401
+    DECODE_TOKENS, jax_decode_latency, measure_latency, tflite_decode_latency)
+from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_compute  # noqa: F401
+from distill.run.report.tables import (  # noqa: F401
+    COLUMNS, MODELS, cost_table, headline, litertlm_lines, table)
+
+
+def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
+  rep = {k: v for k, v in results.items()}
+  if "baseline" in results:
+    rep["gap_closed"] = evaluate.gap_closed(results["teacher"]["val_ce"],
+                                            results["student"]["val_ce"],
+                                            results["baseline"]["val_ce"])
+    if "heldout" in results["student"]:
+      rep["heldout_gap_closed"] = evaluate.gap_closed(
+          *(results[m]["heldout"]["val_ce"] for m in ("teacher", "student", "baseline")))
+  rep["wall_seconds"] = dict(walls, total=total_seconds)
+  rep["setup"] = {
+      "data": config.data.name, "seq_len": config.data.seq_len,
+      "batch_size": config.data.batch_size, "distill_steps": config.distill.steps,
+      "teacher_steps": config.teacher.pretrain.steps if not config.teacher.checkpoint else None,
+      "teacher_checkpoint": config.teacher.checkpoint or None,
+      "transfer_fraction": config.distill.transfer_fraction, "loss": config.distill.loss,
+      "temperature": config.distill.temperature, "alpha": config.distill.alpha,
+      "seed": config.seed,
+      "on_policy": (config.distill.on_policy.to_dict() if "on_policy" in config.distill
+                    else None),
+      "qat": {k: config.distill.get(k) for k in ("qat", "qat_start_fraction", "qat_steps",
+                                                 "qat_lr", "qat_activations")},
+      "sample_eval": {k: config.eval.get(k) for k in ("sample_prompts", "sample_prompt_len",
+                                                      "sample_gen_len", "sample_temperature",
+                                                      "sample_draws")},
+      "note": ("student and baseline: same architecture, init, data (the transfer set), order "
+               "and steps; the baseline uses hard labels only"),
+  }
+  return rep
+
+
+def write(workdir, rep: dict, config) -> None:
+  """Measures latency (added to `rep`), draws the plots, writes report.json and report.md."""
+  t0 = time.time()
+  rep["latency"] = measure_latency(workdir, rep, config)
+  rep["wall_seconds"]["report_latency"] = time.time() - t0
+  plots = [p for p in (plot_quality_vs_compute(workdir, rep), plot_losses(workdir, rep)) if p]
+  rep["plots"] = [os.path.basename(p) for p in plots]
+  with open(os.path.join(workdir, "report.json"), "w") as f:
+    json.dump(rep, f, indent=1, default=float)
+  md = ["# distill report", "", "## What distillation bought", ""] + headline(rep) + [""]
+  md += ["![quality vs compute](quality_vs_compute.png)", "", "## Quality", "", table(rep), ""]
+  if "gap_closed" in rep:
+    md.append(f"**gap closed**: {rep['gap_closed']:.3f}  "
+              "(= (CE_baseline − CE_student) / (CE_baseline − CE_teacher))")
+    md.append("")
+  if "heldout_gap_closed" in rep:
+    md += ["### Held-out text (never trained on)", "", table(rep, "heldout"), "",
+           f"**gap closed** on the held-out text: {rep['heldout_gap_closed']:.3f}", ""]
+  md += ["## Cost", "", cost_table(rep), "",
+         f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after the first sample prompt, "
+         "timed on this machine while the report was written (JAX: `distill.api.Model`'s "
+         "cached step; LiteRT: the exported file's `decode` signature). CPU seconds are "
+         "process CPU time, so they add up the threads used; wall latency on a busy machine "
+         "varies more. Files are the exported .tflite sizes; the FLOPs of the exported rows "
+         "are the student's (quantization changes bytes, not FLOPs).", ""]
+  md += litertlm_lines(rep)
+  s = rep["setup"]
+  teacher = (f"teacher from `{s['teacher_checkpoint']}`" if s.get("teacher_checkpoint")
+             else f"teacher steps {s['teacher_steps']}")
+  md += ["## Training", "", "![loss curves](loss_curves.png)", "",
+         f"Setup: data `{s['data']}`, seq_len {s['seq_len']}, batch {s['batch_size']}, "
+         f"{teacher}, student/baseline steps {s['distill_steps']} on a "
+         f"transfer set of {s['transfer_fraction']:.0%} of the train split, loss "
+         f"`{s['loss']}` at T={s['temperature']}, alpha={s['alpha']}, seed {s['seed']}. "
+         f"{s['note']}.", "",
+         "Wall-clock seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["wall_seconds"].items()),
+         "", "## Samples (greedy)", ""]
+  for m in MODELS:
+    for prompt, text in rep.get(m, {}).get("samples", {}).items():
+      md.append(f"- **{m}** `{prompt}` → `{text!r}`")
+  chats = [(m, p, t) for m in MODELS for p, t in rep.get(m, {}).get("chat_samples", {}).items()]
+  if chats:
+    md += ["", "## Chat samples (the prompt as a user turn through the chat template)", ""]
+    md += [f"- **{m}** `{p}` → `{t!r}`" for m, p, t in chats]
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("\n".join(md) + "\n")

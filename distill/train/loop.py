@@ -1,0 +1,192 @@
+"""The training loop shared by every stage: resume, logging, SIGTERM, NaN guard.
+
+The step itself is built once by `distill.step.make_step` (pure `train_step`, jitted with
+explicit shardings and the state donated); the loss function is chosen in Python before jit
+(`distill.objectives`: hard-label CE for teacher pretraining and the baseline, the soft-target
+objective for distillation), so the compiled step holds no framework branches. The names
+below from those two modules stay importable from here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from distill.train import checkpoint
+from distill.train import preemption
+from distill.models import sharding
+from distill.train import step as step_lib
+from distill.errors import NonFiniteError, Preempted  # noqa: F401  re-exported
+from distill.models.transformer import LM
+from distill.train.objectives import (  # noqa: F401  re-exported
+    FEATURES, LossConfig, cached_distill_loss, ce_loss, distill_loss, split_features)
+from distill.train.step import (  # noqa: F401  re-exported
+    TrainState, make_optimizer, make_step, state_shardings, train_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class StageResult:
+  params: Any
+  history: list  # [(step, {metric: value})]
+  wall_seconds: float
+  resumed_from: int
+
+
+def _fmt_time(s):
+  s = int(max(0, s))
+  return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+  """One live line per stage on a terminal, plain log lines otherwise."""
+
+  def __init__(self, name, total, tokens_per_step, enabled=True):
+    self.name, self.total, self.tps = name, total, tokens_per_step
+    self.enabled = enabled
+    self.tty = sys.stderr.isatty()
+    self.t0, self.s0 = time.time(), None
+
+  def update(self, step, metrics):
+    if not self.enabled:
+      return
+    if self.s0 is None:
+      self.s0, self.t0 = step, time.time()
+      rate = float("nan")
+      eta = float("nan")
+    else:
+      dt = time.time() - self.t0
+      rate = (step - self.s0) * self.tps / max(dt, 1e-9)
+      eta = (self.total - step) * dt / max(step - self.s0, 1)
+    rate_s = f"{rate / 1e3:.1f}k" if math.isfinite(rate) else "?"
+    eta_s = _fmt_time(eta) if math.isfinite(eta) else "?"
+    loss = metrics.get("loss")
+    loss_s = f" loss {loss:.4f}" if loss is not None else ""
+    msg = f"[{self.name}] step {step}/{self.total}{loss_s} tok/s {rate_s} ETA {eta_s}"
+    if self.tty:
+      sys.stderr.write("\r" + msg + " " * 8)
+      sys.stderr.flush()
+    else:
+      print(msg, file=sys.stderr, flush=True)
+
+  def close(self):
+    if self.enabled and self.tty:
+      sys.stderr.write("\n")
+
+
+def _read_history(stage_dir, upto, rewrite=True):
+  """Metrics logged before a resume point; later lines (from after the checkpoint) dropped."""
+  path = os.path.join(stage_dir, "metrics.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if r["step"] <= upto:
+          rows.append((r.pop("step"), r))
+  if rewrite:
+    with open(path, "w") as f:
+      f.writelines(json.dumps({"step": s, **m}) + "\n" for s, m in rows)
+  return rows
+
+
+def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_fn: Callable,
+        tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
+        teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
+        writer=None, is_main: bool = True, skip_nonfinite: bool = False,
+        finalize: Callable | None = None, on_policy=None) -> StageResult:
+  """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present.
+
+  `finalize(params)` maps the trained params to those returned (LossConfig.final_params).
+  `on_policy` (an `onpolicy.Plan`) interleaves student-sampled steps: `on_policy.use(step)`
+  picks the step, each kind compiled once.
+  """
+  t_start = time.time()
+  rng = jax.random.key(seed)
+  init_rng, step_rng = jax.random.split(rng)
+  built = step_lib.make_step(loss_fn, tx, lm, mesh, teacher_shardings=teacher_shardings,
+                             init_params=init_params, skip_nonfinite=skip_nonfinite)
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), every=checkpoint_every)
+  restored = ckpt.restore_latest(checkpoint.abstract_like(built.abstract, built.state_shardings))
+  if restored is not None:
+    start, state, data_state = restored
+    data_iter.set_state(data_state)
+    logging.info("[%s] resuming from step %d", name, start)
+  else:
+    start = 0
+    state = built.init(init_rng)
+
+  # jit compiles lazily: a run that never takes an on-policy step never compiles the sampler.
+  if on_policy is None:
+    step_fns = {False: built.step}
+  else:
+    step_fns = {k: built.jit(f) for k, f in on_policy.steps(loss_fn, tx, skip_nonfinite).items()}
+
+  history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
+  hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
+  progress = Progress(name, steps, 0, enabled=is_main)
+  preempt = preemption.StopFlag()
+  for step in range(start, steps):
+    local = next(data_iter)
+    if progress.tps == 0:
+      progress.tps = int(np.asarray(local["inputs"]).size) * jax.process_count()
+    batch = sharding.global_batch(local, mesh)
+    step_fn = step_fns[on_policy is not None and on_policy.use(step)]
+    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
+    pending.append((step + 1, metrics))
+    done = step + 1
+    # Every process stops at the same step: the flag is agreed on across processes.
+    stop = preempt.agreed()
+    # Metrics are checked (and logged) before any state is saved, a preemption save included.
+    save = ckpt.should_save(done, steps) or stop
+    if done % log_every == 0 or done == steps or save:
+      fetched = jax.device_get(pending)
+      pending = []
+      for s, m in fetched:
+        m = {k: float(v) for k, v in m.items()}
+        if m.get("skipped"):
+          logging.warning("[%s] step %d: non-finite loss or gradient, batch skipped", name, s)
+        elif not all(math.isfinite(v) for v in m.values()):
+          ckpt.close()
+          raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}: {m}; the last "
+                               f"good checkpoint is kept in {stage_dir}/checkpoints")
+        history.append((s, m))
+        if hist_file is not None:
+          hist_file.write(json.dumps({"step": s, **m}) + "\n")
+        if writer is not None:
+          for k, v in m.items():
+            writer.add_scalar(f"{name}/{k}", v, s)
+      progress.update(done, history[-1][1])
+    if save:
+      ckpt.save(done, state, data_iter.get_state())
+      if stop and done < steps:
+        progress.close()
+        ckpt.close()
+        preempt.restore()
+        raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in {stage_dir}; "
+                        "re-run the same command to resume")
+  preempt.restore()
+  progress.close()
+  ckpt.close()
+  if hist_file is not None:
+    hist_file.close()
+  if writer is not None:
+    writer.flush()
+  params = split_features(state.params)[0]
+  params = finalize(params) if finalize is not None else params
+  return StageResult(params, history, time.time() - t_start, start)
