@@ -5,7 +5,7 @@
 The int4 / dynamic-int8 files round each token's input to every fully connected op to int8
 over its [min, max] (`ops.quantized_inputs` simulates it; tests/test_qat.py checks it against
 the files). For each k, the student's k outlier channels are picked as the QAD stage picks them
-(`qat.outlier_channels`, here on the first --pick validation windows) and computed apart
+(`qad.outlier_channels`, here on the first --pick validation windows) and computed apart
 (ModelConfig.outlier_channels); the line reports, per k, the share of top-1 predictions that
 flip against the student's fp32 forward when every fully connected input is rounded. Weights
 stay fp32: this isolates what QAD of the weights cannot remove. Use it to choose
@@ -32,7 +32,7 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from distill.inference import model as api  # pylint: disable=import-outside-toplevel
-  from distill.methods import qat  # pylint: disable=import-outside-toplevel
+  from distill.methods import qat as qad
   from distill.export import artifact  # pylint: disable=import-outside-toplevel
   from distill.models import ops  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
@@ -47,7 +47,7 @@ def main(argv):
   ref = np.asarray(jax.jit(base.apply)(params, tokens)).argmax(-1).reshape(-1)
   row = {"workdir": _WORKDIR.value, "stage": _STAGE.value, "positions": int(keep.sum())}
   for k in (int(v) for v in _K.value):
-    chans = qat.outlier_channels(base, params, [tokens[:_PICK.value]], k)
+    chans = qad.outlier_channels(base, params, [tokens[:_PICK.value]], k)
     lm = LM(base.cfg.replace(outlier_channels=chans))
 
     def rounded(p, t, lm=lm):

@@ -97,7 +97,7 @@ def load_and_measure(path: str, dtype: str) -> dict:
   import psutil
   from distill.models import sharding
   from distill.models import hf
-  mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=8, tensor=1))
   baseline = psutil.Process().memory_info().rss
   t0 = time.time()
   _, params, _ = hf.load(path, mesh, dtype, with_tokenizer=False)

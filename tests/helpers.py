@@ -131,3 +131,12 @@ def tree_digest(root) -> dict:
       with open(path, "rb") as f:
         out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
   return out
+
+
+def data_spec(name="pydoc_topics", **kw):
+  """A DataSpec with the tiny configs' values for the fields a test leaves out."""
+  from distill.data import DataSpec  # pylint: disable=import-outside-toplevel
+  base = dict(name=name, data_dir="", tokenizer="byte", seq_len=128, add_bos=False,
+              max_documents=None)
+  base.update(kw)
+  return DataSpec(**base)

@@ -80,7 +80,7 @@ def test_multislice_mesh_puts_slices_on_the_data_axis():
   code = (
       "from distill import aot, sharding\n"
       "d = aot.topology_devices('v5e:2x2', slices=2)\n"
-      "m = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1, slices=2), d)\n"
+      "m = sharding.make_mesh(sharding.MeshSpec(data=4, fsdp=2, tensor=1, slices=2), d)\n"
       "s = [[x.slice_index for x in row.ravel()] for row in m.devices]\n"
       "print(dict(m.shape), s)\n")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from distill.run.validate import ConfigError, validate
+from distill.errors import ConfigError
+from distill.run.validate import validate
 from tests.helpers import shrunken_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

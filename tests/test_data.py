@@ -5,22 +5,19 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
 from distill import data
 from distill.data import tokenizer as tokenizers
+from tests.helpers import data_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTE = tokenizers.ByteTokenizer()
 
 
 def _cfg(**kw):
-  base = dict(name="pydoc_topics", data_dir="", seq_len=64, batch_size=8, tokenizer="byte",
-              eval_batches=4, transfer_fraction=1.0)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return data_spec(**dict(dict(seq_len=64), **kw))
 
 
 @pytest.fixture(scope="session")
@@ -228,8 +225,7 @@ def test_transfer_fraction_is_fixed_subset(tmp_path, text_glob):
   assert seen(0, 0.25) == seen(0, 0.25)
   # The subset does not depend on the training seed, only its order does.
   assert sorted(seen(0, 0.25)) == sorted(seen(1, 0.25)) == keep.tolist()
-  cfg.transfer_fraction = 0.25  # fraction=None reads the config.
-  it = data.make_train_iterator(cfg, BYTE, str(tmp_path), batch_size=1, seed=0)
+  it = data.make_train_iterator(cfg, BYTE, str(tmp_path), batch_size=1, seed=0, fraction=0.25)
   assert [index[b["inputs"].tobytes() + b["mask"].tobytes()] for b in _take(it, len(keep))] \
       == seen(0, 0.25)
 
@@ -237,9 +233,9 @@ def test_transfer_fraction_is_fixed_subset(tmp_path, text_glob):
 def test_training_path_does_not_import_tensorflow(pydoc_workdir):
   script = textwrap.dedent(f"""
       import json, sys
-      import ml_collections
       from distill import data
-      cfg = ml_collections.ConfigDict(dict(name="pydoc_topics", seq_len=64, tokenizer="byte"))
+      cfg = data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=64,
+                          add_bos=False, max_documents=None)
       it = data.make_train_iterator(cfg, None, {pydoc_workdir!r}, batch_size=8, seed=0)
       batch = next(it)
       data.eval_batches(cfg, None, {pydoc_workdir!r}, batch_size=8, max_batches=1)
@@ -282,9 +278,3 @@ def test_bad_batch_and_fraction(pydoc_workdir):
                              process_count=4)
   with pytest.raises(ValueError, match="fraction"):
     data.make_train_iterator(_cfg(), BYTE, pydoc_workdir, batch_size=8, seed=0, fraction=0.0)
-
-
-def test_minimal_config_defaults(pydoc_workdir):
-  cfg = ml_collections.ConfigDict({"name": "pydoc_topics", "seq_len": 32})
-  b = next(data.make_train_iterator(cfg, None, pydoc_workdir, batch_size=2, seed=0))
-  assert b["inputs"].shape == (2, 32)

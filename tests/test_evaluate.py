@@ -43,7 +43,7 @@ def _reference(logits, t_logits, batches):
 
 def test_evaluate_all_matches_numpy_and_caches_teacher_targets(tmp_path):
   teacher, tp, student, sp, batches = _models()
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1))
   cache = str(tmp_path / "teacher_eval" / "validation-p0.npz")
   out = evaluate.evaluate_all({"student": (student, sp)}, teacher, tp, batches, mesh,
                               n_bytes=1000, cache_file=cache, key="k1")

@@ -44,8 +44,8 @@ def root(tmp_path_factory):
 
 
 def _data_cfg(root):
-  return ml_collections.ConfigDict(dict(name=f"text:{root}/text/*.txt", seq_len=64,
-                                        data_dir=str(root / "data"), tokenizer="byte"))
+  from tests.helpers import data_spec  # pylint: disable=import-outside-toplevel
+  return data_spec(f"text:{root}/text/*.txt", seq_len=64, data_dir=str(root / "data"))
 
 
 _CARDS = {}
@@ -56,7 +56,7 @@ def _export(root, quant, level="full"):
   if quant not in _CARDS:
     out = root / "export" / quant
     card = export_stage(str(root / "student"), "phone", str(out), quant=quant,
-                        max_context=CONTEXT, prefill_len=PREFILL, data_cfg=_data_cfg(root),
+                        max_context=CONTEXT, prefill_len=PREFILL, data_spec=_data_cfg(root),
                         workdir=str(root), level=level, num_threads=1, log=lambda _: None)
     _CARDS[quant] = (card, out)
   return _CARDS[quant]
@@ -109,7 +109,7 @@ def test_int8_static_agreement(root):
   from distill.export import export_stage  # pylint: disable=import-outside-toplevel
   stage = _briefly_trained_stage(root)
   card = export_stage(stage, "watch", str(root / "export" / "int8"), quant="int8",
-                      max_context=CONTEXT, prefill_len=PREFILL, data_cfg=_data_cfg(root),
+                      max_context=CONTEXT, prefill_len=PREFILL, data_spec=_data_cfg(root),
                       workdir=str(root), level="full", num_threads=1, log=lambda _: None)
   assert card["quantization"] == "int8"
   assert card["verification"]["teacher_forced"]["top1_agreement"] >= 0.95
@@ -181,7 +181,7 @@ def test_budget_error_leaves_nothing(root):
   budget = (fp32_bytes - 2000) / 1e6
   with pytest.raises(BudgetError, match=r"watch budget is .* but the fp32 file is .*% over"):
     export_stage(str(root / "student"), "watch", str(out), quant="fp32", max_context=CONTEXT,
-                 prefill_len=PREFILL, budget_mb=budget, data_cfg=_data_cfg(root),
+                 prefill_len=PREFILL, budget_mb=budget, data_spec=_data_cfg(root),
                  workdir=str(root), level="none", log=lambda _: None)
   assert not out.exists()
   assert not [p for p in os.listdir(root / "export") if p.startswith(".")]

@@ -29,8 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _data_cfg(root):
-  return ml_collections.ConfigDict(dict(name=f"text:{root}/text/*.txt", seq_len=64,
-                                        data_dir=str(root / "data"), tokenizer="byte"))
+  from tests.helpers import data_spec  # pylint: disable=import-outside-toplevel
+  return data_spec(f"text:{root}/text/*.txt", seq_len=64, data_dir=str(root / "data"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def _export(root, quant):
   if quant not in _CARDS:
     out = root / "export" / quant
     card = export_stage(str(root / "student"), "phone", str(out), quant=quant,
-                        max_context=CONTEXT, prefill_len=PREFILL, data_cfg=_data_cfg(root),
+                        max_context=CONTEXT, prefill_len=PREFILL, data_spec=_data_cfg(root),
                         workdir=str(root), level="full", num_threads=1, litertlm=True,
                         log=lambda _: None)
     _CARDS[quant] = (card, out)
@@ -188,7 +188,7 @@ def test_bundle_over_the_preset_budget_leaves_nothing(root):
   with pytest.raises(BudgetError, match=r"\.litertlm bundle is .*% over"):
     export_stage(str(root / "student"), "watch", str(out), quant="fp32", max_context=CONTEXT,
                  prefill_len=PREFILL, budget_mb=(tflite_bytes + 1000) / 1e6,
-                 data_cfg=_data_cfg(root), workdir=str(root), level="none", litertlm=True,
+                 data_spec=_data_cfg(root), workdir=str(root), level="none", litertlm=True,
                  log=lambda _: None)
   assert not out.exists()
   assert not [p for p in os.listdir(root / "export") if p.startswith(".")]

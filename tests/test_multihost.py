@@ -43,9 +43,8 @@ def _write_corpus(directory: str) -> str:
 
 
 def _data_cfg(corpus_glob: str):
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict(dict(name=corpus_glob, data_dir="", tokenizer="byte",
-                                        seq_len=SEQ_LEN, transfer_fraction=1.0))
+  from tests.helpers import data_spec  # pylint: disable=import-outside-toplevel
+  return data_spec(corpus_glob, seq_len=SEQ_LEN)
 
 
 def _models():
@@ -101,7 +100,7 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, step
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
   from distill.train import loop as train  # pylint: disable=import-outside-toplevel
-  mesh = sharding.make_mesh(mesh_cfg)
+  mesh = sharding.make_mesh(sharding.MeshSpec(**mesh_cfg))
   teacher, student = _models()
   t_shard = sharding.param_shardings(teacher, mesh)
   t_params = _teacher_params(teacher, t_shard)
@@ -223,7 +222,7 @@ def test_two_processes_match_one_and_checkpoint_restores_on_another_mesh(tmp_pat
 
   # The checkpoint both processes wrote restores here, onto a different mesh.
   teacher, student = _models()
-  mesh = sharding.make_mesh(RESTORE_MESH)
+  mesh = sharding.make_mesh(sharding.MeshSpec(**RESTORE_MESH))
   built = step_lib.make_step(_loss_fn(teacher, student), _optimizer(), student, mesh)
   p_shard = built.param_shardings
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "multi", "checkpoints"), every=STEPS)
@@ -289,7 +288,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_p
     assert c["resumed_steps"][-1] == 2 * STEPS
   # The resumed run ends bitwise equal to the uninterrupted one (both read back here).
   _, student = _models()
-  mesh = sharding.make_mesh(RESTORE_MESH)
+  mesh = sharding.make_mesh(sharding.MeshSpec(**RESTORE_MESH))
   tx = _optimizer()
   abstract = jax.eval_shape(
       lambda k: train.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),

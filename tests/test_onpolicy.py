@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from distill.run import settings
 from distill import data, losses
 from distill.methods import onpolicy
 from distill.inference import sampling
@@ -120,25 +121,25 @@ def test_warm_start_no_on_policy_step_before_start():
   assert all(onpolicy.use_on_policy(key, s, 0.5, start_step=100)
              == onpolicy.use_on_policy(key, s, 0.5) for s in range(100, 400))
   c = shrunken_config(**{"distill.on_policy.fraction": 0.5, "distill.on_policy.start": 0.5})
-  cfg = onpolicy.OnPolicyConfig.from_config(c.distill.on_policy, seq_len=32, vocab=260,
-                                            eos_id=None, pad_id=0, steps=250)
+  cfg = settings.on_policy_config(c.distill.on_policy, seq_len=32, vocab=260,
+                                   eos_id=None, pad_id=0, steps=250)
   assert cfg.start_step == 125  # round(0.5 * 250)
   plan = onpolicy.make_plan(cfg, None, None, train.LossConfig(), seed=0)
   assert not any(plan.use(s) for s in range(125)) and any(plan.use(s) for s in range(125, 250))
   c.distill.on_policy.start = 0.0  # the default: today's behaviour
-  assert onpolicy.OnPolicyConfig.from_config(c.distill.on_policy, seq_len=32, vocab=260,
-                                             eos_id=None, pad_id=0, steps=250).start_step == 0
+  assert settings.on_policy_config(c.distill.on_policy, seq_len=32, vocab=260,
+                                    eos_id=None, pad_id=0, steps=250).start_step == 0
 
 
 
 def _stage(workdir, stage_dir, kill_after=None, steps=6, fraction=0.5, start_step=0):
   c = shrunken_config()
   teacher, student, tp, _ = _models()
-  it = data.make_train_iterator(c.data, tokenizers.ByteTokenizer(), workdir, batch_size=4,
+  it = data.make_train_iterator(settings.data_spec(c.data), tokenizers.ByteTokenizer(), workdir, batch_size=4,
                                 seed=3, fraction=0.5)
   if kill_after is not None:
     it = KillAfter(it, kill_after)
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
   loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0)
   plan = onpolicy.make_plan(_cfg(fraction=fraction, p=8, g=8, start_step=start_step), student,
                             teacher, loss_cfg, seed=3)
@@ -212,7 +213,7 @@ def test_sample_metrics_draw_several_continuations_per_prompt():
 
 def _trimmed(teacher):
   """The teacher seen through a trimmed vocabulary: even ids kept, padded to a multiple of 8."""
-  from distill.methods.prune import trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+  from distill.methods.prune import vocab_teacher as trimmed, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
   kept = np.arange(0, 262, 2, dtype=np.int32)  # 131 ids -> 136 rows
   rows = np.concatenate([kept, np.zeros(136 - kept.size, np.int32)])
   tr = vocab_lib.Trim(kept=kept, rows=rows, tokenizer=None, teacher_vocab=264)

@@ -10,7 +10,7 @@ import pytest
 import distill
 from distill.errors import LoadError
 from distill.run import pipeline
-from distill.methods.prune import pipeline_init
+from distill.run import student_init as pipeline_init
 from tests.helpers import shrunken_config
 
 
@@ -130,7 +130,7 @@ def test_qad_student_is_saved_untied_and_loads_as_the_forward_it_trained(finishe
   last checkpoint's master weights; a rerun skips the stage and loads the same model. With
   `qat_steps` QAD is its own stage: it starts from the finished fp32 student (kept as
   `student_fp32`, tied, also in the report) and trains `qat_steps` steps."""
-  from distill.methods import qat  # pylint: disable=import-outside-toplevel
+  from distill.models import quant as qat
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
   workdir, _, config = finished_run
   c = config()

@@ -11,9 +11,10 @@ import distill
 from distill import losses
 from distill.inference import stage
 from distill.data import tokenizer as tokenizers
-from distill.run.validate import ConfigError
+from distill.errors import ConfigError
 from distill.models.transformer import LM
-from distill.methods.prune import core, pipeline_init
+from distill.methods.prune import core
+from distill.run import student_init as pipeline_init
 from distill.methods.prune import vocab as vocab_lib
 from tests.helpers import tiny_model_config
 
@@ -277,9 +278,8 @@ def _text_corpus(directory):
 
 
 def _data_cfg(name, tokenizer="byte"):
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict(dict(name=name, data_dir="", tokenizer=tokenizer, seq_len=16,
-                                        batch_size=4, eval_batches=1))
+  from tests.helpers import data_spec  # pylint: disable=import-outside-toplevel
+  return data_spec(name, tokenizer=tokenizer, seq_len=16)
 
 
 def test_pruned_stage_loads_and_keeps_logits(tmp_path):
@@ -288,7 +288,7 @@ def test_pruned_stage_loads_and_keeps_logits(tmp_path):
   stage.save_stage(teacher_dir, lm.cfg, tokenizers.ByteTokenizer(), params, {})
   data_cfg = _data_cfg(_text_corpus(str(tmp_path / "text")))
   keep_all = pipeline_init.prune_to_stage(
-      teacher_dir, str(tmp_path / "same"), core.target_config(lm.cfg), data_cfg=data_cfg,
+      teacher_dir, str(tmp_path / "same"), core.target_config(lm.cfg), data_spec=data_cfg, batch_size=4,
       fraction=1.0, workdir=str(tmp_path / "w"), calib_batches=2)
   assert keep_all["params"] == keep_all["teacher_params"]
   toks = np.asarray(_tokens(t=8)) + 3
@@ -296,7 +296,7 @@ def test_pruned_stage_loads_and_keeps_logits(tmp_path):
                                 distill.load(teacher_dir).logits(toks))
   target = core.target_config(lm.cfg, n_layers=1, d_model=16, d_ff=32, n_heads=2)
   info = pipeline_init.prune_to_stage(
-      teacher_dir, str(tmp_path / "small"), target, data_cfg=data_cfg, fraction=1.0,
+      teacher_dir, str(tmp_path / "small"), target, data_spec=data_cfg, batch_size=4, fraction=1.0,
       workdir=str(tmp_path / "w"), calib_batches=2, vocab=259)
   m = distill.load(str(tmp_path / "small"))
   assert m.config.n_layers == 1 and m.config.d_model == 16 and m.config.head_dim == 8
@@ -327,7 +327,7 @@ def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
   teacher = distill.load(f"hf:{hf_dir}")
   target = core.target_config(teacher.config, n_layers=1, d_model=16, d_ff=24, n_heads=2)
   out = str(tmp_path / "pruned")
-  info = pipeline_init.prune_to_stage(f"hf:{hf_dir}", out, target, data_cfg=data_cfg,
+  info = pipeline_init.prune_to_stage(f"hf:{hf_dir}", out, target, data_spec=data_cfg, batch_size=4,
                                       fraction=1.0, workdir=str(tmp_path / "w"), calib_batches=2,
                                       vocab=280)
   m = distill.load(out)

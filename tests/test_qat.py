@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill.methods import qat
+from distill.run import settings
+from distill.models import quant as qat
+from distill.methods import qat as qad
 from distill.train import loop as train
 from distill.models.transformer import LM, ModelConfig
 
@@ -139,7 +141,7 @@ def test_loss_config_selects_qat():
     from configs import tiny  # pylint: disable=import-outside-toplevel
     d = tiny.get_config().distill
     d.qat = "int3"
-    train.LossConfig.from_config(d)
+    settings.loss_config(d)
 
 
 def test_final_params_are_the_grid_and_requantize_to_themselves():
@@ -215,13 +217,13 @@ def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
 
 def _litert_logits(flat: bytes, path, ids) -> np.ndarray:
   from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
-  from distill.export import card as card_lib, converter  # pylint: disable=import-outside-toplevel
+  from distill.export import card as card_lib, converter, signatures  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   path.write_bytes(flat)
   card = {"signatures": card_lib.signatures(litert.Interpreter(model_path=str(path)),
                                             CFG.n_layers),
           "max_context": 32, "prefill_len": 8, "vocab_size": 259, "kv_cache": {
-              "names": converter.cache_names(CFG.n_layers), "dtype": "float32",
+              "names": signatures.cache_names(CFG.n_layers), "dtype": "float32",
               "shape": [1, 32, CFG.n_kv_heads, CFG.d_model // CFG.n_heads]}}
   return LiteRTModel(str(path), card=card).teacher_forced_logits(ids)
 
@@ -284,15 +286,15 @@ def _with_outliers(seed=5):
 
 
 def test_outlier_channels_are_found_and_computed_apart_out_of_the_rounding():
-  """`qat.outlier_channels` finds the two scaled channels; `split_matmul` is the same matmul
+  """`qad.outlier_channels` finds the two scaled channels; `split_matmul` is the same matmul
   in fp32 (and the same gradient), and under `quantized_inputs` rounds only the other
   channels (NumPy reference: per-row asymmetric int8 of the input with those zeroed)."""
   from distill.models import ops  # pylint: disable=import-outside-toplevel
   params, lm = _with_outliers()
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
-  assert qat.outlier_channels(LM(CFG), params, [tokens], 2) == OUTLIERS
+  assert qad.outlier_channels(LM(CFG), params, [tokens], 2) == OUTLIERS
   with pytest.raises(ValueError, match="d_model"):
-    qat.outlier_channels(LM(CFG), params, [tokens], CFG.d_model)
+    qad.outlier_channels(LM(CFG), params, [tokens], CFG.d_model)
   np.testing.assert_allclose(lm.apply(params, tokens), LM(CFG).apply(params, tokens),
                              rtol=1e-4, atol=1e-4)
   rng = np.random.default_rng(1)

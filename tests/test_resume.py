@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from distill.run import settings
 from distill import data
 from distill.models import sharding
 from distill.data import tokenizer as tokenizers
@@ -19,10 +20,10 @@ def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
   c = shrunken_config(**{"data.data_dir": data_dir})
   tok = tokenizers.ByteTokenizer()
   lm = LM(tiny_model_config(vocab_size=264, max_len=64))
-  it = data.make_train_iterator(c.data, tok, workdir, batch_size=8, seed=3, fraction=0.5)
+  it = data.make_train_iterator(settings.data_spec(c.data), tok, workdir, batch_size=8, seed=3, fraction=0.5)
   if kill_after is not None:
     it = KillAfter(it, kill_after)
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
   return train.run(name="t", lm=lm, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
                    loss_fn=functools.partial(train.ce_loss, student=lm),
                    tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,

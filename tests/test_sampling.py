@@ -141,10 +141,10 @@ def _sharded_run(mesh):
 
 def test_same_samples_on_one_device_and_on_eight():
   """conftest gives 8 fake CPU devices: a mesh on the first one vs meshes over all eight."""
-  one, n = _sharded_run(sharding.make_mesh(dict(data=1, fsdp=1, tensor=1),
+  one, n = _sharded_run(sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=1, tensor=1),
                                            devices=jax.devices()[:1]))
   assert n == 1
   for shape in ((8, 1, 1), (2, 2, 2)):
-    eight, n = _sharded_run(sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape))))
+    eight, n = _sharded_run(sharding.make_mesh(sharding.MeshSpec(*shape)))
     assert n == 8
     np.testing.assert_array_equal(eight, one, err_msg=str(shape))

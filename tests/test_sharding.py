@@ -50,14 +50,14 @@ def one_device():
   """The models, batch and the 1-device reference run, computed once for every mesh below
   (each mesh used to recompute the identical reference)."""
   setup = _setup()
-  one = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  one = sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
   return setup, _run(one, *setup)
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_step_and_eval_match_one_device(shape, one_device):
   setup, (ref_state, ref_m, ref_ev, _) = one_device
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
+  mesh = sharding.make_mesh(sharding.MeshSpec(*shape))
   state, m, ev, s_shard = _run(mesh, *setup)
   for k in ("loss", "divergence", "ce", "grad_norm"):
     np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
@@ -79,9 +79,9 @@ def test_sharded_step_and_eval_match_one_device(shape, one_device):
 def test_scanned_layers_sharded_step_matches_unrolled_one_device():
   """The accelerator presets' layer scan (weights stacked inside the step, FSDP/tensor-sharded)
   trains like the unrolled model on one device."""
-  one = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  one = sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
   ref_state, ref_m, _, _ = _run(one, *_setup(scan=False, student_layers=2))
-  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=2, fsdp=2, tensor=2))
   state, m, _, _ = _run(mesh, *_setup(scan=True, student_layers=2))
   for k in ("loss", "divergence", "ce", "grad_norm"):
     np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
@@ -95,7 +95,7 @@ def test_scanned_layers_sharded_step_matches_unrolled_one_device():
 
 
 def test_rules_table_maps_logical_axes():
-  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  mesh = sharding.make_mesh(sharding.MeshSpec(data=2, fsdp=2, tensor=2))
   assert sharding.spec(("embed", "mlp"), (32, 64), mesh) == P("fsdp", "tensor")
   assert sharding.spec(("vocab", "embed"), (64, 32), mesh) == P("tensor", "fsdp")
   assert sharding.spec(("batch", "length"), (8, 16), mesh) == P(("data", "fsdp"), None)
@@ -111,4 +111,4 @@ def test_rules_table_maps_logical_axes():
 ])
 def test_bad_meshes_raise_clear_errors(mesh_cfg, msg):
   with pytest.raises(sharding.MeshError, match=msg):
-    sharding.make_mesh(mesh_cfg)
+    sharding.make_mesh(sharding.MeshSpec(**mesh_cfg))

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 import distill
+from distill.run import settings
 from distill import data, losses
 from distill.run import pipeline
 from distill.data import tokenizer as tokenizers
-from distill.run.validate import ConfigError, validate
-from distill.methods.prune import trimmed
+from distill.errors import ConfigError
+from distill.run.validate import validate
+from distill.methods.prune import vocab_teacher as trimmed
 from distill.methods.prune import vocab as vocab_lib
 from tests.test_prune import (CORPUS, OUTSIDE, _byte_level_bpe, _counts, _model, _text_corpus,
                                hf_llama_teacher)
@@ -96,10 +98,10 @@ def test_pipeline_trims_the_student_vocabulary(tmp_path):
   tok = tokenizers.load(str(tmp_path / "run" / "student" / "tokenizer"))
   t_tok = t.tokenizer
   tr = vocab_lib.trim(t_tok, vocab_lib.count_ids(*data.train_windows(
-      c.data, t_tok, str(tmp_path / "run"), c.distill.transfer_fraction),
+      settings.data_spec(c.data), t_tok, str(tmp_path / "run"), c.distill.transfer_fraction),
       t.config.vocab_size), 280, str(tmp_path / "again"), model_vocab=t.config.vocab_size)
   assert tr.tokenizer.encode(OUTSIDE) == tok.encode(OUTSIDE)  # deterministic trim
-  batches = data.eval_batches(c.data, tok, str(tmp_path / "run"), split="validation",
+  batches = data.eval_batches(settings.data_spec(c.data), tok, str(tmp_path / "run"), split="validation",
                               max_batches=c.data.eval_batches, batch_size=c.data.batch_size,
                               process_index=0, process_count=1)
   total = n = 0.0
@@ -116,7 +118,7 @@ def test_pipeline_trims_the_student_vocabulary(tmp_path):
   # with the JAX student it came from.
   from distill.export import export_stage  # pylint: disable=import-outside-toplevel
   card = export_stage(str(tmp_path / "run" / "student"), "watch", str(tmp_path / "exp"),
-                      quant="fp32", max_context=32, prefill_len=8, data_cfg=c.data,
+                      quant="fp32", max_context=32, prefill_len=8, data_spec=settings.data_spec(c.data),
                       workdir=str(tmp_path / "run"), level="quick", log=lambda _: None)
   assert card["verification"]["passed"] and card["vocab_size"] == kept
   assert tokenizers.load(str(tmp_path / "exp")).encode(OUTSIDE) == tok.encode(OUTSIDE)

@@ -15,6 +15,11 @@ import os
 
 from absl import app, flags
 
+from distill import data
+from distill.cli import common as cli
+from distill.export import default_dirname, resolve
+from distill.export import export_stage
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding the stage to export.")
 _PRESET = flags.DEFINE_enum("preset", None, ["phone", "watch"], "Edge preset.")
 _QUANT = flags.DEFINE_enum("quant", None, ["fp32", "fp16", "dynamic_int8", "int8", "int4",
@@ -41,18 +46,15 @@ def _run():
     raise ValueError("--workdir is required, e.g. --workdir=runs/tiny")
   if not _PRESET.value:
     raise ValueError("--preset is required: phone or watch")
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from distill.export import export_stage  # pylint: disable=import-outside-toplevel
   stage = _STAGE.value if os.path.isabs(_STAGE.value) else os.path.join(_WORKDIR.value, _STAGE.value)
-  data_cfg = ml_collections.ConfigDict(dict(name=_DATA.value, data_dir="", seq_len=_SEQ_LEN.value,
-                                            tokenizer="byte"))
+  data_spec = data.DataSpec(name=_DATA.value, data_dir="", tokenizer="byte",
+                            seq_len=_SEQ_LEN.value, add_bos=False, max_documents=None)
   out = _OUT.value
   if out is None:
-    from distill.export import default_dirname, resolve  # pylint: disable=import-outside-toplevel
     p = resolve(_PRESET.value, quant=_QUANT.value)
     out = os.path.join(_WORKDIR.value, "export", default_dirname(p))
   card = export_stage(stage, _PRESET.value, out, quant=_QUANT.value, max_context=_CONTEXT.value,
-                      prefill_len=_PREFILL.value, budget_mb=_BUDGET.value, data_cfg=data_cfg,
+                      prefill_len=_PREFILL.value, budget_mb=_BUDGET.value, data_spec=data_spec,
                       workdir=_WORKDIR.value, level=_VERIFY.value, num_threads=_THREADS.value,
                       keep_saved_model=_KEEP_SM.value, litertlm=_FORMAT.value == "litertlm")
   print(os.path.join(out, card["model_file"]))
@@ -62,7 +64,6 @@ def _run():
 
 
 def main(argv):
-  from distill.cli import common as cli  # pylint: disable=import-outside-toplevel
   return cli.run_main(argv, _run, verbose=_VERBOSE.value,
                       arg_hint="flags look like --preset=watch", quiet_level="error")
 

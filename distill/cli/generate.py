@@ -19,6 +19,11 @@ import os
 import sys
 
 from absl import app, flags
+from distill.cli import common as cli
+from distill.data import tokenizer as tokenizers
+from distill.export import litertlm_runtime as lrt
+from distill.export.runtime import CardError, LiteRTModel, read_card
+import distill
 
 _TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
 _LITERTLM = flags.DEFINE_string("litertlm", None, "A .litertlm bundle (LiteRT-LM engine, CPU).")
@@ -59,8 +64,6 @@ class _Streamer:
 
 
 def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, out=sys.stdout):
-  from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
-  from distill.export.runtime import CardError, LiteRTModel, read_card  # pylint: disable=import-outside-toplevel
   card = read_card(path)
   tok_dir = os.path.dirname(os.path.abspath(path))
   tok_file = os.path.join(tok_dir, card["tokenizer"]["descriptor"])
@@ -89,7 +92,6 @@ def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, o
 def generate_litertlm(path: str, prompt: str, max_new_tokens: int, threads=None,
                       out=sys.stdout) -> str:
   """Greedy text from LiteRT-LM's engine, streamed as it produces it."""
-  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
   engine = lrt.open_engine(path, threads=threads)
   try:
     parts = []
@@ -106,7 +108,6 @@ def generate_litertlm(path: str, prompt: str, max_new_tokens: int, threads=None,
 
 def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
                  seed=0, out=sys.stdout):
-  import distill  # pylint: disable=import-outside-toplevel
   model = distill.load(path)
   stream = _Streamer(model.tokenizer, out)
   model.generate_ids(model.tokenizer.encode(prompt), max_new_tokens, temperature=temperature,
@@ -129,7 +130,6 @@ def _run():
 
 
 def main(argv):
-  from distill.cli import common as cli  # pylint: disable=import-outside-toplevel
   return cli.run_main(argv, _run, verbose=_VERBOSE.value,
                       arg_hint='quote the prompt: --prompt="..."')
 

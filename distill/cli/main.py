@@ -8,6 +8,8 @@ import os
 from absl import app, flags
 
 from distill.cli import common as cli
+from distill.run import pipeline
+from distill.run import report
 
 # A configs/*.py path, or a shipped config's name (`--config=tiny`) from any directory.
 _CONFIG = cli.define_config("config")
@@ -44,8 +46,6 @@ def _run(workdir):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is a file; give a directory path")
   _init_distributed()
-  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
-  from distill.run import report  # pylint: disable=import-outside-toplevel
   rep = pipeline.run(config, workdir)
   print(report.table(rep))
   if "gap_closed" in rep:

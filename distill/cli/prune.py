@@ -14,6 +14,11 @@ import tempfile
 from absl import app, flags
 
 from distill.cli import common as cli
+from distill.inference import stage
+from distill.methods.prune import core
+from distill.models import hf
+from distill.run import settings, student_init as pipeline_init
+from distill.errors import ConfigError
 
 _CONFIG = cli.define_config("config", "tiny", "configs/*.py file (or a shipped config's name) "
                             "whose data section gives the calibration (transfer) set.")
@@ -34,15 +39,12 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug l
 
 
 def main(argv):
-  from distill.cli import common as cli  # pylint: disable=import-outside-toplevel
   return cli.run_main(argv, _run, verbose=_VERBOSE.value,
                       arg_hint="flags look like --width.d_ff=192")
 
 
 def _teacher_config(path):
-  from distill.inference import stage  # pylint: disable=import-outside-toplevel
   if path.startswith("hf:"):
-    from distill.models import hf  # pylint: disable=import-outside-toplevel
     return hf.model_config(hf.read_config(path[3:]), "float32")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--teacher={path} does not exist; give a stage directory such as "
@@ -51,9 +53,6 @@ def _teacher_config(path):
 
 
 def _run():
-  from distill.cli import common as cli  # pylint: disable=import-outside-toplevel
-  from distill.run.validate import ConfigError  # pylint: disable=import-outside-toplevel
-  from distill.methods.prune import core  # pylint: disable=import-outside-toplevel
   if not _TEACHER.value or not _OUT.value:
     raise ConfigError("--teacher and --out are required, e.g. --teacher=runs/tiny/teacher "
                       "--out=/tmp/pruned")
@@ -70,10 +69,10 @@ def _run():
                               d_ff=_D_FF.value, n_heads=_HEADS.value)
   cli.check_config_file("config")
   config = _CONFIG.value
-  from distill.methods.prune import pipeline_init  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as tmp:
     info = pipeline_init.prune_to_stage(
-        _TEACHER.value, _OUT.value, target, data_cfg=config.data,
+        _TEACHER.value, _OUT.value, target, data_spec=settings.data_spec(config.data),
+        batch_size=int(config.data.batch_size),
         fraction=float(config.distill.transfer_fraction), workdir=_WORKDIR.value or tmp,
         calib_batches=_CALIB.value, method=_METHOD.value, seed=_SEED.value, vocab=_VOCAB.value)
   print(f"pruned {info['teacher_params']:,} -> {info['params']:,} parameters: {_OUT.value}")

@@ -14,7 +14,6 @@ import glob
 import os
 import sys
 
-from distill.export import quiet_tf
 
 def accelerator_visible() -> bool:
   """True when JAX could find a GPU or TPU here: a PJRT plugin (jax-cuda12/rocm) is installed,
@@ -41,5 +40,5 @@ def set_platform(preset: str | None = None) -> None:
 
 def start(preset: str | None = None) -> None:
   """What every CLI calls before it imports jax's backends or TensorFlow."""
-  quiet_tf.quiet_tensorflow()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ log level, before TF loads
   set_platform(preset)

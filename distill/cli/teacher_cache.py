@@ -8,6 +8,7 @@ from absl import app, flags, logging as absl_logging
 
 from distill import errors
 from distill.cli import common, quiet
+from distill.run import pipeline
 
 _CONFIG = common.define_config("config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "Run directory (teacher, data).")
@@ -31,7 +32,6 @@ def main(argv):
 
 
 def _run():
-  from distill.run import pipeline  # pylint: disable=import-outside-toplevel  (imports jax: after quiet.start)
   c = _CONFIG.value
   if c is None:
     raise errors.UsageError("--config is required, e.g. --config=configs/tiny.py")

@@ -1,13 +1,13 @@
 """Text corpus -> packed token stream (cached .npy) -> deterministic, resumable batches.
 
-Sources (`data_cfg.name`):
-  * "pydoc_topics": the embedded corpus (`distill/datasets/pydoc_topics.py`).
+Sources (`DataSpec.name`):
+  * "pydoc_topics": the embedded corpus (`distill/data/pydoc_topics.py`).
   * any registered TFDS name ("lm1b", "c4/en:3.1.0", ...) with a text feature.
   * "text:<glob>": the user's own UTF-8 files, one document per file. A file belongs to
     validation when `split_for_key(basename)` says so (md5 of the name mod 10 == 0), the
     same rule the pydoc builder applies to topic keys.
 
-Packing: each document of a split is tokenized (BOS first when `data_cfg.add_bos`), followed
+Packing: each document of a split is tokenized (BOS first when `DataSpec.add_bos`), followed
 by EOS, and all of them are concatenated in a fixed order (TFDS's stored order, file paths
 sorted for `text:`) into one int32 stream saved as .npy under
 `<data_dir>/packed/`, keyed by dataset, split, tokenizer fingerprint and options. Once that
@@ -22,9 +22,10 @@ every epoch) -> global batches of window ids -> process `p` gathers rows
 `[p * b, (p + 1) * b)` of each, so the processes' rows together are the one-process batch.
 The iterator's state is grain's `{"next_index": n}`.
 
-Config fields (all read with defaults, so a minimal ConfigDict works): name, data_dir
-('' = <workdir>/data), seq_len, tokenizer ("byte" or a tokenizer path), transfer_fraction,
-and optionally add_bos (False) and max_documents (None = all; caps huge TFDS corpora).
+Every function takes a `DataSpec` (distill/data/spec.py), built and checked from the run
+config by `distill.run.settings`. Modules: spec, splits (the md5 split rule), sources (text
+globs, TFDS), packing (the cached stream), windows (rows, batching), tokenizer, pydoc_topics
+(the embedded corpus's TFDS builder).
 """
 from __future__ import annotations
 
@@ -35,77 +36,74 @@ import grain
 import numpy as np
 
 from distill.data import tokenizer as tok_lib
-# One module per concern (sources, packing, windows); the names stay importable from here.
-from distill.data.packing import _pack, token_stream  # noqa: F401
-from distill.data.sources import (  # noqa: F401
-    PYDOC, TEXT_PREFIX, VALIDATION_MODULUS, _cfg, _name, _text_files, _tokenizer, split_for_key)
-from distill.data.windows import (  # noqa: F401
-    _eval_rows, _local_batch, _pad_id, _Windows, batched, local_batch, pad_id,
-    transfer_window_ids)
+from distill.data.packing import pack, token_stream
+from distill.data.sources import TEXT_PREFIX, text_files, tokenizer_for
+from distill.data.spec import DataSpec
+from distill.data.windows import (Windows, batched, eval_rows, local_batch, pad_id,
+                                  transfer_window_ids)
+
+__all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "batched", "eval_batches", "heldout_texts",
+           "local_batch", "make_train_iterator", "pad_id", "prepare", "text_eval_batches",
+           "token_stream", "train_windows", "transfer_window_ids"]
 
 
-def prepare(data_cfg: Any, workdir: str, tokenizer: Any = None) -> None:
+def prepare(spec: DataSpec, workdir: str, tokenizer: Any = None) -> None:
   """Builds the TFDS dataset (if needed) and the packed train/validation streams.
 
   When both streams are cached already, this touches neither TFDS nor TensorFlow.
   """
-  tokenizer = _tokenizer(tokenizer, data_cfg)
+  tokenizer = tokenizer_for(tokenizer, spec)
   for split in ("train", "validation"):
-    token_stream(data_cfg, tokenizer, workdir, split)
+    token_stream(spec, tokenizer, workdir, split)
 
 
-def _windows(data_cfg, tokenizer, workdir, split) -> _Windows:
-  tokenizer = _tokenizer(tokenizer, data_cfg)
-  stream = token_stream(data_cfg, tokenizer, workdir, split)
-  pad = _pad_id(tokenizer)
-  seq_len = int(_cfg(data_cfg, "seq_len", 128))
-  return _Windows(stream, seq_len, pad, f"split {split!r} of data.name={_name(data_cfg)!r}")
+def _windows(spec: DataSpec, tokenizer, workdir, split) -> Windows:
+  tokenizer = tokenizer_for(tokenizer, spec)
+  stream = token_stream(spec, tokenizer, workdir, split)
+  return Windows(stream, spec.seq_len, pad_id(tokenizer),
+                 f"split {split!r} of data.name={spec.name!r}")
 
 
-def make_train_iterator(data_cfg: Any, tokenizer: Any, workdir: str, *, batch_size: int,
-                        seed: int, fraction: float | None = None, process_index: int = 0,
+def make_train_iterator(spec: DataSpec, tokenizer: Any, workdir: str, *, batch_size: int,
+                        seed: int, fraction: float = 1.0, process_index: int = 0,
                         process_count: int = 1,
                         with_window_ids: bool = False) -> grain.DatasetIterator:
   """Endless, checkpointable iterator of this process's rows of each global batch.
 
   Yields {"inputs": int32 [b, T], "targets": int32 [b, T], "mask": float32 [b, T]},
-  b = batch_size // process_count. `fraction=None` reads `data_cfg.transfer_fraction`
-  (1.0 if unset). `get_state()` is a JSON-able dict; `set_state` resumes exactly.
+  b = batch_size // process_count, over the first `fraction` of the train windows (the
+  transfer set). `get_state()` is a JSON-able dict; `set_state` resumes exactly.
   """
-  local = _local_batch(batch_size, process_index, process_count)
-  if fraction is None:
-    fraction = float(_cfg(data_cfg, "transfer_fraction", 1.0))
-  windows = _windows(data_cfg, tokenizer, workdir, "train")
+  local = local_batch(batch_size, process_index, process_count)
+  windows = _windows(spec, tokenizer, workdir, "train")
   ids = transfer_window_ids(windows.num_windows, fraction).tolist()
   lo = process_index * local
-
   rows = windows.rows_with_ids if with_window_ids else windows.rows
   return batched(ids, rows, batch_size, seed, lo, local)
 
 
-def train_windows(data_cfg: Any, tokenizer: Any, workdir: str, fraction: float) -> tuple:
+def train_windows(spec: DataSpec, tokenizer: Any, workdir: str, fraction: float) -> tuple:
   """(window ids of the transfer set, a `rows_with_ids(ids)` function) for offline passes."""
-  windows = _windows(data_cfg, tokenizer, workdir, "train")
+  windows = _windows(spec, tokenizer, workdir, "train")
   return transfer_window_ids(windows.num_windows, fraction), windows.rows_with_ids
 
 
-def eval_batches(data_cfg: Any, tokenizer: Any, workdir: str, *, split: str = "validation",
+def eval_batches(spec: DataSpec, tokenizer: Any, workdir: str, *, split: str = "validation",
                  batch_size: int, max_batches: int | None = None, process_index: int = 0,
                  process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """All windows of `split` in stream order; the last batch is padded with mask-0 rows."""
-  windows = _windows(data_cfg, tokenizer, workdir, split)
-  return _eval_rows(windows, batch_size, max_batches, process_index, process_count)
+  windows = _windows(spec, tokenizer, workdir, split)
+  return eval_rows(windows, batch_size, max_batches, process_index, process_count)
 
 
 # The project's own documentation, frozen as shipped text: a second domain (Markdown prose
 # about ML tooling) no config trains on, to check a student generalises beyond its corpus.
-HELDOUT_DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "datasets", "heldout_docs.md")
+HELDOUT_DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heldout_docs.md")
 
 
 def heldout_texts(spec: str) -> list[str]:
   """'docs' (the shipped held-out text) or 'text:/glob/*.txt' -> list of documents."""
-  files = [HELDOUT_DOCS] if spec == "docs" else _text_files(spec)
+  files = [HELDOUT_DOCS] if spec == "docs" else text_files(spec)
   out = []
   for path in files:
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -118,6 +116,6 @@ def text_eval_batches(texts: Sequence[str], tokenizer: Any, *, seq_len: int, bat
                       ) -> list[dict[str, np.ndarray]]:
   """Eval batches (as `eval_batches`) of the given documents, packed like a split."""
   tokenizer = tok_lib.from_config(tokenizer)
-  stream, _ = _pack(texts, tokenizer, False)
-  windows = _Windows(stream, seq_len, _pad_id(tokenizer), "the held-out eval text")
-  return _eval_rows(windows, batch_size, None, process_index, process_count)
+  stream, _ = pack(texts, tokenizer, False)
+  windows = Windows(stream, seq_len, pad_id(tokenizer), "the held-out eval text")
+  return eval_rows(windows, batch_size, None, process_index, process_count)

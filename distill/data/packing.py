@@ -9,27 +9,27 @@ from typing import Any
 import numpy as np
 
 from distill.data import tokenizer as tok_lib
-from distill.data.sources import (TEXT_PREFIX, _cfg, _data_dir, _name, _text_documents,
-                                  _text_files, _text_files_digest, _tfds_documents, _tokenizer)
+from distill.data.sources import (TEXT_PREFIX, text_documents, text_files, text_files_digest,
+                                  tfds_documents, tokenizer_for)
+from distill.data.spec import DataSpec
 
 _CACHE_VERSION = 1
 
 
-def _cache_path(data_cfg: Any, workdir: str, split: str, tokenizer: tok_lib.Tokenizer) -> str:
-  name = _name(data_cfg)
+def _cache_path(spec: DataSpec, workdir: str, split: str, tokenizer: tok_lib.Tokenizer) -> str:
+  name = spec.name
   key = {
       "v": _CACHE_VERSION, "name": name, "split": split, "tokenizer": tokenizer.fingerprint,
-      "add_bos": bool(_cfg(data_cfg, "add_bos", False)),
-      "max_documents": _cfg(data_cfg, "max_documents", None),
+      "add_bos": spec.add_bos, "max_documents": spec.max_documents,
   }
   if name.startswith(TEXT_PREFIX):
-    key["files"] = _text_files_digest(_text_files(name))
+    key["files"] = text_files_digest(text_files(name))
   digest = hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
-  return os.path.join(_data_dir(data_cfg, workdir), "packed", slug, f"{split}-{digest}.npy")
+  return os.path.join(spec.resolved_data_dir(workdir), "packed", slug, f"{split}-{digest}.npy")
 
 
-def _pack(docs, tokenizer: tok_lib.Tokenizer, add_bos: bool) -> tuple[np.ndarray, int]:
+def pack(docs, tokenizer: tok_lib.Tokenizer, add_bos: bool) -> tuple[np.ndarray, int]:
   """(stream, number of documents that had any text)."""
   eos = tokenizer.eos_id
   if eos is None:
@@ -44,18 +44,17 @@ def _pack(docs, tokenizer: tok_lib.Tokenizer, add_bos: bool) -> tuple[np.ndarray
   return (np.concatenate(parts) if parts else np.zeros((0,), np.int32)), count
 
 
-def token_stream(data_cfg: Any, tokenizer: Any, workdir: str, split: str) -> np.ndarray:
+def token_stream(spec: DataSpec, tokenizer: Any, workdir: str, split: str) -> np.ndarray:
   """The packed int32 stream of `split`, built once and then memory-mapped from .npy."""
-  tokenizer = _tokenizer(tokenizer, data_cfg)
-  path = _cache_path(data_cfg, workdir, split, tokenizer)
+  tokenizer = tokenizer_for(tokenizer, spec)
+  path = _cache_path(spec, workdir, split, tokenizer)
   if not os.path.exists(path):
-    name = _name(data_cfg)
+    name = spec.name
     if name.startswith(TEXT_PREFIX):
-      docs = _text_documents(name, split)
+      docs = text_documents(name, split)
     else:
-      max_docs = _cfg(data_cfg, "max_documents", None)
-      docs = _tfds_documents(name, split, _data_dir(data_cfg, workdir), max_docs)
-    stream, count = _pack(docs, tokenizer, bool(_cfg(data_cfg, "add_bos", False)))
+      docs = tfds_documents(name, split, spec.resolved_data_dir(workdir), spec.max_documents)
+    stream, count = pack(docs, tokenizer, spec.add_bos)
     if count == 0:
       raise ValueError(f"split {split!r} of data.name={name!r} has no non-empty document; "
                        "add text (for 'text:' globs a file goes to validation when "
@@ -70,13 +69,3 @@ def token_stream(data_cfg: Any, tokenizer: Any, workdir: str, split: str) -> np.
       json.dump({"name": name, "split": split, "documents": count, "tokens": int(stream.size),
                  "tokenizer": tokenizer.descriptor()}, f, indent=2)
   return np.load(path, mmap_mode="r")
-
-
-def prepare(data_cfg: Any, workdir: str, tokenizer: Any = None) -> None:
-  """Builds the TFDS dataset (if needed) and the packed train/validation streams.
-
-  When both streams are cached already, this touches neither TFDS nor TensorFlow.
-  """
-  tokenizer = _tokenizer(tokenizer, data_cfg)
-  for split in ("train", "validation"):
-    token_stream(data_cfg, tokenizer, workdir, split)

@@ -32,7 +32,7 @@ _ensure_importlib_resources()
 
 import tensorflow_datasets as tfds  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from distill.data import split_for_key  # noqa: E402  The rule `text:` globs share.
+from distill.data.splits import split_for_key  # noqa: E402  The rule `text:` globs share.
 
 
 def _topics() -> dict[str, str]:

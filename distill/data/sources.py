@@ -1,48 +1,29 @@
-"""Where documents come from: the data config's fields, text-file globs, TFDS datasets."""
+"""Where documents come from: text-file globs and TFDS datasets (the embedded corpus included)."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import io
 import os
+import sys
+import time
 from typing import Any, Sequence
 
-from distill.data import corpus as datasets
 from distill.data import tokenizer as tok_lib
+from distill.data.spec import DataSpec
+from distill.data.splits import split_for_key
 
 TEXT_PREFIX = "text:"
 PYDOC = "pydoc_topics"
-VALIDATION_MODULUS = 10
 
 
-def split_for_key(key: str) -> str:
-  """'validation' when md5(key) mod 10 == 0 else 'train'; `hash()` is salted per process."""
-  digest = int(hashlib.md5(key.encode("utf-8")).hexdigest(), 16)
-  return "validation" if digest % VALIDATION_MODULUS == 0 else "train"
+def tokenizer_for(tokenizer: Any, spec: DataSpec) -> tok_lib.Tokenizer:
+  """The tokenizer given, else the spec's (a name or path)."""
+  return tok_lib.from_config(spec.tokenizer if tokenizer is None else tokenizer)
 
 
-def _cfg(data_cfg: Any, field: str, default: Any) -> Any:
-  value = getattr(data_cfg, field, default)
-  return default if value is None else value
-
-
-def _data_dir(data_cfg: Any, workdir: str) -> str:
-  return _cfg(data_cfg, "data_dir", "") or os.path.join(workdir, "data")
-
-
-def _name(data_cfg: Any) -> str:
-  name = _cfg(data_cfg, "name", PYDOC)
-  if not isinstance(name, str) or not name.strip():
-    raise ValueError(f"data.name must be a non-empty string, got {name!r}")
-  return name.strip()
-
-
-def _tokenizer(tokenizer: Any, data_cfg: Any) -> tok_lib.Tokenizer:
-  if tokenizer is None:
-    tokenizer = _cfg(data_cfg, "tokenizer", "byte")
-  return tok_lib.from_config(tokenizer)
-
-
-def _text_files(name: str) -> list[str]:
+def text_files(name: str) -> list[str]:
   pattern = os.path.expanduser(name[len(TEXT_PREFIX):])
   files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   if not files:
@@ -51,7 +32,7 @@ def _text_files(name: str) -> list[str]:
   return files
 
 
-def _text_files_digest(files: Sequence[str]) -> str:
+def text_files_digest(files: Sequence[str]) -> str:
   # Size and mtime stand in for content so a changed file invalidates the cache cheaply.
   h = hashlib.md5()
   for path in files:
@@ -60,11 +41,11 @@ def _text_files_digest(files: Sequence[str]) -> str:
   return h.hexdigest()
 
 
-def _text_documents(name: str, split: str) -> list[str]:
+def text_documents(name: str, split: str) -> list[str]:
   if split not in ("train", "validation"):
     raise ValueError(f"data.name={name!r} has splits 'train' and 'validation', not {split!r}")
   docs = []
-  for path in _text_files(name):
+  for path in text_files(name):
     if split_for_key(os.path.basename(path)) == split:
       with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
@@ -80,7 +61,8 @@ def _text_documents(name: str, split: str) -> list[str]:
 def _tfds():
   # Importing our builder registers it (and the shim tfds needs). TensorFlow itself loads
   # only if a reader needs it (tfrecord datasets); array_record does not.
-  from distill.data.corpus import pydoc_topics  # pylint: disable=g-import-not-at-top,unused-import
+  # Lazy: the builder module imports tensorflow_datasets, which batching never needs.
+  from distill.data import pydoc_topics  # noqa: PLC0415  pylint: disable=unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # our own progress lines are the console's
   return tfds
@@ -118,9 +100,9 @@ def _text_feature(builder, name: str) -> str:
   raise ValueError(f"dataset {name!r} has no text feature (features: {list(features)})")
 
 
-def _tfds_documents(name: str, split: str, data_dir: str, max_documents: int | None):
+def tfds_documents(name: str, split: str, data_dir: str, max_documents: int | None):
   builder = _builder(name, data_dir)
-  datasets.prepare(builder)
+  _prepare(builder)
   split = _resolve_split(builder, name, split)
   field = _text_feature(builder, name)
   tfds = _tfds()
@@ -133,3 +115,20 @@ def _tfds_documents(name: str, split: str, data_dir: str, max_documents: int | N
       break
     value = example[field]
     yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _prepare(builder) -> None:
+  """`builder.download_and_prepare()` with one line of ours instead of TFDS's two banners.
+
+  TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+  on stdout for every build; the console keeps one line per stage, on stderr with the
+  training progress.
+  """
+  t0 = time.time()
+  banner = io.StringIO()
+  with contextlib.redirect_stdout(banner):
+    builder.download_and_prepare()
+  if not banner.getvalue():  # already prepared: TFDS said nothing, neither do we
+    return
+  print(f"[data] built {builder.name} in {builder.data_dir} ({time.time() - t0:.0f} s)",
+        file=sys.stderr, flush=True)

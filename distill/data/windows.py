@@ -12,7 +12,7 @@ from distill.data import tokenizer as tok_lib
 _TRANSFER_PERMUTATION_SEED = 20240501
 
 
-class _Windows:
+class Windows:
   """Row `i` of the stream cut into windows of seq_len + 1 tokens, as a batch element."""
 
   def __init__(self, stream: np.ndarray, seq_len: int, pad_id: int, what: str):
@@ -46,22 +46,14 @@ class _Windows:
 
 
 def pad_id(tokenizer: tok_lib.Tokenizer) -> int:
-  """The id written into padded positions (public: samplers pad with it too)."""
-  return _pad_id(tokenizer)
-
-
-def _pad_id(tokenizer: tok_lib.Tokenizer) -> int:
-  # Padded positions carry mask 0, so any id works; 0 keeps them in range.
+  """The id written into padded positions (samplers pad with it too). Padded positions carry
+  mask 0, so any id works; 0 keeps them in range."""
   if tokenizer.pad_id is not None:
     return tokenizer.pad_id
   return tokenizer.eos_id if tokenizer.eos_id is not None else 0
 
 
 def local_batch(batch_size: int, process_index: int, process_count: int) -> int:
-  return _local_batch(batch_size, process_index, process_count)
-
-
-def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   if batch_size < 1 or batch_size % process_count:
@@ -95,9 +87,9 @@ def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain
   return iter(ds.to_iter_dataset(options))
 
 
-def _eval_rows(windows: _Windows, batch_size: int, max_batches: int | None, process_index: int,
+def eval_rows(windows: Windows, batch_size: int, max_batches: int | None, process_index: int,
                process_count: int) -> list[dict[str, np.ndarray]]:
-  local = _local_batch(batch_size, process_index, process_count)
+  local = local_batch(batch_size, process_index, process_count)
   n = windows.num_windows
   num = -(-n // batch_size)
   if max_batches is not None:

@@ -4,14 +4,17 @@
 
 writes `<workdir>/export/<preset>/` (or `<preset>-<quant>` when --quant differs from the
 preset's default) holding `student-<quant>.tflite`, `model_card.json` and the tokenizer files.
-The pipeline runs the same code as its last stage (`pipeline_stage.run`).
+The pipeline runs the same code as its last stage (`distill.run.export_stage`).
 
-Modules: presets (budgets, BudgetError), converter (jax2tf + TFLite converter), quantize
+Modules: presets (budgets, BudgetError), signatures (names), converter (jax2tf + TFLite converter), quantize
 (calibration data, int4), runtime (LiteRT driver from the card), verify (parity vs JAX),
 card (the JSON), artifact (one export, published atomically).
 
-TensorFlow is imported only inside this package and `distill.generate`, never by training.
+TensorFlow is imported only inside this package (`quiet_tf`), never by training.
 """
+import json
+import os
+
 from distill.export.presets import PRESETS, QUANT_MODES, BudgetError, Preset, resolve
 
 __all__ = ["PRESETS", "QUANT_MODES", "BudgetError", "Preset", "resolve", "export_stage"]
@@ -23,11 +26,11 @@ def export_stage(stage_dir: str, preset: str, out_dir: str | None = None, **kw) 
   Keyword arguments: quant, max_context, prefill_len, budget_mb (preset overrides), and those
   of `artifact.export` (data_cfg, workdir, level, num_threads, keep_saved_model, log).
   """
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
 
-  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
-  from distill.export import artifact  # pylint: disable=import-outside-toplevel
+  # Lazy: `distill.export.presets` (budgets, BudgetError) stays importable without the model,
+  # jax2tf and the LiteRT runtime that an export pulls in.
+  from distill.export import artifact  # noqa: PLC0415
+  from distill.inference import model as api  # noqa: PLC0415
   over = {k: kw.pop(k) for k in ("quant", "max_context", "prefill_len", "budget_mb") if k in kw}
   p = resolve(preset, **over)
   model = api.load(stage_dir)

@@ -18,11 +18,14 @@ import time
 
 import numpy as np
 
+from distill import data
 from distill.export import quiet_tf
 from distill.export import card as card_lib
 from distill.export import converter, presets, quantize, verify
 from distill.export.runtime import LiteRTModel
 from distill.models.transformer import count_params
+from distill.export import litertlm as litertlm_lib
+from distill.export import litertlm_runtime as lrt
 
 # Quantized modes also store the token-lookup table as int8 rows (`converter.step_fn`): the
 # TFLite quantizers leave a GATHER's table fp32, which alone broke the watch budget.
@@ -33,17 +36,15 @@ LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
           "none": dict(prompts=0, new_tokens=0, windows=0, calib=8)}
 
 
-def default_data_cfg(seq_len: int = 128):
+def default_data_spec(seq_len: int = 128) -> data.DataSpec:
   """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict(dict(name="pydoc_topics", data_dir="", seq_len=seq_len,
-                                        tokenizer="byte"))
+  return data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=seq_len,
+                       add_bos=False, max_documents=None)
 
 
-def train_streams(data_cfg, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:
+def train_streams(data_spec, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:
   """`count` token streams of `length` tokens, rows of the training iterator laid end to end."""
-  from distill import data  # pylint: disable=import-outside-toplevel
-  it = data.make_train_iterator(data_cfg, tokenizer, workdir, batch_size=1, seed=0)
+  it = data.make_train_iterator(data_spec, tokenizer, workdir, batch_size=1, seed=0)
   streams, buf = [], []
   while len(streams) < count:
     row = next(it)
@@ -54,10 +55,9 @@ def train_streams(data_cfg, tokenizer, workdir, *, count: int, length: int) -> l
   return streams
 
 
-def validation_windows(data_cfg, tokenizer, workdir, *, count: int, length: int):
+def validation_windows(data_spec, tokenizer, workdir, *, count: int, length: int):
   """(windows, masks): the first `count` validation windows cut to `length` tokens."""
-  from distill import data  # pylint: disable=import-outside-toplevel
-  batch = data.eval_batches(data_cfg, tokenizer, workdir, split="validation", batch_size=count,
+  batch = data.eval_batches(data_spec, tokenizer, workdir, split="validation", batch_size=count,
                             max_batches=1)[0]
   keep = batch["mask"].sum(-1) > 0
   return list(batch["inputs"][keep, :length]), list(batch["mask"][keep, :length] > 0)
@@ -84,7 +84,7 @@ def _publish(tmp: str, out_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_cfg=None,
+def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_spec=None,
            workdir: str | None = None, level: str = "full", tokenizer_dir: str | None = None,
            source: dict | None = None, num_threads: int | None = None,
            keep_saved_model: bool = False, litertlm: bool = False, log=print) -> dict:
@@ -98,7 +98,6 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     raise ValueError(f"verification level {level!r}: use one of {sorted(LEVELS)}")
   if litertlm:
     # Fail before minutes of conversion when the bundle cannot be made at all.
-    from distill.export import litertlm as litertlm_lib  # pylint: disable=import-outside-toplevel
     litertlm_lib.builder_module()
     litertlm_lib.engine_module()
     litertlm_lib.llm_metadata(tokenizer, preset.max_context)
@@ -110,8 +109,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
   vocab = min(int(tokenizer.vocab_size), cfg.vocab_size)
   need = LEVELS[level]
   workdir = workdir or os.path.dirname(os.path.abspath(out_dir))
-  if data_cfg is None:
-    data_cfg = default_data_cfg()
+  if data_spec is None:
+    data_spec = default_data_spec()
 
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
@@ -129,7 +128,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     calibration, calib_info = None, None
     if preset.quant == "int8":
       t0 = time.time()
-      streams = train_streams(data_cfg, tokenizer, workdir, count=need["calib"],
+      streams = train_streams(data_spec, tokenizer, workdir, count=need["calib"],
                               length=preset.max_context + 1)
       samples = quantize.calibration_samples(lm32, p32, streams, max_context=preset.max_context,
                                              prefill_len=preset.prefill_len)
@@ -171,8 +170,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
 
     if level != "none":
       t0 = time.time()
-      length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
-      windows, masks = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
+      length = min(preset.max_context, data_spec.seq_len)
+      windows, masks = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
                                           length=length)
       room = max(1, preset.max_context - need["new_tokens"])
       prompts = _prompts(windows, need["prompts"], preset.prefill_len, room)
@@ -187,7 +186,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     if litertlm:
       t0 = time.time()
       card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, cfg, vocab,
-                                 tokenizer_dir, data_cfg, workdir, need, level, model)
+                                 tokenizer_dir, data_spec, workdir, need, level, model)
       timings["litertlm_s"] = round(time.time() - t0, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
     card["export_timings"] = timings
@@ -210,11 +209,9 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
   return card
 
 
-def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_cfg,
+def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_spec,
             workdir, need, level, model) -> dict:
   """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it."""
-  from distill.export import litertlm as litertlm_lib  # pylint: disable=import-outside-toplevel
-  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
   out = os.path.join(tmp, litertlm_lib.BUNDLE_NAME)
   info = litertlm_lib.build(tflite_path, out, tokenizer=tokenizer, n_layers=cfg.n_layers,
                             max_context=preset.max_context, tokenizer_dir=tokenizer_dir)
@@ -225,8 +222,8 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
   engine = lrt.open_engine(out, threads=model.num_threads)
   try:
     if level != "none":
-      length = min(preset.max_context, int(getattr(data_cfg, "seq_len", 128)))
-      windows, _ = validation_windows(data_cfg, tokenizer, workdir, count=need["windows"],
+      length = min(preset.max_context, data_spec.seq_len)
+      windows, _ = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
                                       length=length)
       info["engine_check"] = verify.bundle_check(
           engine, lm32, p32, tokenizer, preset.quant, windows=windows, prompts=need["prompts"],

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from distill.export.converter import DECODE, PREFILL, cache_names
+from distill.export.signatures import DECODE, PREFILL, cache_names
 from distill.export.runtime import CARD_NAME
 
 FORMAT = "distill-litert-generative/1"

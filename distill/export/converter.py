@@ -25,14 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.export import quiet_tf
+from distill.export import quantize
+from distill.export.signatures import DECODE, PREFILL, cache_names
 from distill.models.transformer import LM
 
-PREFILL, DECODE = "prefill", "decode"
-
-
-def cache_names(n_layers: int) -> list[str]:
-  """Cache tensor names in the order the step function takes and returns them."""
-  return [f"kv_cache_{c}_{i}" for i in range(n_layers) for c in "kv"]
 
 
 def export_lm(lm: LM, params):

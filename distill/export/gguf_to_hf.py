@@ -16,6 +16,13 @@ import json
 import os
 import shutil
 
+import ml_dtypes
+import numpy as np
+
+from distill.errors import LoadError
+from distill.models import gguf, hf
+from distill.models.gguf import tokenizer as gguf_tokenizer
+
 
 _ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
           "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
@@ -25,10 +32,6 @@ _SAFETENSORS = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 def convert(gguf_path: str, out: str, dtype: str = "float32") -> str:
   """GGUF -> HF directory `out`; returns `out`. Raises LoadError / ValueError on bad input."""
-  import ml_dtypes  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill.inference.model import LoadError  # pylint: disable=import-outside-toplevel
-  from distill.models import gguf, gguf_tokenizer, hf  # pylint: disable=import-outside-toplevel
   out = os.path.abspath(os.path.expanduser(out))
   if os.path.exists(out):
     raise ValueError(f"--out={out} already exists; remove it or give a new directory")

@@ -35,7 +35,7 @@ import json
 import os
 import tempfile
 
-from distill.export.converter import cache_names
+from distill.export.signatures import cache_names
 
 BUNDLE_NAME = "student.litertlm"
 

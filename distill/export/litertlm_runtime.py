@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from typing import Iterator
+from distill.export.litertlm import engine_module
 
 NO_CACHE = ":nocache"
 
 
 def _lm():
-  from distill.export.litertlm import engine_module  # pylint: disable=import-outside-toplevel
   lm = engine_module()
   # The C library logs every loader step at INFO/WARNING to stderr.
   lm.set_min_log_severity(lm.LogSeverity.ERROR)

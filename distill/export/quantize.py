@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill.export.converter import DECODE, PREFILL, cache_names
+from distill.export.signatures import DECODE, PREFILL, cache_names
 
 INT4_BLOCK = 32
 

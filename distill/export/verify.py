@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.export.runtime import LiteRTModel
+from distill.export import litertlm_runtime as lrt
 
 AGREEMENT_THRESHOLD = {"fp16": 0.98, "dynamic_int8": 0.95, "int8": 0.95, "int4": 0.90,
                        "int4_head8": 0.90}
@@ -116,7 +117,6 @@ def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompts:
   teacher-forced top-1 agreement through the engine on prefixes of `prompts` windows.
   fp32 must be token-identical; the other modes need the .tflite's agreement threshold.
   """
-  from distill.export import litertlm_runtime as lrt  # pylint: disable=import-outside-toplevel
   texts = [tokenizer.decode(w) for w in windows]
   tok = lrt.tokenizer_matches(engine, tokenizer, texts)
   bos = tokenizer.bos_id

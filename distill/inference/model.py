@@ -23,8 +23,9 @@ from distill.inference.stage import load_stage_params, read_model_config
 from distill.data import tokenizer as tokenizers
 from distill.errors import LoadError
 from distill.models import hf
-from distill.models.gguf import reader as gguf
+from distill.models import gguf
 from distill.models.transformer import LM, ModelConfig
+from distill.inference import sampling
 
 
 class Model:
@@ -77,7 +78,6 @@ class Model:
     (`distill.sampling`); greedy rows equal `generate_ids`. Sampled rows draw with
     fold_in(fold_in(key(seed), row), position), so a row's text does not depend on its batch.
     """
-    from distill.inference import sampling  # pylint: disable=import-outside-toplevel
     prompts = [list(p) or [self.tokenizer.bos_id or 0] for p in prompts]
     width = max(len(p) for p in prompts)
     gen = min(max_new_tokens, self.lm.cfg.max_len - width)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from distill.train import objectives
-from distill.run.validate import ConfigError
+from distill.errors import ConfigError
 
 
 def pairs(spec: str, n_student: int, n_teacher: int, source_layers=None) -> tuple:
@@ -58,9 +58,18 @@ def projection(d_s: int, d_t: int, channels=None, key=None) -> np.ndarray:
   return np.asarray(jax.random.normal(key, (d_s, d_t)) / np.sqrt(d_s), np.float32)
 
 
-def setup(d, student, teacher, loss_cfg, init, plan=None):
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """Hidden-state / attention transfer: block pairs ('' off, 'auto', or '0:1,1:3'), the
+  weight of the feature loss, its kind ('mse' | 'cosine'), the attention-map weight."""
+  layers: str
+  weight: float
+  kind: str
+  attention_weight: float
+
+
+def setup(h: FeatureSpec, student, teacher, loss_cfg, init, plan=None):
   """(loss config with the pairs, student init with projections); unchanged when off."""
-  h = d.hidden
   if not h.layers or not (h.weight or h.attention_weight):
     return loss_cfg, init
   ps = pairs(h.layers, student.cfg.n_layers, teacher.cfg.n_layers,

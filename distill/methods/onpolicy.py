@@ -40,21 +40,6 @@ class OnPolicyConfig:
   # Temperature of the divergence on sampled positions; 0 = the dataset steps' schedule.
   loss_temperature: float = 0.0
 
-  @classmethod
-  def from_config(cls, d, *, seq_len: int, vocab: int, eos_id, pad_id,
-                  steps: int = 0) -> "OnPolicyConfig":
-    """From `config.distill.on_policy`; gen_len 0 fills the training window; `start` is a
-    fraction of the `steps` distill steps."""
-    p = int(d.prompt_len)
-    gen = int(d.gen_len) or seq_len + 1 - p
-    return cls(fraction=float(d.fraction), prompt_len=p, divergence=d.divergence,
-               start_step=int(round(float(d.start) * steps)),
-               loss_temperature=float(d.loss_temperature),
-               sample=sampling.SampleConfig(
-                   gen_len=gen, temperature=float(d.temperature), top_k=int(d.top_k),
-                   top_p=float(d.top_p), eos_id=-1 if eos_id is None else eos_id,
-                   pad_id=pad_id or 0, vocab=vocab))
-
 
 def use_on_policy(key, step: int, fraction: float, start_step: int = 0) -> bool:
   """Whether `step` is on-policy: step >= start_step and u(fold_in(key, step)) < λ; exact at

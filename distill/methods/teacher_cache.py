@@ -27,7 +27,9 @@ window (batched, jitted, KV cache: `distill.sampling`); `sequences.npy` int32 [N
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 import os
 import shutil
 import sys
@@ -54,22 +56,38 @@ def _topk_fn(lm, k):
   return jax.jit(fn)
 
 
-def write(ctx, teacher, t_params, out_dir: str, top_k: int, batch_size: int = 32) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TransferSet:
+  """The training windows a cache covers, and what it is keyed by.
+
+  data, tokenizer, workdir: where the windows come from; fraction: the transfer set's share
+  of the train split; teacher: the teacher's source (its checkpoint or "pretrained"), recorded;
+  seed: the run's seed (SeqKD sampling).
+  """
+  data: data.DataSpec
+  tokenizer: Any
+  workdir: str
+  fraction: float
+  teacher: str
+  seed: int
+
+
+def write(teacher, t_params, out_dir: str, top_k: int, ts: TransferSet, mesh, *,
+          batch_size: int = 32, show_progress: bool = True) -> dict:
   """Run `teacher` over the transfer set and write the cache to `out_dir` atomically."""
-  c = ctx.config
   if not 0 < top_k <= teacher.cfg.vocab_size:
     raise CacheError(f"--top_k={top_k} must be in [1, vocab {teacher.cfg.vocab_size}]")
-  ids, rows = data.train_windows(c.data, ctx.tokenizer, ctx.workdir, c.distill.transfer_fraction)
+  ids, rows = data.train_windows(ts.data, ts.tokenizer, ts.workdir, ts.fraction)
   tmp = out_dir.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  n, t = len(ids), c.data.seq_len
+  n, t = len(ids), ts.data.seq_len
   out_ids = np.lib.format.open_memmap(os.path.join(tmp, "ids.npy"), "w+", np.int32, (n, t, top_k))
   out_lp = np.lib.format.open_memmap(os.path.join(tmp, "logprobs.npy"), "w+", np.float32,
                                      (n, t, top_k))
   fn = _topk_fn(teacher, top_k)
-  rep = sharding.replicated(ctx.mesh)
-  progress = train.Progress("teacher_cache", n, t, enabled=ctx.is_main)  # steps = windows
+  rep = sharding.replicated(mesh)
+  progress = train.Progress("teacher_cache", n, t, enabled=show_progress)  # steps = windows
   for start in range(0, n, batch_size):
     if start // batch_size % 5 == 0:
       progress.update(start, {})
@@ -83,9 +101,9 @@ def write(ctx, teacher, t_params, out_dir: str, top_k: int, batch_size: int = 32
   out_lp.flush()
   np.save(os.path.join(tmp, "windows.npy"), np.asarray(ids, np.int32))
   meta = {"top_k": top_k, "seq_len": t, "vocab_size": teacher.cfg.vocab_size, "windows": n,
-          "transfer_fraction": c.distill.transfer_fraction, "data": c.data.name,
-          "tokenizer": ctx.tokenizer.fingerprint,
-          "bytes_per_token": top_k * (4 + 4), "teacher": c.teacher.checkpoint or "pretrained"}
+          "transfer_fraction": ts.fraction, "data": ts.data.name,
+          "tokenizer": ts.tokenizer.fingerprint,
+          "bytes_per_token": top_k * (4 + 4), "teacher": ts.teacher}
   with open(os.path.join(tmp, "meta.json"), "w") as f:
     json.dump(meta, f, indent=1)
   shutil.rmtree(out_dir, ignore_errors=True)
@@ -109,14 +127,13 @@ class Cache:
     if self.ids.shape[0] != self.windows.size or self.ids.shape != self.logprobs.shape:
       raise CacheError(f"teacher cache {path!r} is truncated; write it again")
 
-  def check(self, config, teacher_vocab: int, tokenizer) -> None:
-    m, c = self.meta, config
-    for what, got, want in (("seq_len", m["seq_len"], c.data.seq_len),
-                            ("transfer_fraction", m["transfer_fraction"],
-                             c.distill.transfer_fraction),
-                            ("data", m["data"], c.data.name),
+  def check(self, ts: TransferSet, teacher_vocab: int) -> None:
+    m = self.meta
+    for what, got, want in (("seq_len", m["seq_len"], ts.data.seq_len),
+                            ("transfer_fraction", m["transfer_fraction"], ts.fraction),
+                            ("data", m["data"], ts.data.name),
                             ("vocab_size", m["vocab_size"], teacher_vocab),
-                            ("tokenizer", m["tokenizer"], tokenizer.fingerprint)):
+                            ("tokenizer", m["tokenizer"], ts.tokenizer.fingerprint)):
       if got != want:
         raise CacheError(f"teacher cache was written with {what}={got!r} but this run has "
                          f"{want!r}; write the cache again for this config")
@@ -193,32 +210,32 @@ def write_generations(teacher, t_params, windows, out_dir: str, cfg: sampling.Sa
   return meta
 
 
-def generate(ctx, teacher, t_params, out_dir: str, *, prompt_len: int, temperature: float,
-             top_k: int = 0, top_p: float = 1.0, batch_size: int = 32) -> dict:
-  """SeqKD transfer set from the config's transfer set (windows in window-id order)."""
-  c, tok = ctx.config, ctx.tokenizer
-  if not 1 <= prompt_len <= c.data.seq_len:
-    raise CacheError(f"--prompt_len={prompt_len} must be in [1, data.seq_len={c.data.seq_len}]")
-  if c.data.seq_len + 1 > teacher.cfg.max_len:
-    raise CacheError(f"data.seq_len + 1 = {c.data.seq_len + 1} exceeds the teacher's context "
+def generate(teacher, t_params, out_dir: str, ts: TransferSet, *, prompt_len: int,
+             temperature: float, top_k: int = 0, top_p: float = 1.0, batch_size: int = 32,
+             show_progress: bool = True) -> dict:
+  """SeqKD transfer set from the run's transfer set (windows in window-id order)."""
+  tok, seq_len = ts.tokenizer, ts.data.seq_len
+  if not 1 <= prompt_len <= seq_len:
+    raise CacheError(f"--prompt_len={prompt_len} must be in [1, data.seq_len={seq_len}]")
+  if seq_len + 1 > teacher.cfg.max_len:
+    raise CacheError(f"data.seq_len + 1 = {seq_len + 1} exceeds the teacher's context "
                      f"of {teacher.cfg.max_len} positions")
-  ids, rows = data.train_windows(c.data, tok, ctx.workdir, c.distill.transfer_fraction)
+  ids, rows = data.train_windows(ts.data, tok, ts.workdir, ts.fraction)
   full = np.concatenate([rows(list(ids[i:i + 256]))["inputs"] for i in range(0, len(ids), 256)])
   last = np.concatenate([rows(list(ids[i:i + 256]))["targets"][:, -1:]
                          for i in range(0, len(ids), 256)])
   windows = np.concatenate([full, last], axis=1)
-  cfg = sampling.SampleConfig(gen_len=c.data.seq_len + 1 - prompt_len,
+  cfg = sampling.SampleConfig(gen_len=seq_len + 1 - prompt_len,
                               temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                               eos_id=-1 if tok.eos_id is None else tok.eos_id,
                               pad_id=data.pad_id(tok),
                               vocab=min(tok.vocab_size, teacher.cfg.vocab_size))
-  meta = {"data": c.data.name, "tokenizer": tok.fingerprint,
-          "transfer_fraction": c.distill.transfer_fraction,
-          "teacher": c.teacher.checkpoint or "pretrained", "seed": c.seed}
+  meta = {"data": ts.data.name, "tokenizer": tok.fingerprint, "transfer_fraction": ts.fraction,
+          "teacher": ts.teacher, "seed": ts.seed}
   return write_generations(teacher, t_params, windows, out_dir, cfg, prompt_len=prompt_len,
-                           key=jax.random.key(c.seed), batch_size=batch_size, meta=meta,
-                           progress=train.Progress("seqkd", len(ids), c.data.seq_len,
-                                                   enabled=ctx.is_main))
+                           key=jax.random.key(ts.seed), batch_size=batch_size, meta=meta,
+                           progress=train.Progress("seqkd", len(ids), seq_len,
+                                                   enabled=show_progress))
 
 
 def generated_iterator(path: str, *, seq_len: int, tokenizer, batch_size: int, seed: int,

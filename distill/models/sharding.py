@@ -8,6 +8,7 @@ per layer by XLA) and `tensor` (Megatron style); activations' batch over `data` 
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 
 import jax
@@ -31,8 +32,18 @@ RULES = (
 )
 
 
-def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:
-  shape = [int(mesh_cfg[a]) for a in MESH_AXES]
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """Mesh sizes over (data, fsdp, tensor); exactly one may be -1 (all remaining devices).
+  `slices` > 1 spans TPU slices over the data-center network (data axis only)."""
+  data: int
+  fsdp: int
+  tensor: int
+  slices: int = 1
+
+
+def mesh_shape(spec: MeshSpec, n_devices: int) -> tuple[int, ...]:
+  shape = [int(getattr(spec, a)) for a in MESH_AXES]
   if shape.count(-1) > 1:
     raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
   if any(s == 0 or s < -1 for s in shape):
@@ -46,25 +57,25 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:
   elif known != n_devices:
     raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))} needs {known} devices but "
                     f"{n_devices} are present; set one axis to -1 or match the device count")
-  slices = num_slices(mesh_cfg)
+  slices = num_slices(spec)
   if shape[0] % slices:
     raise MeshError(f"mesh data={shape[0]} is not divisible by slices={slices}; the data axis "
                     "spans the slices, so make it a multiple of the slice count")
   return tuple(shape)
 
 
-def num_slices(mesh_cfg) -> int:
-  """Optional `mesh.slices` (default 1): TPU slices joined over the data-center network."""
-  slices = int(mesh_cfg.get("slices", 1) if hasattr(mesh_cfg, "get") else 1)
+def num_slices(spec: MeshSpec) -> int:
+  """TPU slices joined over the data-center network (1 = one slice)."""
+  slices = int(spec.slices)
   if slices < 1:
     raise MeshError(f"mesh slices={slices} must be >= 1")
   return slices
 
 
-def make_mesh(mesh_cfg, devices=None) -> Mesh:
+def make_mesh(spec: MeshSpec, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_cfg, len(devices))
-  slices = num_slices(mesh_cfg)
+  shape = mesh_shape(spec, len(devices))
+  slices = num_slices(spec)
   if slices > 1:
     # Multi-slice: the data axis is split into (slices x data-per-slice) with the slice index
     # outermost, so only the data-parallel gradient all-reduce crosses the slow DCN links;

@@ -7,7 +7,7 @@
 What is compiled is what `distill.train.run` jits for the student stage, from the same
 builder (`distill.step.make_step`): `step.train_step` with `objectives.distill_loss` (teacher
 forward + student forward/backward + AdamW update), the state / teacher / batch shardings
-from `distill.sharding` on the config's mesh, the state donated. Inputs are `jax.ShapeDtypeStruct`s: no weights, no tokenizer, no TPU. The topology
+from `distill.models.sharding` on the config's mesh, the state donated. Inputs are `jax.ShapeDtypeStruct`s: no weights, no tokenizer, no TPU. The topology
 comes from libtpu's compile-only devices (`jax.experimental.topologies`).
 
 Prints ONE JSON line on stdout (per-device bytes from `compiled.memory_analysis()`):
@@ -47,6 +47,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import re  # noqa: E402
+
+from distill.inference import stage  # noqa: E402
+from distill.models import gguf, hf, sharding  # noqa: E402
+from distill.models.transformer import LM, count_params  # noqa: E402
+from distill.run import pipeline, settings  # noqa: E402
+from distill.run import validate as config_lib  # noqa: E402
+from distill.train import objectives  # noqa: E402
+from distill.train import step as step_lib  # noqa: E402
 
 # HBM per chip by device kind, and how many devices a chip shows to a compile-only topology
 # (v4 lists its 2 TensorCores separately; they share the chip's 32 GiB).
@@ -88,21 +96,17 @@ def topology_devices(topology: str, slices: int = 1):
 
 def hbm_per_device(devices, preset) -> int:
   kind = devices[0].device_kind
-  gib = CHIP_HBM_GIB.get(kind) or preset["hbm_gib"]
+  gib = CHIP_HBM_GIB.get(kind) or preset.hbm_gib
   cores = len({getattr(d, "core_on_chip", 0) for d in devices})
   return int(gib * GIB) // max(cores, 1)
 
 
 def teacher_model_config(c):
   """The teacher's ModelConfig (full vocab), without reading any weights."""
-  from distill.inference import stage  # pylint: disable=import-outside-toplevel
-  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   ckpt = c.teacher.checkpoint
   if ckpt.startswith("hf:") and os.path.exists(os.path.join(ckpt[3:], "config.json")):
-    from distill.models import hf  # pylint: disable=import-outside-toplevel
     cfg = hf.model_config(hf.read_config(ckpt[3:]), dtype=c.teacher.dtype)
   elif ckpt.startswith("gguf:") and os.path.isfile(ckpt[5:]):
-    from distill.models import gguf, hf  # pylint: disable=import-outside-toplevel
     cfg = hf.model_config(gguf.Checkpoint(ckpt[5:]).config, dtype=c.teacher.dtype)
   elif ckpt and not ckpt.startswith("hf:") and os.path.isdir(ckpt):
     cfg = stage.read_model_config(ckpt)
@@ -117,7 +121,6 @@ def teacher_model_config(c):
 
 
 def student_model_config(c, vocab: int):
-  from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   fields = {k: v for k, v in dict(c.student.model).items() if k != "vocab_size"}
   return pipeline.model_config(fields, vocab, c)
 
@@ -129,10 +132,6 @@ def compile_step(c, mesh, t_cfg, s_cfg):
 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill.train import objectives  # pylint: disable=import-outside-toplevel
-  from distill.models import sharding  # pylint: disable=import-outside-toplevel
-  from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
 
   teacher, student = LM(t_cfg), LM(s_cfg)
   tx = step_lib.make_optimizer(lr=c.distill.lr, steps=max(c.distill.steps, 1),
@@ -140,7 +139,7 @@ def compile_step(c, mesh, t_cfg, s_cfg):
                                weight_decay=c.optimizer.weight_decay,
                                clip_norm=c.optimizer.clip_norm)
   loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
-                              cfg=objectives.LossConfig.from_config(c.distill))
+                              cfg=settings.loss_config(c.distill))
   t_shard = sharding.param_shardings(teacher, mesh)
   built = step_lib.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard,
                              skip_nonfinite=bool(c.train.skip_nonfinite))
@@ -187,13 +186,9 @@ def _total(m: dict) -> int:
 
 def analyze(c, topology: str | None = None, layers: int = 0) -> dict:
   """Compile for the topology and return the result dict (what the JSON line holds)."""
-  from distill.run import validate as config_lib  # pylint: disable=import-outside-toplevel
-  from distill.models import sharding  # pylint: disable=import-outside-toplevel
-  from distill.models.transformer import count_params  # pylint: disable=import-outside-toplevel
-  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
 
-  preset = config_lib.PRESETS[c.preset]
-  topology = topology or c.get("topology") or preset["topology"]
+  preset = settings.preset(c)
+  topology = topology or c.topology or preset.topology
   if not topology:
     raise AotError(f"preset {c.preset!r} has no TPU topology; pass --topology=v5e:16x16 (or set "
                    "config.topology)")
@@ -203,7 +198,7 @@ def analyze(c, topology: str | None = None, layers: int = 0) -> dict:
     config_lib.validate(c, n_devices=len(devices))
   except config_lib.ConfigError as e:
     raise AotError(f"{e} (topology {topology} has {len(devices)} devices)") from None
-  mesh = sharding.make_mesh(c.mesh, devices)
+  mesh = sharding.make_mesh(settings.mesh_spec(c.mesh), devices)
   t_cfg = teacher_model_config(c)
   s_cfg = student_model_config(c, t_cfg.vocab_size)
   out = {"config": "", "topology": topology, "slices": slices,

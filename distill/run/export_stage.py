@@ -23,6 +23,7 @@ import logging
 import os
 
 from distill.export import artifact, presets
+from distill.run import settings
 from distill.export.runtime import CARD_NAME
 
 _OVERRIDES = ("quant", "max_context", "prefill_len", "budget_mb")
@@ -106,7 +107,7 @@ def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
         continue
     source = {"stage_dir": os.path.abspath(student_dir), "export_key": key}
     card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
-                           data_cfg=config.data, workdir=workdir, level=level,
+                           data_spec=settings.data_spec(config.data), workdir=workdir, level=level,
                            tokenizer_dir=os.path.join(student_dir, "tokenizer"), source=source,
                            litertlm=litertlm, log=lambda msg: print(msg, flush=True))
     results[name] = summary(card, out_dir)

@@ -1,8 +1,8 @@
 """Hardware presets: what `config.preset` sets unless the config says otherwise.
 
 One row per target (cpu, gpu, tpu_v4, tpu_v5e, tpu_v5p, tpu_v6e). Pure data, no jax import,
-so configs and `distill.config` can read it cheaply. `distill.config.PRESETS` is the dict view
-the pipeline reads (`PRESETS[name]["dtype"]`).
+so configs and `distill.run.validate` can read it cheaply; the pipeline reads typed
+attributes (`hardware.get(name).dtype`).
 
 Fields:
   dtype       compute dtype of the models: matmul inputs and the activations between layers.

@@ -26,7 +26,7 @@ from distill.methods import features
 from distill.run import lock
 from distill.train import objectives
 from distill.methods import onpolicy
-from distill.methods import qat
+from distill.methods import qat as qad
 from distill.run import report
 from distill.eval import samples as sample_eval
 from distill.models import sharding
@@ -34,7 +34,11 @@ from distill.train import step
 from distill.methods import teacher_cache
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
-from distill.run.validate import PRESETS, ConfigError, validate
+from distill.errors import ConfigError
+from distill.methods.prune import vocab_teacher
+from distill.models import gguf, hf
+from distill.run import export_stage, settings, student_init
+from distill.run.validate import validate
 from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
 
 VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
@@ -50,17 +54,18 @@ def read_only_teacher(cfg: ModelConfig, config) -> ModelConfig:
   build it here, so the AOT check compiles the teacher that trains."""
   t_dtype = config.teacher.dtype
   return cfg.replace(dtype=t_dtype if t_dtype != "float32" else cfg.dtype,
-                     scan_layers=PRESETS[config.preset]["scan_layers"])
+                     scan_layers=settings.preset(config).scan_layers)
 
 
 def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
+  hw = settings.preset(config)
   fields = dict(model_cfg)
   fields.pop("vocab_size", None)  # the teacher/tokenizer decides
   fields.setdefault("max_len", max(config.data.seq_len, 2048))
-  fields.setdefault("dtype", dtype or config.compute_dtype or PRESETS[config.preset]["dtype"])
-  fields.setdefault("attention", PRESETS[config.preset]["attention"])
-  fields.setdefault("remat", PRESETS[config.preset]["remat"])
-  fields.setdefault("scan_layers", PRESETS[config.preset]["scan_layers"])
+  fields.setdefault("dtype", dtype or config.compute_dtype or hw.dtype)
+  fields.setdefault("attention", hw.attention)
+  fields.setdefault("remat", hw.remat)
+  fields.setdefault("scan_layers", hw.scan_layers)
   return ModelConfig(vocab_size=vocab_size, **fields)
 
 
@@ -69,7 +74,8 @@ class Context:
 
   def __init__(self, config, workdir):
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.data = settings.data_spec(config.data)
+    self.mesh = sharding.make_mesh(settings.mesh_spec(config.mesh))
     self.is_main = jax.process_index() == 0
     self.writer = None
     if self.is_main:
@@ -77,10 +83,17 @@ class Context:
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
     self.tokenizer = None
 
+  def transfer_set(self) -> teacher_cache.TransferSet:
+    c = self.config
+    return teacher_cache.TransferSet(
+        data=self.data, tokenizer=self.tokenizer, workdir=self.workdir,
+        fraction=c.distill.transfer_fraction, teacher=c.teacher.checkpoint or "pretrained",
+        seed=c.seed)
+
   def train_iter(self, fraction, cache=None):
     c = self.config
     it = data.make_train_iterator(
-        c.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
+        self.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
         fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count(),
         with_window_ids=cache is not None)
     return it if cache is None else teacher_cache.CachedIterator(it, cache)
@@ -131,7 +144,7 @@ def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfi
   else:
     it = ctx.train_iter(c.distill.transfer_fraction)
     batches = [sharding.global_batch(next(it), ctx.mesh)["inputs"] for _ in range(4)]
-    outliers = qat.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
+    outliers = qad.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
   q_lm = LM(student.cfg.replace(outlier_channels=outliers))
   cfg = dataclasses.replace(cfg, qat_outliers=outliers)
   params, info = _train_stage(
@@ -150,10 +163,7 @@ def load_or_train_teacher(ctx: Context):
   c = ctx.config
   path = c.teacher.checkpoint
   if path.startswith(("hf:", "gguf:")):
-    if path.startswith("hf:"):
-      from distill.models import hf as loader  # pylint: disable=import-outside-toplevel
-    else:
-      from distill.models import gguf as loader  # pylint: disable=import-outside-toplevel
+    loader = hf if path.startswith("hf:") else gguf
     lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
                                                     dtype=c.teacher.dtype)
     lm = LM(read_only_teacher(lm.cfg, c))  # same params
@@ -183,7 +193,7 @@ def _eval_sets(ctx: Context) -> dict:
   c = ctx.config
   kw = dict(batch_size=c.data.batch_size, process_index=jax.process_index(),
             process_count=jax.process_count())
-  sets = {"validation": data.eval_batches(c.data, ctx.tokenizer, ctx.workdir, split="validation",
+  sets = {"validation": data.eval_batches(ctx.data, ctx.tokenizer, ctx.workdir, split="validation",
                                           max_batches=c.data.eval_batches or None, **kw)}
   if c.eval.heldout:
     sets["heldout"] = data.text_eval_batches(data.heldout_texts(c.eval.heldout), ctx.tokenizer,
@@ -239,7 +249,7 @@ def _samples(ctx: Context, model: api.Model) -> dict:
 def _generated_iter(ctx: Context):
   """The SeqKD transfer set's iterator when distill.transfer_set names one, else None."""
   c = ctx.config
-  ts = c.distill.get("transfer_set", "")
+  ts = c.distill.transfer_set
   if not ts or stage.is_stage(os.path.join(ctx.workdir, "student")):
     return None
   return teacher_cache.generated_iterator(
@@ -255,10 +265,9 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   if o is None or not o.fraction:
     return None
   tok = ctx.tokenizer
-  cfg = onpolicy.OnPolicyConfig.from_config(o, seq_len=c.data.seq_len,
-                                            vocab=min(tok.vocab_size, student.cfg.vocab_size),
-                                            eos_id=tok.eos_id, pad_id=data.pad_id(tok),
-                                            steps=int(c.distill.steps))
+  cfg = settings.on_policy_config(o, steps=int(c.distill.steps), seq_len=c.data.seq_len,
+                                  vocab=min(tok.vocab_size, student.cfg.vocab_size),
+                                  eos_id=tok.eos_id, pad_id=data.pad_id(tok))
   total = cfg.prompt_len + cfg.sample.gen_len
   context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
   if total > context:
@@ -280,22 +289,21 @@ def _run(config, workdir: str) -> dict:
   ctx = Context(config, workdir)
   c = config
   if c.data.tokenizer:  # before any training: a data mistake fails first
-    data.prepare(c.data, workdir)
+    data.prepare(ctx.data, workdir)
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
-    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
+    data.prepare(ctx.data, workdir, tokenizer=ctx.tokenizer)
   t_lm, t_tokenizer, trim = teacher, ctx.tokenizer, None
   if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
-    from distill.methods.prune import trimmed  # pylint: disable=import-outside-toplevel
-    trim = trimmed.make_trim(teacher, ctx.tokenizer, c.data, workdir, int(c.student.vocab),
+    trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, workdir, int(c.student.vocab),
                              c.distill.transfer_fraction)
     ctx.tokenizer = trim.tokenizer
-    data.prepare(c.data, workdir, tokenizer=ctx.tokenizer)
-    teacher = trimmed.TrimmedTeacher(t_lm, trim)
+    data.prepare(ctx.data, workdir, tokenizer=ctx.tokenizer)
+    teacher = vocab_teacher.TrimmedTeacher(t_lm, trim)
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
   student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
-  loss_cfg = objectives.LossConfig.from_config(c.distill)
+  loss_cfg = settings.loss_config(c.distill)
   qad_cfg = None
   if c.distill.qat_steps:  # QAD as its own stage after the fp32 student (see _qad_stage)
     qad_cfg = dataclasses.replace(loss_cfg, qat_start_step=0, total_steps=c.distill.qat_steps,
@@ -303,16 +311,14 @@ def _run(config, workdir: str) -> dict:
     loss_cfg = dataclasses.replace(loss_cfg, qat="none")
   init = None
   if c.student.init == "teacher_layers":
-    from distill.run.student_init import init_from_teacher  # pylint: disable=import-outside-toplevel
-    init = init_from_teacher(student, teacher, t_params)
+    init = student_init.init_from_teacher(student, teacher, t_params)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
-    from distill.methods.prune import pipeline_init  # pylint: disable=import-outside-toplevel
-    student, init = pipeline_init.from_teacher(ctx, student, t_lm, t_params, trim)
+    student, init = student_init.from_teacher(ctx, student, t_lm, t_params, trim)
   if qad_cfg and c.distill.qat_outliers >= student.cfg.d_model:  # before any training
     raise ConfigError(f"--config.distill.qat_outliers={c.distill.qat_outliers} must be below "
                       f"the student's d_model={student.cfg.d_model}")
   # Feature losses: the student (not the baseline) also trains hidden-state projections.
-  loss_cfg, s_init = features.setup(c.distill, student, teacher, loss_cfg, init,
+  loss_cfg, s_init = features.setup(settings.feature_spec(c.distill.hidden), student, teacher, loss_cfg, init,
                                     getattr(init, "plan", None))
   source = c.distill.teacher_source
   walls_extra = {}
@@ -322,13 +328,13 @@ def _run(config, workdir: str) -> dict:
       t_cache = time.time()
       logging.info("[teacher_cache] top-%d of the teacher over the transfer set -> %s",
                    c.distill.top_k, cache_dir)
-      teacher_cache.write(ctx, teacher, t_params, cache_dir, c.distill.top_k,
-                          batch_size=c.data.batch_size)
+      teacher_cache.write(teacher, t_params, cache_dir, c.distill.top_k, ctx.transfer_set(),
+                          ctx.mesh, batch_size=c.data.batch_size, show_progress=ctx.is_main)
       walls_extra["teacher_cache"] = time.time() - t_cache
     source = teacher_cache.CACHE_PREFIX + cache_dir
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
-    cache.check(c, teacher.cfg.vocab_size, ctx.tokenizer)
+    cache.check(ctx.transfer_set(), teacher.cfg.vocab_size)
     loss_fn = functools.partial(objectives.cached_distill_loss, student=student, cfg=loss_cfg)
   else:
     cache = None
@@ -359,7 +365,7 @@ def _run(config, workdir: str) -> dict:
   results = evaluate_models(ctx, models, teacher, t_params)
   e = c.eval
   prompts, s_cfg = sample_eval.prompts(
-      c.data, ctx.tokenizer, workdir, teacher, count=e.get("sample_prompts", 0),
+      ctx.data, ctx.tokenizer, workdir, teacher, count=e.sample_prompts,
       prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
   for name, (lm, params, _) in models.items():
     if prompts is not None:  # same prompts, settings and key for every model
@@ -382,9 +388,8 @@ def _run(config, workdir: str) -> dict:
   walls.update(walls_extra)
 
   if c.export.enabled:
-    from distill.export import pipeline_stage  # pylint: disable=import-outside-toplevel
     t_exp = time.time()
-    results["export"] = pipeline_stage.run(c, workdir, s_lm, s_params, ctx.tokenizer)
+    results["export"] = export_stage.run(c, workdir, s_lm, s_params, ctx.tokenizer)
     walls["export"] = time.time() - t_exp
 
   rep = report.build(c, results, walls, time.time() - t0)
@@ -397,16 +402,18 @@ def _run(config, workdir: str) -> dict:
 def write_teacher_cache(config, workdir: str, out_dir: str, top_k: int) -> dict:
   """`python -m distill.teacher_cache`: the teacher's top-k targets over the transfer set."""
   ctx = Context(config, workdir)
-  data.prepare(config.data, workdir)
+  data.prepare(ctx.data, workdir)
   teacher, t_params, _, _ = load_or_train_teacher(ctx)
-  return teacher_cache.write(ctx, teacher, t_params, out_dir, top_k)
+  return teacher_cache.write(teacher, t_params, out_dir, top_k, ctx.transfer_set(), ctx.mesh,
+                             show_progress=ctx.is_main)
 
 
 def write_generations(config, workdir: str, out_dir: str, **sample) -> dict:
   """`python -m distill.teacher_cache --generate`: the teacher's continuations of the transfer
   set's prompts as a SeqKD transfer set; the returned dict names it (`transfer_set`)."""
   ctx = Context(config, workdir)
-  data.prepare(config.data, workdir)
+  data.prepare(ctx.data, workdir)
   teacher, t_params, _, _ = load_or_train_teacher(ctx)
-  meta = teacher_cache.generate(ctx, teacher, t_params, out_dir, **sample)
+  meta = teacher_cache.generate(teacher, t_params, out_dir, ctx.transfer_set(),
+                                show_progress=ctx.is_main, **sample)
   return {"transfer_set": teacher_cache.GENERATED_PREFIX + out_dir, **meta}

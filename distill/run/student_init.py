@@ -17,9 +17,11 @@ from distill import data
 from distill.inference import stage
 from distill.inference import model as api
 from distill.models import sharding
-from distill.run.validate import ConfigError
+from distill.errors import ConfigError
 from distill.models.transformer import LM, count_params
 from distill.methods.prune import core
+from distill.methods.prune import vocab as vocab_lib
+from distill.models import hf
 
 
 def calibration_batches(it, n: int, mesh=None):
@@ -65,7 +67,6 @@ def from_teacher(ctx, student: LM, teacher: LM, t_params, trim=None):
   params, plan, imp = core.prune(teacher, t_params, cfg, batches, method=p.method, seed=c.seed,
                                  rescale_norms=bool(p.norm_gains))
   if trim is not None:
-    from distill.methods.prune import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
     params, cfg = vocab_lib.trim_params(params, cfg, trim)
   logging.info("[prune] %s pruning kept layers %s of %d (%s calibration tokens)", p.method,
                plan.layers.tolist(), teacher.cfg.n_layers, imp.tokens if imp else 0)
@@ -82,31 +83,30 @@ def from_teacher(ctx, student: LM, teacher: LM, t_params, trim=None):
 def load_teacher(path: str):
   """(LM, params, tokenizer) of a stage directory or `hf:DIR`, fp32 on the default devices."""
   if path.startswith("hf:"):
-    from distill.models import hf  # pylint: disable=import-outside-toplevel
     return hf.load(path[3:], hf.default_mesh(), "float32")
   m = api.load(path, dtype="float32")
   return m.lm, m.params, m.tokenizer
 
 
-def prune_to_stage(teacher_path: str, out: str, target, *, data_cfg, fraction: float,
+def prune_to_stage(teacher_path: str, out: str, target, *, data_spec: data.DataSpec,
+                   batch_size: int, fraction: float,
                    workdir: str, calib_batches: int, method: str = "activation", seed: int = 0,
                    vocab: int | None = None) -> dict:
   """Prune a teacher to `target` and write a stage directory; returns its stage info."""
   lm, params, tok = load_teacher(teacher_path)
   trim = None
   if vocab is not None:
-    from distill.methods.prune import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
     vocab_lib.check_k(tok, vocab)  # before the data pass or any file
   batches = []
   if calib_batches or vocab is not None:
-    it = data.make_train_iterator(data_cfg, tok, workdir, batch_size=int(data_cfg.batch_size),
+    it = data.make_train_iterator(data_spec, tok, workdir, batch_size=batch_size,
                                   seed=seed, fraction=fraction)
     batches = calibration_batches(it, calib_batches)
   pruned, plan, imp = core.prune(lm, params, target, batches,
                                  method=method, seed=seed)
   cfg = target
   if vocab is not None:
-    ids, rows = data.train_windows(data_cfg, tok, workdir, fraction)
+    ids, rows = data.train_windows(data_spec, tok, workdir, fraction)
     trim = vocab_lib.trim(tok, vocab_lib.count_ids(ids, rows, lm.cfg.vocab_size), vocab, workdir)
     pruned, cfg = vocab_lib.trim_params(pruned, cfg, trim)
     tok = trim.tokenizer

@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 import os
 
-from distill.errors import ConfigError, MissingDependencyError  # noqa: F401  re-exported
+from distill.errors import ConfigError
 from distill.models.transformer import ModelConfig
 from distill.run.hardware import HARDWARE
+from distill.models import sharding
+from distill.run import settings
 
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
 
 # Hardware presets: what each sets unless the config says otherwise (dtype, attention, remat,
 # default mesh, HBM per chip, AOT topology); the table lives in distill/presets.py.
-PRESETS = {name: h.as_dict() for name, h in HARDWARE.items()}
 
 # `vocab_size` is allowed so a config can state a teacher's full shape (what `distill.aot`
 # compiles without weights or tokenizer); at run time the tokenizer's vocab is used.
@@ -158,8 +159,8 @@ def _sample_eval(c):
 def validate(c, n_devices: int | None = None) -> None:
   """Raise ConfigError for the first problem found."""
   _num(c, "seed", int)
-  _req(_get(c, "preset") in PRESETS, f"--config.preset={c.preset!r} is unknown; "
-       f"use one of {sorted(PRESETS)}")
+  _req(_get(c, "preset") in HARDWARE, f"--config.preset={c.preset!r} is unknown; "
+       f"use one of {sorted(HARDWARE)}")
   _req(_num(c, "checkpoint_every", int) > 0,
        f"--config.checkpoint_every={c.checkpoint_every} must be > 0")
   _req(_num(c, "log_every", int) > 0, f"--config.log_every={c.log_every} must be > 0")
@@ -302,9 +303,8 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 
   if n_devices is not None:
-    from distill.models import sharding  # jax import only when devices are known
     try:
-      shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(c.mesh, n_devices)))
+      shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(settings.mesh_spec(c.mesh), n_devices)))
     except sharding.MeshError as e:
       raise ConfigError(f"--config.mesh: {e}") from None
     dp = shape["data"] * shape["fsdp"]

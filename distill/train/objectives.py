@@ -17,7 +17,7 @@ import dataclasses
 import jax
 
 from distill import losses
-from distill.methods import qat
+from distill.models import quant as qat
 from distill.models import transformer
 from distill.models.transformer import LM
 
@@ -59,19 +59,6 @@ class LossConfig:
   # The student's ModelConfig.outlier_channels: rows of the d_model-input matrices kept fp32.
   qat_outliers: tuple = ()
 
-  @classmethod
-  def from_config(cls, d) -> "LossConfig":
-    return cls(kind=d.loss, temperature=float(d.temperature), alpha=float(d.alpha),
-               beta=float(d.beta), skew=float(d.skew), scale_by_t2=bool(d.scale_by_t2),
-               chunk_size=int(d.chunk_size), alpha_schedule=d.get("alpha_schedule", "constant"),
-               alpha_end=float(d.get("alpha_end", d.alpha)),
-               temperature_schedule=d.get("temperature_schedule", "constant"),
-               temperature_end=float(d.get("temperature_end", d.temperature)),
-               total_steps=int(d.steps), top_k=int(d.get("top_k", 0)),
-               tail=d.get("tail", "renormalize"), qat=_qat_mode(d.get("qat", "none")),
-               qat_start_step=int(round(float(d.get("qat_start_fraction", 0.0)) * int(d.steps))),
-               qat_activations=bool(d.get("qat_activations", False)))
-
   def input_quant(self, step):
     """Context for the student forward: fake int8 FC inputs under QAT with activations."""
     if self.qat == "none" or not self.qat_activations:
@@ -109,12 +96,6 @@ class LossConfig:
     temp = losses.schedule(self.temperature_schedule, self.temperature, self.temperature_end,
                            self.total_steps)
     return alpha(step), temp(step)
-
-
-def _qat_mode(mode: str) -> str:
-  if mode not in qat.QAT_MODES:
-    raise ValueError(f"--config.distill.qat={mode!r}: use one of {', '.join(qat.QAT_MODES)}")
-  return mode
 
 
 def ce_loss(params, batch, teacher_params, step, *, student: LM):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill.run.validate import ConfigError
+from distill.errors import ConfigError
 from distill.models.transformer import LM, ModelConfig, project
 
 METHODS = ("activation", "random")

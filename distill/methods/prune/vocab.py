@@ -27,7 +27,7 @@ import numpy as np
 
 from distill import losses
 from distill.data import tokenizer as tokenizers
-from distill.run.validate import ConfigError
+from distill.errors import ConfigError
 
 
 @dataclasses.dataclass

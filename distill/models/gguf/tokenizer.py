@@ -27,7 +27,7 @@ import shutil
 import tempfile
 
 from distill.data import tokenizer as tokenizers
-from distill.inference.model import LoadError
+from distill.errors import LoadError
 
 CONTROL, USER_DEFINED = 3, 4
 _GPT2_SPLIT = None  # ByteLevel's built-in regex
@@ -46,9 +46,8 @@ _PRE = {
 
 
 def _array(reader, key: str):
-  from distill.models import gguf  # pylint: disable=import-outside-toplevel
   field = reader.fields.get(key)
-  return None if field is None else gguf.field_value(field)
+  return None if field is None else field_value(field)
 
 
 def load(reader, meta: dict, path: str) -> tokenizers.HFTokenizer:

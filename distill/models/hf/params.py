@@ -15,7 +15,7 @@ from distill.models.transformer import LM, ModelConfig
 
 def default_mesh():
   """All local devices on the fsdp axis: weights split, never whole on one device."""
-  return sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+  return sharding.make_mesh(sharding.MeshSpec(data=1, fsdp=-1, tensor=1))
 
 
 Layout = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from distill.export.runtime import LiteRTModel
+import distill
 
 # Timed greedy decode steps per model: enough to average out timer noise on tiny models while
 # keeping the whole measurement to seconds.
@@ -58,7 +60,6 @@ def jax_decode_latency(model, tokens: int = DECODE_TOKENS, prompt_ids=None,
 def tflite_decode_latency(path: str, tokens: int = DECODE_TOKENS) -> dict:
   """The same measurement on an exported .tflite through LiteRT (its card beside it)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   m = LiteRTModel(path)
   steps = max(1, min(tokens, m.max_context - 2))
   cache = m.new_cache()
@@ -74,7 +75,6 @@ def tflite_decode_latency(path: str, tokens: int = DECODE_TOKENS) -> dict:
 
 def measure_latency(workdir: str, rep: dict, config) -> dict:
   """{row name: latency dict}; rows that cannot be measured are left out (logged)."""
-  import distill  # pylint: disable=import-outside-toplevel
   out = {}
   prompts = tuple(config.eval.prompts) if "eval" in config else ()
   for name in ("teacher", "student"):

@@ -1,0 +1,28 @@
+"""`DataSpec`: what the data functions read, built from the run config's `data` section by
+`distill.run.settings` (which checks every field); nothing in `distill.data` reads a config."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Where documents come from and how they become token windows.
+
+  name: 'pydoc_topics' (the embedded corpus), a TFDS name, or 'text:<glob>'.
+  data_dir: TFDS files and packed streams; '' = <workdir>/data.
+  tokenizer: 'byte', a tokenizer path, or '' = the teacher's (then the caller passes it).
+  seq_len: tokens per training window (a window holds seq_len + 1).
+  add_bos: the tokenizer's BOS before every document when packing.
+  max_documents: read at most this many documents per split (None = all).
+  """
+  name: str
+  data_dir: str
+  tokenizer: str
+  seq_len: int
+  add_bos: bool
+  max_documents: int | None
+
+  def resolved_data_dir(self, workdir: str) -> str:
+    return self.data_dir or os.path.join(workdir, "data")

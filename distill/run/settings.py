@@ -1,0 +1,66 @@
+"""Where the run config stops: its sections become the small frozen values the library takes.
+
+`distill.run.validate` has checked every field (one clear line per mistake) before these run;
+below `distill.run` nothing reads a ConfigDict or keeps a default for one of its fields.
+"""
+from __future__ import annotations
+
+from distill.data import DataSpec
+from distill.inference import sampling
+from distill.methods import features
+from distill.models import quant as qat
+from distill.methods.onpolicy import OnPolicyConfig
+from distill.models.sharding import MeshSpec
+from distill.run import hardware
+from distill.train.objectives import LossConfig
+
+
+def data_spec(d) -> DataSpec:
+  """`config.data` -> DataSpec."""
+  return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
+                  seq_len=int(d.seq_len), add_bos=bool(d.add_bos),
+                  max_documents=None if d.max_documents is None else int(d.max_documents))
+
+
+def mesh_spec(m) -> MeshSpec:
+  """`config.mesh` -> MeshSpec."""
+  return MeshSpec(data=int(m.data), fsdp=int(m.fsdp), tensor=int(m.tensor),
+                  slices=int(m.slices))
+
+
+def preset(config) -> hardware.Hardware:
+  return hardware.get(config.preset)
+
+
+def loss_config(d) -> LossConfig:
+  """`config.distill` -> the static description of the soft-target objective."""
+  if d.qat not in qat.QAT_MODES:
+    raise ValueError(f"--config.distill.qat={d.qat!r}: use one of {', '.join(qat.QAT_MODES)}")
+  return LossConfig(kind=d.loss, temperature=float(d.temperature), alpha=float(d.alpha),
+                    beta=float(d.beta), skew=float(d.skew), scale_by_t2=bool(d.scale_by_t2),
+                    chunk_size=int(d.chunk_size), alpha_schedule=d.alpha_schedule,
+                    alpha_end=float(d.alpha_end), temperature_schedule=d.temperature_schedule,
+                    temperature_end=float(d.temperature_end), total_steps=int(d.steps),
+                    top_k=int(d.top_k), tail=d.tail, qat=d.qat,
+                    qat_start_step=int(round(float(d.qat_start_fraction) * int(d.steps))),
+                    qat_activations=bool(d.qat_activations))
+
+
+def feature_spec(h) -> features.FeatureSpec:
+  """`config.distill.hidden` -> FeatureSpec."""
+  return features.FeatureSpec(layers=h.layers, weight=float(h.weight), kind=h.kind,
+                              attention_weight=float(h.attention_weight))
+
+
+def on_policy_config(o, *, steps: int, seq_len: int, vocab: int, eos_id, pad_id) -> OnPolicyConfig:
+  """`config.distill.on_policy` -> OnPolicyConfig; gen_len 0 fills the training window and
+  `start` is a fraction of the `steps` distill steps."""
+  p = int(o.prompt_len)
+  gen = int(o.gen_len) or seq_len + 1 - p
+  return OnPolicyConfig(fraction=float(o.fraction), prompt_len=p, divergence=o.divergence,
+                        start_step=int(round(float(o.start) * steps)),
+                        loss_temperature=float(o.loss_temperature),
+                        sample=sampling.SampleConfig(
+                            gen_len=gen, temperature=float(o.temperature), top_k=int(o.top_k),
+                            top_p=float(o.top_p), eos_id=-1 if eos_id is None else eos_id,
+                            pad_id=pad_id or 0, vocab=vocab))
