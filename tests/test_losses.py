@@ -525,6 +525,34 @@ def test_schedule_endpoints_and_jit(kind):
     losses.schedule("step", 0, 1, 10)
 
 
+def _ref_schedule(kind, start, end, total, steps):
+  """NumPy float64: start + (end - start) * f(clip(step / total, 0, 1))."""
+  steps = np.asarray(steps, np.float64)
+  if kind == "constant":
+    return np.full(steps.shape, start)
+  frac = np.clip(steps / total, 0.0, 1.0) if total else np.ones(steps.shape)
+  if kind == "cosine":
+    frac = 0.5 * (1.0 - np.cos(np.pi * frac))
+  return start + (end - start) * frac
+
+
+@pytest.mark.parametrize("kind", losses.SCHEDULES)
+@pytest.mark.parametrize("start,end,total", [(0.0, 1.0, 10), (4.0, 1.0, 7), (1.0, 4.0, 300),
+                                             (0.3, -0.2, 1), (0.5, 0.9, 0), (2.0, 2.0, 5)])
+def test_schedule_matches_numpy(kind, start, end, total):
+  """Every step of the schedule (before, across and after [0, total]) against NumPy, to fp32
+  rounding of the larger endpoint; the constant schedule exactly."""
+  steps = np.arange(-3, total + 4)
+  got = np.asarray(jax.jit(jax.vmap(losses.schedule(kind, start, end, total)))(steps))
+  assert got.dtype == np.float32
+  want = _ref_schedule(kind, start, end, total, steps)
+  if kind == "constant":
+    np.testing.assert_array_equal(got, np.float32(want))
+  else:
+    eps = np.finfo(np.float32).eps * max(abs(start), abs(end), 1e-30)
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * eps)
+
+
 @pytest.mark.parametrize("kind", losses.HIDDEN_KINDS)
 def test_hidden_state_loss(kind):
   rng = np.random.default_rng(8)

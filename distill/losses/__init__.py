@@ -27,14 +27,29 @@ float64 inputs (x64 tests) stay float64.
 
 from __future__ import annotations
 
-# The definitions live in one module per concern; this module is the public API.
-from distill.losses.chunked import chunked_distill_objective  # noqa: F401
-from distill.losses.core import (  # noqa: F401
-    KINDS, cross_entropy, distill_objective, divergence, divergence_per_token,
-    logits_from_hidden, softcap)
-from distill.losses.hidden import (  # noqa: F401
-    HIDDEN_KINDS, attention_map_loss, hidden_state_loss)
-from distill.losses.schedule import SCHEDULES, schedule  # noqa: F401
-from distill.losses.sparse import (  # noqa: F401
+# The definitions live in one module per concern; this module is the public API (__all__).
+from distill.losses.chunked import chunked_distill_objective
+from distill.losses.core import (
+    KINDS, ce_per_token, check_kind, combine, cross_entropy, distill_objective, divergence,
+    divergence_per_token, logits_from_hidden, masked_mean, masked_sum_and_count,
+    per_token_from_logprobs, safe_div, softcap, t2, upcast)
+from distill.losses.hidden import HIDDEN_KINDS, attention_map_loss, hidden_state_loss
+from distill.losses.schedule import SCHEDULES, schedule
+from distill.losses.sparse import (
     TAIL_FLOOR, TAIL_RULES, grouped_top_k, sparse_distill_objective, sparse_divergence,
     topk_targets)
+
+__all__ = [
+    # core: dense divergences and CE
+    "KINDS", "cross_entropy", "distill_objective", "divergence", "divergence_per_token",
+    "logits_from_hidden", "softcap",
+    # core: the shared building blocks the other loss modules use
+    "ce_per_token", "check_kind", "combine", "masked_mean", "masked_sum_and_count",
+    "per_token_from_logprobs", "safe_div", "t2", "upcast",
+    # chunked, hidden, schedule, sparse
+    "chunked_distill_objective",
+    "HIDDEN_KINDS", "attention_map_loss", "hidden_state_loss",
+    "SCHEDULES", "schedule",
+    "TAIL_FLOOR", "TAIL_RULES", "grouped_top_k", "sparse_distill_objective",
+    "sparse_divergence", "topk_targets",
+]

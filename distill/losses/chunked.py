@@ -8,8 +8,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from distill.losses.core import (_check_kind, _ce_per_token, _combine, _masked_sum_and_count,
-                                 _safe_div, _t2, divergence_per_token, logits_from_hidden)
+from distill.losses.core import (check_kind, ce_per_token, combine, masked_sum_and_count,
+                                 safe_div, t2, divergence_per_token, logits_from_hidden)
 
 
 def chunked_distill_objective(student_hidden, student_unembed, teacher_hidden,
@@ -27,7 +27,7 @@ def chunked_distill_objective(student_hidden, student_unembed, teacher_hidden,
   along T, not over flattened B*T, so batch sharding is left untouched.
   Same value and gradients as the dense form.
   """
-  _check_kind(kind)
+  check_kind(kind)
   b, t_len = student_hidden.shape[:2]
   if teacher_hidden.shape[:2] != (b, t_len):
     raise ValueError("student_hidden and teacher_hidden disagree on [B, T]: "
@@ -60,9 +60,9 @@ def chunked_distill_objective(student_hidden, student_unembed, teacher_hidden,
     t = logits_from_hidden(h_t, w_t, cap=teacher_softcap)
     div = divergence_per_token(kind, s, t, temperature=temp, beta=beta,
                                skew=skew)
-    ce = _ce_per_token(s, lab)
-    div_sum, _ = _masked_sum_and_count(div.astype(acc_dtype), m)
-    ce_sum, _ = _masked_sum_and_count(ce.astype(acc_dtype), m)
+    ce = ce_per_token(s, lab)
+    div_sum, _ = masked_sum_and_count(div.astype(acc_dtype), m)
+    ce_sum, _ = masked_sum_and_count(ce.astype(acc_dtype), m)
     return div_sum, ce_sum
 
   temp = jnp.asarray(temperature, acc_dtype)
@@ -74,8 +74,8 @@ def chunked_distill_objective(student_hidden, student_unembed, teacher_hidden,
   zero = jnp.zeros((), acc_dtype)
   (div_sum, ce_sum), _ = lax.scan(body, (zero, zero), xs)
   count = jnp.sum(mask)
-  div = _safe_div(div_sum, count)
+  div = safe_div(div_sum, count)
   if scale_by_t2:
-    div = div * _t2(temperature, acc_dtype)
-  ce = _safe_div(ce_sum, count)
-  return _combine(div, ce, alpha)
+    div = div * t2(temperature, acc_dtype)
+  ce = safe_div(ce_sum, count)
+  return combine(div, ce, alpha)

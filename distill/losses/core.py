@@ -19,12 +19,14 @@ def _compute_dtype(x) -> jnp.dtype:
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def _upcast(x):
+def upcast(x):
+  """`x` as an array of at least float32 (float64 stays float64)."""
   x = jnp.asarray(x)
   return x.astype(_compute_dtype(x))
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
+  """ValueError naming the valid kinds unless `kind` is one of KINDS."""
   if kind not in KINDS:
     raise ValueError(f"Unknown divergence kind {kind!r}; valid kinds: {KINDS}.")
 
@@ -71,9 +73,9 @@ def _log_mix(w, loga, logb):
   return jnp.logaddexp(jnp.log(w) + loga, jnp.log1p(-w) + logb)
 
 
-def _per_token_from_logprobs(kind, logp, logq, *, beta, skew):
+def per_token_from_logprobs(kind, logp, logq, *, beta, skew):
   """Per-token divergence from teacher (logp) and student (logq) log-probs."""
-  _check_kind(kind)
+  check_kind(kind)
   if kind == "forward_kl":
     return _kl(logp, logq)
   if kind == "reverse_kl":
@@ -90,7 +92,7 @@ def _per_token_from_logprobs(kind, logp, logq, *, beta, skew):
   return _kl(logq, _log_mix(skew, logq, logp))
 
 
-def _masked_sum_and_count(values, mask):
+def masked_sum_and_count(values, mask):
   """(sum(values * mask), sum(mask)); masked values cannot leak NaN/inf."""
   if mask is None:
     return jnp.sum(values), jnp.asarray(values.size, values.dtype)
@@ -98,16 +100,18 @@ def _masked_sum_and_count(values, mask):
   return jnp.sum(jnp.where(mask != 0, values * mask, 0.0)), jnp.sum(mask)
 
 
-def _safe_div(total, count):
-  # Dividing by a placeholder 1 when nothing is unmasked returns 0, not NaN.
+def safe_div(total, count):
+  """total / count, and 0 (not NaN) where count is 0: the divisor becomes a placeholder 1."""
   return total / jnp.where(count != 0, count, 1.0)
 
 
-def _masked_mean(values, mask):
-  return _safe_div(*_masked_sum_and_count(values, mask))
+def masked_mean(values, mask):
+  """sum(values * mask) / sum(mask); 0 for an all-zero mask; mask None means all ones."""
+  return safe_div(*masked_sum_and_count(values, mask))
 
 
-def _t2(temperature, dtype):
+def t2(temperature, dtype):
+  """T^2 in `dtype` (the Hinton scaling that keeps soft-target gradients T-independent)."""
   t = jnp.asarray(temperature, dtype)
   return t * t
 
@@ -115,14 +119,14 @@ def _t2(temperature, dtype):
 def divergence_per_token(kind, student_logits, teacher_logits, *,
                          temperature=1.0, beta=0.5, skew=0.1):
   """Per-token divergence [...] between logits [..., V] (no mask, no T^2)."""
-  _check_kind(kind)
-  s = _upcast(student_logits)
-  t = _upcast(teacher_logits)
+  check_kind(kind)
+  s = upcast(student_logits)
+  t = upcast(teacher_logits)
   dtype = jnp.promote_types(s.dtype, t.dtype)
   temp = jnp.asarray(temperature, dtype)
   logq = jax.nn.log_softmax(s.astype(dtype) / temp, axis=-1)
   logp = jax.nn.log_softmax(t.astype(dtype) / temp, axis=-1)
-  return _per_token_from_logprobs(kind, logp, logq, beta=beta, skew=skew)
+  return per_token_from_logprobs(kind, logp, logq, beta=beta, skew=skew)
 
 
 def divergence(kind, student_logits, teacher_logits, *, mask=None,
@@ -131,13 +135,13 @@ def divergence(kind, student_logits, teacher_logits, *, mask=None,
   per_token = divergence_per_token(kind, student_logits, teacher_logits,
                                    temperature=temperature, beta=beta,
                                    skew=skew)
-  value = _masked_mean(per_token, mask)
+  value = masked_mean(per_token, mask)
   if scale_by_t2:
-    value = value * _t2(temperature, value.dtype)
+    value = value * t2(temperature, value.dtype)
   return value
 
 
-def _ce_per_token(logits, labels):
+def ce_per_token(logits, labels):
   """-log softmax(logits)[label]; labels are clipped, so mask bad ones out."""
   labels = jnp.clip(jnp.asarray(labels).astype(jnp.int32), 0,
                     logits.shape[-1] - 1)
@@ -152,14 +156,15 @@ def cross_entropy(logits, labels, *, mask=None, normalized: bool = False):
   caller does the next-token shift. `normalized`: `logits` are log-probs already (see
   `topk_targets`), so CE is -logits[label].
   """
-  logits = _upcast(logits)
+  logits = upcast(logits)
   if normalized:
     labels = jnp.clip(jnp.asarray(labels).astype(jnp.int32), 0, logits.shape[-1] - 1)
-    return _masked_mean(-jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0], mask)
-  return _masked_mean(_ce_per_token(logits, labels), mask)
+    return masked_mean(-jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0], mask)
+  return masked_mean(ce_per_token(logits, labels), mask)
 
 
-def _combine(div, ce, alpha):
+def combine(div, ce, alpha):
+  """(1 - alpha) * div + alpha * ce -> (loss, {divergence, ce, loss})."""
   alpha = jnp.asarray(alpha, div.dtype)
   loss = (1.0 - alpha) * div + alpha * ce
   return loss, {"divergence": div, "ce": ce, "loss": loss}
@@ -174,9 +179,9 @@ def distill_objective(student_logits, teacher_logits, labels, *, mask=None,
   alpha and temperature may be traced scalars (schedules). Soft-caps apply to
   the logits before temperature; CE uses the soft-capped student at T = 1.
   """
-  s = softcap(_upcast(student_logits), student_softcap)
-  t = softcap(_upcast(teacher_logits), teacher_softcap)
+  s = softcap(upcast(student_logits), student_softcap)
+  t = softcap(upcast(teacher_logits), teacher_softcap)
   div = divergence(kind, s, t, mask=mask, temperature=temperature, beta=beta,
                    skew=skew, scale_by_t2=scale_by_t2)
   ce = cross_entropy(s, labels, mask=mask)
-  return _combine(div, ce, alpha)
+  return combine(div, ce, alpha)

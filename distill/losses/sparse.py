@@ -6,8 +6,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from distill.losses.core import (_check_kind, _combine, _masked_mean, _per_token_from_logprobs,
-                                 _t2, _upcast, cross_entropy, softcap)
+from distill.losses.core import (check_kind, combine, masked_mean, per_token_from_logprobs,
+                                 t2, upcast, cross_entropy, softcap)
 
 TAIL_RULES = ("renormalize", "tail_bucket")
 
@@ -23,7 +23,7 @@ def topk_targets(teacher_logits, k: int, *, normalized: bool = False):
   `normalized`: the input already holds log-probs that may sum to < 1 (a teacher seen through
   a trimmed vocabulary): they are kept as they are, so the missing mass stays in the tail.
   """
-  logits = _upcast(teacher_logits)
+  logits = upcast(teacher_logits)
   values, ids = grouped_top_k(logits, k)
   if normalized:
     return ids.astype(jnp.int32), values
@@ -56,8 +56,8 @@ def _sparse_logprobs(student_logits, ids, teacher_logprobs, temperature, tail):
   """Teacher and student log-probs over the outcomes a tail rule compares."""
   if tail not in TAIL_RULES:
     raise ValueError(f"Unknown tail rule {tail!r}; valid rules: {TAIL_RULES}.")
-  s = _upcast(student_logits)
-  lp = _upcast(teacher_logprobs)
+  s = upcast(student_logits)
+  lp = upcast(teacher_logprobs)
   dtype = jnp.promote_types(s.dtype, lp.dtype)
   s, lp = s.astype(dtype), lp.astype(dtype)
   temp = jnp.asarray(temperature, dtype)
@@ -111,13 +111,13 @@ def sparse_divergence(kind, student_logits, teacher_topk_ids,
       as the teacher's rest mass is above fp32 noise (~1e-7); below that the
       cache cannot say how small it was and TAIL_FLOOR stands in for it.
   """
-  _check_kind(kind)
+  check_kind(kind)
   logp, logq = _sparse_logprobs(student_logits, teacher_topk_ids,
                                 teacher_topk_logprobs, temperature, tail)
-  per_token = _per_token_from_logprobs(kind, logp, logq, beta=beta, skew=skew)
-  value = _masked_mean(per_token, mask)
+  per_token = per_token_from_logprobs(kind, logp, logq, beta=beta, skew=skew)
+  value = masked_mean(per_token, mask)
   if scale_by_t2:
-    value = value * _t2(temperature, value.dtype)
+    value = value * t2(temperature, value.dtype)
   return value
 
 
@@ -130,9 +130,9 @@ def sparse_distill_objective(student_logits, teacher_topk_ids,
 
   See `sparse_divergence` for the tail rules.
   """
-  s = softcap(_upcast(student_logits), student_softcap)
+  s = softcap(upcast(student_logits), student_softcap)
   div = sparse_divergence(kind, s, teacher_topk_ids, teacher_topk_logprobs,
                           mask=mask, temperature=temperature, beta=beta,
                           skew=skew, scale_by_t2=scale_by_t2, tail=tail)
   ce = cross_entropy(s, labels, mask=mask)
-  return _combine(div, ce, alpha)
+  return combine(div, ce, alpha)
