@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from distill import errors
 from distill.eval import metrics as evaluate
 from distill.train import objectives
 from distill.models import sharding
@@ -110,5 +111,5 @@ def test_rules_table_maps_logical_axes():
     (dict(data=0, fsdp=-1, tensor=1), "positive"),
 ])
 def test_bad_meshes_raise_clear_errors(mesh_cfg, msg):
-  with pytest.raises(sharding.MeshError, match=msg):
+  with pytest.raises(errors.MeshError, match=msg):
     sharding.make_mesh(sharding.MeshSpec(**mesh_cfg))

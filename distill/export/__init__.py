@@ -15,7 +15,8 @@ TensorFlow is imported only inside this package (`quiet_tf`), never by training.
 import json
 import os
 
-from distill.export.presets import PRESETS, QUANT_MODES, BudgetError, Preset, resolve
+from distill.errors import BudgetError
+from distill.export.presets import PRESETS, QUANT_MODES, Preset, resolve
 
 __all__ = ["PRESETS", "QUANT_MODES", "BudgetError", "Preset", "resolve", "export_stage"]
 

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from distill import data
+from distill.errors import BudgetError
 from distill.export import quiet_tf
 from distill.export import card as card_lib
 from distill.export import converter, presets, quantize, verify
@@ -217,7 +218,7 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
                             max_context=preset.max_context, tokenizer_dir=tokenizer_dir)
   if info["bytes"] > preset.budget_bytes:
     # The bundle adds the tokenizer and metadata to a .tflite that fitted.
-    raise presets.BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
+    raise BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
         "file is", ".litertlm bundle is"))
   engine = lrt.open_engine(out, threads=model.num_threads)
   try:

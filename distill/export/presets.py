@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from distill.errors import BudgetError  # noqa: F401  re-exported (presets.BudgetError)
+from distill.errors import BudgetError
 
 MB = 1_000_000
 QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4", "int4_head8")

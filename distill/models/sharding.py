@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from distill.errors import MeshError  # noqa: F401  re-exported (sharding.MeshError)
+from distill.errors import MeshError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

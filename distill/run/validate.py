@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, MeshError
 from distill.models.transformer import ModelConfig
 from distill.run.hardware import HARDWARE
 from distill.models import sharding
@@ -305,7 +305,7 @@ def validate(c, n_devices: int | None = None) -> None:
   if n_devices is not None:
     try:
       shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(settings.mesh_spec(c.mesh), n_devices)))
-    except sharding.MeshError as e:
+    except MeshError as e:
       raise ConfigError(f"--config.mesh: {e}") from None
     dp = shape["data"] * shape["fsdp"]
     _req(c.data.batch_size % dp == 0, f"--config.data.batch_size={c.data.batch_size} is not "
