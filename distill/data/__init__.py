@@ -39,11 +39,12 @@ from distill.data import tokenizer as tok_lib
 from distill.data.packing import pack, token_stream
 from distill.data.sources import TEXT_PREFIX, text_files, tokenizer_for
 from distill.data.spec import DataSpec
+from distill.data.splits import split_for_key
 from distill.data.windows import (Windows, batched, eval_rows, local_batch, pad_id,
                                   transfer_window_ids)
 
 __all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "batched", "eval_batches", "heldout_texts",
-           "local_batch", "make_train_iterator", "pad_id", "prepare", "text_eval_batches",
+           "local_batch", "make_train_iterator", "pad_id", "prepare", "split_for_key", "text_eval_batches",
            "token_stream", "train_windows", "transfer_window_ids"]
 
 
