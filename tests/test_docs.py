@@ -1,12 +1,25 @@
-"""The README's layout section and docs/architecture.md match the tree."""
+"""The docs match the tree: README is a short user's document linking to pages that exist,
+results pages say when, on what code and on what machine, architecture.md draws every module."""
+import glob
 import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README_MAX_LINES = 250
+# A CPU model as lscpu names it (or as a page names it when lscpu's name was not recorded).
+CPU_MODEL = re.compile(r"AMD EPYC|Intel Xeon|\bXeon\b|\bEPYC\b|Ryzen|Core i[3579]|Apple M\d|"
+                       r"Graviton|Neoverse|Ampere Altra")
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+COMMIT = re.compile(r"`[0-9a-f]{7,40}`")
+
+
+def _read(path):
+  with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    return f.read()
 
 
 def _layout_block(path, heading):
-  text = open(os.path.join(ROOT, path)).read()
+  text = _read(path)
   section = text.split(heading, 1)[1]
   return section.split("```", 2)[1]
 
@@ -27,15 +40,51 @@ def _mentions(block, name):
   return re.search(rf"(^|[\s/,]){re.escape(stem)}(\.py|/|\b)", block, re.M) is not None
 
 
-def test_readme_layout_names_every_module_and_folder():
-  block = _layout_block("README.md", "## Layout")
-  top, mods = _tree()
-  missing = sorted(n for n in top | mods if not _mentions(block, n))
-  assert not missing, f"README ## Layout does not mention {missing}"
-  for line in block.splitlines():  # and names nothing that is gone
-    m = re.match(r"(distill/[\w/]+\.py)", line)
-    if m:
-      assert os.path.exists(os.path.join(ROOT, m.group(1))), line
+def _results_pages():
+  return sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*.md")))
+
+
+def test_readme_is_at_most_250_lines():
+  n = len(_read("README.md").splitlines())
+  assert n <= README_MAX_LINES, f"README.md has {n} lines; move detail to docs/"
+
+
+def test_readme_links_to_results_and_guides_exist():
+  text = _read("README.md")
+  links = re.findall(r"\]\((docs/(?:results|guides)/[^)#\s]+\.md)(?:#[^)]*)?\)", text)
+  assert links, "README.md links no docs/results or docs/guides page"
+  missing = sorted({l for l in links if not os.path.isfile(os.path.join(ROOT, l))})
+  assert not missing, f"README.md links missing pages: {missing}"
+  # and every results page is reachable from the README
+  pages = {os.path.relpath(p, ROOT).replace(os.sep, "/") for p in _results_pages()}
+  unlinked = sorted(pages - set(links))
+  assert not unlinked, f"results pages the README does not link: {unlinked}"
+
+
+def test_every_results_page_names_date_commit_and_cpu():
+  pages = _results_pages()
+  assert pages, "no docs/results/*.md"
+  for path in pages:
+    text = open(path, encoding="utf-8").read()
+    name = os.path.relpath(path, ROOT)
+    assert DATE.search(text), f"{name} names no date (YYYY-MM-DD)"
+    assert COMMIT.search(text), f"{name} names no commit (7+ hex digits in backticks)"
+    assert CPU_MODEL.search(text), f"{name} names no CPU model"
+
+
+def test_readme_has_no_session_vocabulary_or_commit_hashes():
+  text = _read("README.md")
+  for word in ("session", "acceptance"):
+    assert word not in text.lower(), f"README.md says {word!r}: that belongs in history, not docs"
+  hashes = [h for h in re.findall(r"\b[0-9a-f]{7,40}\b", text) if re.search(r"[a-f]", h)
+            and re.search(r"\d", h)]
+  assert not hashes, f"README.md names commit hashes {hashes}; results pages hold provenance"
+
+
+def test_readme_keeps_the_two_setup_commands():
+  text = _read("README.md")
+  assert "pip install -r requirements.txt && python -m distill.main --config=configs/tiny.py" in text
+  assert "pip install -r requirements-dev.txt && python -m pytest -q" in text
 
 
 def test_architecture_doc_names_every_module():
@@ -46,5 +95,22 @@ def test_architecture_doc_names_every_module():
 
 
 def test_readme_links_the_architecture_inside_the_repo():
-  text = open(os.path.join(ROOT, "README.md")).read()
+  text = _read("README.md")
   assert "(docs/architecture.md)" in text and "../shared/" not in text
+
+
+def test_docs_links_resolve():
+  """Relative links between the docs (README, docs/**, launch/README.md) point at files."""
+  files = ["README.md", "launch/README.md"] + [
+      os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                 recursive=True)]
+  broken = []
+  for rel in files:
+    base = os.path.dirname(os.path.join(ROOT, rel))
+    for target in re.findall(r"\]\(([^)\s]+)\)", _read(rel)):
+      if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        continue
+      path = os.path.normpath(os.path.join(base, target.split("#", 1)[0]))
+      if not os.path.exists(path):
+        broken.append(f"{rel} -> {target}")
+  assert not broken, f"broken doc links: {broken}"
