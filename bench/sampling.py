@@ -35,7 +35,8 @@ from distill.methods import onpolicy  # noqa: E402
 from distill.run import pipeline  # noqa: E402
 from distill.inference import sampling  # noqa: E402
 from distill.data import tokenizer as tokenizers  # noqa: E402
-from distill.train import loop as train  # noqa: E402
+from distill.train import objectives  # noqa: E402
+from distill.train import step as step_lib  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402
 
 
@@ -91,10 +92,10 @@ def main():
                                                eos_id=None, pad_id=0)
   loss_cfg = settings.loss_config(c.distill)
   plan = onpolicy.make_plan(on_cfg, student, teacher, loss_cfg, 0)
-  tx = train.make_optimizer(lr=1e-3, steps=100, warmup=1)
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
+  tx = step_lib.make_optimizer(lr=1e-3, steps=100, warmup=1)
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
   steps = {k: jax.jit(f) for k, f in plan.steps(loss_fn, tx, False).items()}
-  state = train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params))
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params))
   sample_fn = jax.jit(lambda p, bt, k: onpolicy.sampled_batch(student, p, bt, k, on_cfg))
   teacher_fn = jax.jit(lambda tp, x: teacher.hidden(tp, x))
   split = {

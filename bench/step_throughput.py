@@ -114,7 +114,8 @@ def build(c):
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.train import step  # pylint: disable=import-outside-toplevel
-  from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  from distill.models.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
 
   def model_cfg(node, dtype):
     return ModelConfig(vocab_size=c.vocab_size, max_len=c.seq_len, dtype=dtype, **dict(node))
@@ -154,7 +155,6 @@ def breakdown(b, c, step_s: float) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from distill import losses  # pylint: disable=import-outside-toplevel
-  from distill.run import settings  # pylint: disable=import-outside-toplevel
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   student, teacher, tx = b["student"], b["teacher"], b["tx"]
   batch, state, t_params = b["batch"], b["state"], b["t_params"]

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny  # noqa: E402
 from distill import losses  # noqa: E402
 from distill.run import pipeline  # noqa: E402
-from distill.train import loop as train  # noqa: E402
+from distill.train import objectives  # noqa: E402
+from distill.train import step as step_lib  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402
 
 
@@ -49,18 +50,18 @@ def main():
   batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "mask": np.ones((b, t), np.float32)}
   ids, lps = losses.topk_targets(teacher.apply(t_params, jnp.asarray(batch["inputs"])), args.top_k)
   cached_batch = dict(batch, teacher_ids=np.asarray(ids), teacher_logprobs=np.asarray(lps))
-  cfg = train.LossConfig(kind="forward_kl", temperature=2.0, top_k=args.top_k)
-  tx = train.make_optimizer(lr=1e-3, steps=100, warmup=1)
+  cfg = objectives.LossConfig(kind="forward_kl", temperature=2.0, top_k=args.top_k)
+  tx = step_lib.make_optimizer(lr=1e-3, steps=100, warmup=1)
   out = {"bench": "teacher_cache_speedup", "top_k": args.top_k, "batch": b, "seq_len": t,
          "bytes_per_token": args.top_k * 8}
   for name, fn, bt in (
-      ("online", functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=cfg),
+      ("online", functools.partial(objectives.distill_loss, student=student, teacher=teacher, cfg=cfg),
        batch),
-      ("cached", functools.partial(train.cached_distill_loss, student=student, cfg=cfg),
+      ("cached", functools.partial(objectives.cached_distill_loss, student=student, cfg=cfg),
        cached_batch)):
     params = student.init(jax.random.key(1))
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    step = jax.jit(functools.partial(train.train_step, loss_fn=fn, tx=tx), donate_argnums=(0,))
+    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    step = jax.jit(functools.partial(step_lib.train_step, loss_fn=fn, tx=tx), donate_argnums=(0,))
     wall, cpu = _time(step, state, jax.device_put(bt), t_params)
     out[name] = {"step_s": round(wall, 4), "cpu_s": round(cpu, 4)}
   out["speedup"] = round(out["online"]["step_s"] / out["cached"]["step_s"], 2)

@@ -1,6 +1,6 @@
 """Shared builders for tests: tiny configs and models."""
 
-from distill.models.transformer import ModelConfig
+from distill.models.model_config import ModelConfig
 
 
 def tiny_model_config(**kw) -> ModelConfig:

@@ -232,7 +232,8 @@ def _no_special_tokens_run(path):
   import jax  # pylint: disable=import-outside-toplevel
   import tokenizers as hf  # pylint: disable=import-outside-toplevel
   from distill.inference import stage  # pylint: disable=import-outside-toplevel
-  from distill.models.transformer import LM, ModelConfig  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  from distill.models.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
   os.makedirs(path)
   vocab = {chr(0x100 + i): i for i in range(64)}
   tok = hf.Tokenizer(hf.models.WordLevel(vocab, unk_token=chr(0x100)))

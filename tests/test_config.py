@@ -33,7 +33,7 @@ def test_shipped_configs_validate(path):
     pytest.skip(str(e))
   if "preset" not in c:  # a bench-only config (configs/bench_small.py): shapes + loss only
     from distill.run.validate import LOSS_KINDS
-    from distill.models.transformer import ModelConfig
+    from distill.models.model_config import ModelConfig
     for m in (c.teacher, c.student):
       cfg = ModelConfig(vocab_size=c.vocab_size, **dict(m))
       assert cfg.n_heads % cfg.n_kv_heads == 0 and cfg.d_model % cfg.n_heads == 0

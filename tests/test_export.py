@@ -10,14 +10,14 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from distill.inference import stage
 from distill.inference import model as api
 from distill.data import tokenizer as tokenizers
-from distill.models.transformer import LM, ModelConfig
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 
 CONTEXT, PREFILL = 96, 16
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

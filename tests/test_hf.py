@@ -20,7 +20,8 @@ from distill.inference import stage  # noqa: E402
 from distill.export import hf as to_hf  # noqa: E402
 from distill.data import tokenizer as dtok  # noqa: E402
 from distill.models import hf  # noqa: E402
-from distill.models.transformer import LM, ModelConfig  # noqa: E402
+from distill.models.transformer import LM  # noqa: E402
+from distill.models.model_config import ModelConfig  # noqa: E402
 
 TEXT = ("The for statement iterates over the items of any sequence, in the order that they "
         "appear. Handlers for exceptions are written with try and except; classes define "

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import pytest
 
 pytest.importorskip("litert_lm", reason="LiteRT-LM runtime not installed: pip install litert-lm-api")
@@ -22,7 +21,8 @@ pytest.importorskip("litert_lm_builder",
 from distill.inference import stage  # pylint: disable=wrong-import-position
 from distill.inference import model as api
 from distill.data import tokenizer as tokenizers  # pylint: disable=wrong-import-position
-from distill.models.transformer import LM, ModelConfig  # pylint: disable=wrong-import-position
+from distill.models.transformer import LM  # pylint: disable=wrong-import-position
+from distill.models.model_config import ModelConfig  # pylint: disable=wrong-import-position
 
 CONTEXT, PREFILL = 128, 16
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -100,6 +100,7 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, step
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
   from distill.train import loop as train  # pylint: disable=import-outside-toplevel
+  from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(sharding.MeshSpec(**mesh_cfg))
   teacher, student = _models()
   t_shard = sharding.param_shardings(teacher, mesh)
@@ -274,6 +275,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_p
   from distill.train import checkpoint  # pylint: disable=import-outside-toplevel
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.train import loop as train  # pylint: disable=import-outside-toplevel
+  from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
   workdir, corpus_glob = _prepare_workdir(str(tmp_path))
   first = _launch_children(workdir, "first")
   # Only process 0 was signalled; both stopped, cleanly, after the same step.
@@ -291,9 +293,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_p
   mesh = sharding.make_mesh(sharding.MeshSpec(**RESTORE_MESH))
   tx = _optimizer()
   abstract = jax.eval_shape(
-      lambda k: train.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),
+      lambda k: step_lib.TrainState(jax.numpy.zeros((), jax.numpy.int32), student.init(k),
                                  tx.init(student.init(k))), jax.random.key(0))
-  s_shard = train.state_shardings(abstract, sharding.param_shardings(student, mesh), mesh)
+  s_shard = step_lib.state_shardings(abstract, sharding.param_shardings(student, mesh), mesh)
   states = {}
   for stage in ("full", "pre"):
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, stage, "checkpoints"), every=2 * STEPS)

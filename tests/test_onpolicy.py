@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from distill.run import settings
-from distill import data, losses
+from distill import data
 from distill.methods import onpolicy
 from distill.inference import sampling
 from distill.models import sharding
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
+from distill.train import objectives
+from distill.train import step as step_lib
 from distill.models.transformer import LM
 from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 
@@ -46,7 +48,7 @@ def test_loss_is_reverse_kl_on_generated_positions_only():
   np.testing.assert_array_equal(new["inputs"][:, :4], tokens[:, :4])  # the prompts
   np.testing.assert_array_equal(new["mask"], np.concatenate([np.zeros((4, 3)), np.ones((4, 6))], 1))
   assert float(stats["sample_len"]) == 6.0
-  plan = onpolicy.make_plan(cfg, student, teacher, train.LossConfig(kind="forward_kl",
+  plan = onpolicy.make_plan(cfg, student, teacher, objectives.LossConfig(kind="forward_kl",
                                                                     temperature=2.0, alpha=0.5), 0)
   loss, metrics = plan.on_loss_fn(sp, new, tp, 0)
   # NumPy reference: mean over sampled positions of KL(Q || P) at T = 2, times T^2, no CE.
@@ -67,7 +69,7 @@ def test_loss_temperature_overrides_the_dataset_steps_temperature():
   teacher, student, tp, sp = _models()
   tokens = np.random.default_rng(2).integers(3, 200, size=(3, 9)).astype(np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((3, 8), np.float32)}
-  loss_cfg = train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.5)
+  loss_cfg = objectives.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.5)
   cfg = onpolicy.OnPolicyConfig(**{**_cfg().__dict__, "loss_temperature": 1.0})
   loss, metrics = onpolicy.make_plan(cfg, student, teacher, loss_cfg, 0).on_loss_fn(sp, batch, tp, 0)
   q = _log_softmax(np.asarray(student.apply(sp, batch["inputs"]), np.float64))
@@ -86,11 +88,11 @@ def test_on_step_update_is_sgd_on_reverse_kl_of_the_fixed_samples():
   cfg, t, lr = _cfg(p=3, g=7), 2.0, 0.1
   tokens = np.random.default_rng(4).integers(3, 200, size=(4, 11)).astype(np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 10), np.float32)}
-  plan = onpolicy.make_plan(cfg, student, teacher, train.LossConfig(temperature=t, alpha=0.5), 0)
+  plan = onpolicy.make_plan(cfg, student, teacher, objectives.LossConfig(temperature=t, alpha=0.5), 0)
   tx = optax.sgd(lr)
   rng = jax.random.key(9)
   state, _ = jax.jit(plan.steps(None, tx, False)[True])(
-      train.TrainState(jnp.int32(0), sp, tx.init(sp)), batch, rng, tp)
+      step_lib.TrainState(jnp.int32(0), sp, tx.init(sp)), batch, rng, tp)
   new = jax.device_get(onpolicy.sampled_batch(student, sp, batch, jax.random.fold_in(rng, 1),
                                               cfg)[0])
 
@@ -124,7 +126,7 @@ def test_warm_start_no_on_policy_step_before_start():
   cfg = settings.on_policy_config(c.distill.on_policy, seq_len=32, vocab=260,
                                    eos_id=None, pad_id=0, steps=250)
   assert cfg.start_step == 125  # round(0.5 * 250)
-  plan = onpolicy.make_plan(cfg, None, None, train.LossConfig(), seed=0)
+  plan = onpolicy.make_plan(cfg, None, None, objectives.LossConfig(), seed=0)
   assert not any(plan.use(s) for s in range(125)) and any(plan.use(s) for s in range(125, 250))
   c.distill.on_policy.start = 0.0  # the default: today's behaviour
   assert settings.on_policy_config(c.distill.on_policy, seq_len=32, vocab=260,
@@ -140,13 +142,13 @@ def _stage(workdir, stage_dir, kill_after=None, steps=6, fraction=0.5, start_ste
   if kill_after is not None:
     it = KillAfter(it, kill_after)
   mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
-  loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0)
+  loss_cfg = objectives.LossConfig(kind="forward_kl", temperature=1.0)
   plan = onpolicy.make_plan(_cfg(fraction=fraction, p=8, g=8, start_step=start_step), student,
                             teacher, loss_cfg, seed=3)
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher, cfg=loss_cfg)
   return train.run(name="s", lm=student, mesh=mesh, stage_dir=stage_dir, data_iter=it,
                    steps=steps, loss_fn=loss_fn,
-                   tx=train.make_optimizer(lr=1e-2, steps=steps, warmup=1), seed=3,
+                   tx=step_lib.make_optimizer(lr=1e-2, steps=steps, warmup=1), seed=3,
                    checkpoint_every=2, log_every=1, teacher_params=tp,
                    teacher_shardings=sharding.param_shardings(teacher, mesh), on_policy=plan)
 
@@ -238,7 +240,7 @@ def test_sampled_steps_use_the_full_teacher_distribution_through_a_trim():
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 10), np.float32)}
   new = jax.device_get(onpolicy.sampled_batch(student, sp, batch, jax.random.key(0), cfg)[0])
   assert new["inputs"].max() < kept.size  # the student samples its own ids only
-  loss_cfg = train.LossConfig(kind="forward_kl", temperature=1.0, top_k=8, tail="tail_bucket")
+  loss_cfg = objectives.LossConfig(kind="forward_kl", temperature=1.0, top_k=8, tail="tail_bucket")
   loss, _ = onpolicy.make_plan(cfg, student, t_trim, loss_cfg, 0).on_loss_fn(sp, new, tp, 0)
   full = _log_softmax(np.asarray(teacher.apply(tp, kept[new["inputs"]]), np.float64))
   rows = np.concatenate([full[..., kept], np.full(full.shape[:-1] + (5,), -1e4)], -1)
@@ -253,7 +255,7 @@ def test_sampled_steps_use_the_full_teacher_distribution_through_a_trim():
   cached = dict(new, teacher_ids=ids.astype(np.int32),
                 teacher_logprobs=np.take_along_axis(at_kept, ids, -1).astype(np.float32))
   sparse_cfg = dataclasses.replace(loss_cfg, kind="reverse_kl")
-  sparse, _ = train.cached_distill_loss(sp, cached, None, 0, student=student, cfg=sparse_cfg)
+  sparse, _ = objectives.cached_distill_loss(sp, cached, None, 0, student=student, cfg=sparse_cfg)
   assert abs(float(sparse) - want) > 0.05 * want
   # Sample metrics through the trimmed teacher: -log p_teacher(kept[token]), full vocabulary.
   prompts = tokens[:, :4]

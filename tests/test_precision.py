@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from distill.run import hardware as presets
-from distill.train import loop as train
+from distill.train import objectives
+from distill.train import step as step_lib
 from distill.models.transformer import LM
 from tests.helpers import tiny_model_config
 
@@ -37,11 +38,11 @@ def _step_outputs(dtype, teacher_dtype):
   t_params = jax.tree.map(lambda x: (3.0 * x).astype(teacher_dtype),
                           teacher.init(jax.random.key(1)))
   s_params = student.init(jax.random.key(2))
-  loss_fn = functools.partial(train.distill_loss, student=student, teacher=teacher,
-                              cfg=train.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.2))
-  tx = train.make_optimizer(lr=1e-3, steps=10, warmup=0)
-  state = train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params))
-  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn, tx=tx))
+  loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
+                              cfg=objectives.LossConfig(kind="forward_kl", temperature=2.0, alpha=0.2))
+  tx = step_lib.make_optimizer(lr=1e-3, steps=10, warmup=0)
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params))
+  step = jax.jit(functools.partial(step_lib.train_step, loss_fn=loss_fn, tx=tx))
   new_state, metrics = step(state, _batch(), jax.random.key(0), t_params)
   return new_state, jax.device_get(metrics), student
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import distill
-from distill import losses
 from distill.inference import stage
 from distill.data import tokenizer as tokenizers
 from distill.errors import ConfigError
@@ -240,7 +239,7 @@ def test_vocab_trim_params_and_targets_match_numpy(tmp_path):
                           ) - t_logits.max(-1, keepdims=True)
   np.testing.assert_allclose(np.asarray(lp), ref[..., tr.kept], rtol=1e-5, atol=1e-5)
   # The trimmed-vocab objective against NumPy forward KL (T = 1, no CE).
-  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
   batch = {"inputs": s_ids, "targets": np.roll(s_ids, -1, 1), "mask": np.ones(s_ids.shape)}
   u = tr.kept.size
   # A student that is not the teacher's exact slice, so the divergence is not ~0.
@@ -252,7 +251,7 @@ def test_vocab_trim_params_and_targets_match_numpy(tmp_path):
     e = np.exp(np.float64(z) - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
   for tail in ("renormalize", "tail_bucket"):
-    cfg_l = train.LossConfig(temperature=1.0, scale_by_t2=False, tail=tail)
+    cfg_l = objectives.LossConfig(temperature=1.0, scale_by_t2=False, tail=tail)
     loss, _ = vocab_lib.distill_loss(new, batch, params, 0, student=LM(cfg), teacher=lm,
                                      cfg=cfg_l, kept=tr.kept)
     if tail == "renormalize":
@@ -343,7 +342,7 @@ def test_hf_llama_teacher_prunes_with_trimmed_vocab(tmp_path):
 
 def test_hidden_state_objective_matches_numpy():
   from distill.methods import features  # pylint: disable=import-outside-toplevel
-  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
   t_lm, t_params = _model(seed=0, n_layers=3)
   s_lm, s_params = _model(seed=5, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32, head_dim=16)
   pairs = features.pairs("0:1,1:2", 2, 3)
@@ -357,11 +356,11 @@ def test_hidden_state_objective_matches_numpy():
   mask = np.float32(rng.uniform(size=toks.shape) > 0.2)
   batch = {"inputs": toks, "targets": np.roll(toks, -1, 1), "mask": mask}
   for kind in ("mse", "cosine"):
-    cfg = train.LossConfig(hidden_pairs=pairs, hidden_weight=0.5, hidden_kind=kind)
-    loss, metrics = train.distill_loss(dict(s_params, features=projs), batch, t_params, 0,
+    cfg = objectives.LossConfig(hidden_pairs=pairs, hidden_weight=0.5, hidden_kind=kind)
+    loss, metrics = objectives.distill_loss(dict(s_params, features=projs), batch, t_params, 0,
                                        student=s_lm, teacher=t_lm, cfg=cfg)
-    base, _ = train.distill_loss(s_params, batch, t_params, 0, student=s_lm, teacher=t_lm,
-                                 cfg=train.LossConfig())
+    base, _ = objectives.distill_loss(s_params, batch, t_params, 0, student=s_lm, teacher=t_lm,
+                                 cfg=objectives.LossConfig())
     _, s_states = s_lm.hidden_states(s_params, toks)
     _, t_states = t_lm.hidden_states(t_params, toks)
     ref = []

@@ -14,8 +14,9 @@ import pytest
 from distill.run import settings
 from distill.models import quant as qat
 from distill.methods import qat as qad
-from distill.train import loop as train
-from distill.models.transformer import LM, ModelConfig
+from distill.train import objectives
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 
 CFG = ModelConfig(vocab_size=264, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
                   max_len=64)
@@ -126,18 +127,17 @@ def test_int4_grid_and_schedule():
 
 
 def test_loss_config_selects_qat():
-  c = train.LossConfig(qat="int4_block32", qat_start_step=5, total_steps=10)
+  c = objectives.LossConfig(qat="int4_block32", qat_start_step=5, total_steps=10)
   lm = LM(CFG)
   params = lm.init(jax.random.key(0))
   x = jnp.asarray(np.random.default_rng(0).integers(3, 200, (2, 16)), jnp.int32)
   batch = {"inputs": x, "targets": x, "mask": jnp.ones_like(x, jnp.float32)}
-  loss = functools.partial(train.distill_loss, student=lm, teacher=lm, cfg=c)
+  loss = functools.partial(objectives.distill_loss, student=lm, teacher=lm, cfg=c)
   before, _ = loss(params, batch, params, 0)
   after, _ = loss(params, batch, params, 5)
   assert float(before) == pytest.approx(0.0, abs=1e-5)  # student == teacher, QAT not yet on
   assert float(after) > 1e-4  # the quantized student differs from its fp32 self
   with pytest.raises(ValueError, match="qat"):
-    import ml_collections  # pylint: disable=import-outside-toplevel
     from configs import tiny  # pylint: disable=import-outside-toplevel
     d = tiny.get_config().distill
     d.qat = "int3"
@@ -148,7 +148,7 @@ def test_final_params_are_the_grid_and_requantize_to_themselves():
   """Saved QAD weights are grid values, so the export's int4 quantization returns them as is;
   the tied embedding is saved untied: the fp32 lookup table and the int4 unembedding."""
   params = LM(CFG).init(jax.random.key(2))
-  c = train.LossConfig(qat="int4_block32")
+  c = objectives.LossConfig(qat="int4_block32")
   snapped = c.final_params(params)
   again = qat.fake_quant(snapped, "int4_block32")[1]
   assert jax.tree.structure(again) == jax.tree.structure(snapped)
@@ -159,8 +159,8 @@ def test_final_params_are_the_grid_and_requantize_to_themselves():
   up = params["block_1"]["mlp"]["up"]
   np.testing.assert_array_equal(snapped["block_1"]["mlp"]["up"], qat.int4_blockwise(up))
   assert c.final_lm(LM(CFG)).cfg.tie_embeddings is False
-  assert train.LossConfig().final_params(params) is params
-  assert train.LossConfig().final_lm(lm := LM(CFG)) is lm
+  assert objectives.LossConfig().final_params(params) is params
+  assert objectives.LossConfig().final_lm(lm := LM(CFG)) is lm
 
 
 @pytest.mark.parametrize("mode", ["int4_block32", "int4_block32_head8"])
@@ -170,7 +170,7 @@ def test_saved_student_is_the_forward_qad_trained(mode):
   table for both would feed the lookup rounding that training never saw."""
   lm = LM(CFG)
   params = lm.init(jax.random.key(4))
-  c = train.LossConfig(qat=mode)
+  c = objectives.LossConfig(qat=mode)
   body, head = qat.fake_quant(params, mode)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 259, (2, 24)), jnp.int32)
   trained = np.asarray(lm.logits_from_hidden(head, lm.hidden(body, tokens)))
@@ -181,10 +181,10 @@ def test_saved_student_is_the_forward_qad_trained(mode):
 
 
 def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
-  """`transformer.quantized_inputs`: asymmetric int8 per row (range incl. 0, scale/255,
+  """`ops.quantized_inputs`: asymmetric int8 per row (range incl. 0, scale/255,
   int8 zero point) against NumPy, straight-through gradient, and off when `on` is False."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill.models import transformer  # pylint: disable=import-outside-toplevel
+  from distill.models import ops  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 3, 8)).astype(np.float32)
   x[0, 0, 0] = 40.0  # an outlier channel coarsens its whole token
@@ -198,26 +198,26 @@ def test_fc_inputs_rounded_per_token_like_the_dynamic_kernels():
     q = np.clip(np.round(a / scale) + zero, -128, 127)
     return (q - zero) * scale
   want = ref_rows(x.reshape(6, 8)).reshape(2, 3, 8) @ w
-  with transformer.quantized_inputs(True):
-    got = np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w)))
+  with ops.quantized_inputs(True):
+    got = np.asarray(ops.project(jnp.asarray(x), jnp.asarray(w)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert np.abs(got - x @ w).max() > 1e-2  # the rounding is really there
-  with transformer.quantized_inputs(jnp.asarray(False)):
-    np.testing.assert_allclose(np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w))),
+  with ops.quantized_inputs(jnp.asarray(False)):
+    np.testing.assert_allclose(np.asarray(ops.project(jnp.asarray(x), jnp.asarray(w))),
                                x @ w, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(transformer.project(jnp.asarray(x), jnp.asarray(w))),
+  np.testing.assert_allclose(np.asarray(ops.project(jnp.asarray(x), jnp.asarray(w))),
                              x @ w, rtol=1e-5, atol=1e-5)  # outside the context: untouched
 
   def f(a):
-    with transformer.quantized_inputs(True):
-      return transformer.project(a, jnp.asarray(w)).sum()
+    with ops.quantized_inputs(True):
+      return ops.project(a, jnp.asarray(w)).sum()
   g = np.asarray(jax.grad(f)(jnp.asarray(x)))
   np.testing.assert_allclose(g, np.broadcast_to(w.sum(-1), x.shape), rtol=1e-5)  # identity STE
 
 
 def _litert_logits(flat: bytes, path, ids) -> np.ndarray:
   from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
-  from distill.export import card as card_lib, converter, signatures  # pylint: disable=import-outside-toplevel
+  from distill.export import card as card_lib, signatures  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   path.write_bytes(flat)
   card = {"signatures": card_lib.signatures(litert.Interpreter(model_path=str(path)),
@@ -238,7 +238,7 @@ def test_int4_head8_file_runs_its_head_in_float(tmp_path):
   from ai_edge_quantizer import quantizer, recipe_manager  # pylint: disable=import-outside-toplevel
   lm = LM(CFG)
   lm32, p32 = converter.export_lm(lm, lm.init(jax.random.key(5)))
-  c = train.LossConfig(qat="int4_block32_head8")
+  c = objectives.LossConfig(qat="int4_block32_head8")
   lm32, grid = c.final_lm(lm32), c.final_params(p32)  # untied: fp32 lookup, int8-grid head
   sm = str(tmp_path / "sm")
   converter.save_saved_model(converter.build_module(lm32, grid, vocab=259, max_context=32,
@@ -342,7 +342,7 @@ def test_fake_quant_leaves_outlier_rows_fp32_and_the_file_holds_the_rest(tmp_pat
   ids = np.random.default_rng(0).integers(3, 259, 24).astype(np.int32)
   err = {}
   for name, model in (("split", lm), ("plain", LM(CFG))):
-    c = train.LossConfig(qat="int4_block32", qat_outliers=model.cfg.outlier_channels)
+    c = objectives.LossConfig(qat="int4_block32", qat_outliers=model.cfg.outlier_channels)
     lm32, p32 = converter.export_lm(model, params)
     lm32, grid = c.final_lm(lm32), c.final_params(p32)
     sm = str(tmp_path / f"sm-{name}")

@@ -10,6 +10,8 @@ from distill import data
 from distill.models import sharding
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
+from distill.train import objectives
+from distill.train import step as step_lib
 from distill.models.transformer import LM
 from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
 
@@ -25,8 +27,8 @@ def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
     it = KillAfter(it, kill_after)
   mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
   return train.run(name="t", lm=lm, mesh=mesh, stage_dir=stage_dir, data_iter=it, steps=6,
-                   loss_fn=functools.partial(train.ce_loss, student=lm),
-                   tx=train.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
+                   loss_fn=functools.partial(objectives.ce_loss, student=lm),
+                   tx=step_lib.make_optimizer(lr=1e-2, steps=6, warmup=1), seed=3,
                    checkpoint_every=2, log_every=1, is_main=True)
 
 

@@ -167,10 +167,10 @@ def test_norm_gains_match_numpy_and_are_one_when_nothing_is_dropped():
 
 
 def test_attention_maps_and_transfer_loss_match_numpy():
-  from distill.models import transformer  # pylint: disable=import-outside-toplevel
+  from distill.models import ops  # pylint: disable=import-outside-toplevel
   lm, params = _model(vocab_size=64)  # 2 blocks, 4 query heads in 2 KV groups, head_dim 8
   tokens = np.random.default_rng(0).integers(0, 64, (2, 6))
-  with transformer.collect_attention() as maps:
+  with ops.collect_attention() as maps:
     lm.hidden_states(params, jnp.asarray(tokens))
   assert len(maps) == lm.cfg.n_layers and maps[0].shape == (2, 6, 6)
   # Block 0 by hand: RoPE'd q, k from the normed embedding, causal softmax, mean over heads.
@@ -178,8 +178,8 @@ def test_attention_maps_and_transfer_loss_match_numpy():
   x = blk.attn_norm(jnp.take(params["embed"], jnp.asarray(tokens), axis=0))
   pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
   a = params["block_0"]["attn"]
-  q = transformer.rope(jnp.einsum("BTD,DNK->BTNK", x, a["q"]), pos, lm.cfg.rope_theta)
-  k = transformer.rope(jnp.einsum("BTD,DMK->BTMK", x, a["k"]), pos, lm.cfg.rope_theta)
+  q = ops.rope(jnp.einsum("BTD,DNK->BTNK", x, a["q"]), pos, lm.cfg.rope_theta)
+  k = ops.rope(jnp.einsum("BTD,DMK->BTMK", x, a["k"]), pos, lm.cfg.rope_theta)
   q, k = np.asarray(q, np.float64), np.repeat(np.asarray(k, np.float64), 2, axis=2)
   s = np.einsum("btnk,bsnk->bnts", q, k) / np.sqrt(8)
   s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)

@@ -133,7 +133,6 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
   fp32 flatbuffer, because its recipes can pick the ops (see quantize.py for why).
   """
   tf = quiet_tf.import_tensorflow()
-  from distill.export import quantize  # pylint: disable=import-outside-toplevel
 
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -26,10 +26,11 @@ import os
 import jax
 import numpy as np
 
-from distill.inference import stage
+from distill.inference.stage import load_stage_params, read_model_config
 from distill.data import tokenizer as tokenizers
 from distill.models import hf
-from distill.models.transformer import LM, ModelConfig
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 
 
 class ExportError(ValueError):
@@ -111,7 +112,7 @@ def _to_torch_layout(path: str, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 def tensors(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
   """HF name -> host array, through the same name table the loader reads with."""
-  flat = dict(hf._flatten(params))  # pylint: disable=protected-access
+  flat = dict(hf.flatten(params))
   out = {}
   for path, (name, _) in hf.layout(cfg, "llama").items():
     host = np.asarray(jax.device_get(flat[path]))
@@ -164,8 +165,8 @@ def _piece(tok, i: int) -> str:
 
 def export_stage(workdir: str, out_dir: str, stage: str = "student") -> str:
   stage_dir = os.path.join(workdir, stage)
-  cfg = stage.read_model_config(stage_dir)
+  cfg = read_model_config(stage_dir)
   lm = LM(cfg)
-  params = stage.load_stage_params(stage_dir, lm)
+  params = load_stage_params(stage_dir, lm)
   tok = tokenizers.load(os.path.join(stage_dir, "tokenizer"))
   return write(out_dir, cfg, params, tok)

@@ -10,6 +10,7 @@ quiets TF's own C++ logger when set before TF loads.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -67,5 +68,5 @@ def import_tensorflow():
   if "tensorflow" not in sys.modules:
     quiet_tensorflow()
     with native_stderr():
-      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      return importlib.import_module("tensorflow")
   return sys.modules["tensorflow"]

@@ -12,7 +12,6 @@ through `distill.models.hf` / `distill.models.gguf`, sharded over every device, 
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
@@ -24,7 +23,8 @@ from distill.data import tokenizer as tokenizers
 from distill.errors import LoadError
 from distill.models import hf
 from distill.models import gguf
-from distill.models.transformer import LM, ModelConfig
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 from distill.inference import sampling
 
 

@@ -11,7 +11,8 @@ import os
 import jax
 
 from distill.errors import LoadError
-from distill.models.transformer import LM, ModelConfig
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 from distill.train import checkpoint
 
 

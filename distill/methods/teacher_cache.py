@@ -32,7 +32,6 @@ import json
 from typing import Any
 import os
 import shutil
-import sys
 
 import jax
 import numpy as np

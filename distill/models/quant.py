@@ -48,11 +48,9 @@ stores the lookup as its own table, so the file is no larger.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from distill.models import ops
 from distill.models.model_config import ModelConfig

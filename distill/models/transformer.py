@@ -21,10 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from distill.models import layer_scan, ops
-from distill.models.model_config import ModelConfig  # noqa: F401  (re-exported)
-# Re-exported: callers (export, QAD, tests) use them as transformer.<name>.
-from distill.models.ops import (apply_rope, collect_attention, fake_quant_rows, project,  # noqa: F401
-                                quantized_inputs, rope, rope_frequencies, rope_table)
+from distill.models.model_config import ModelConfig
+from distill.models.ops import (apply_rope, project,
+                                rope_table)
 
 Params = dict[str, Any]
 

@@ -34,8 +34,8 @@ so AOT works without the checkpoint).
 """
 from __future__ import annotations
 
+import importlib
 import os
-import sys
 import time
 
 # Compile-only use of libtpu: no chip is opened, so another process (another engineer's AOT
@@ -82,7 +82,7 @@ def topology_devices(topology: str, slices: int = 1):
   """Compile-only TPU devices for `topology` (e.g. 'v5e:16x16'), `slices` copies over DCN."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
-    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    importlib.import_module("libtpu")  # compile-only topologies need the plugin installed
   except ImportError:
     raise AotError("libtpu is not installed; `pip install libtpu` (compile-only use, no TPU "
                    "needed)") from None

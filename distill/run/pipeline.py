@@ -39,7 +39,8 @@ from distill.methods.prune import vocab_teacher
 from distill.models import gguf, hf
 from distill.run import export_stage, settings, student_init
 from distill.run.validate import validate
-from distill.models.transformer import LM, ModelConfig, count_params, flops_per_token
+from distill.models.transformer import LM, count_params, flops_per_token
+from distill.models.model_config import ModelConfig
 
 VOCAB_MULTIPLE = 8  # pad the embedding so the vocab axis splits over small tensor meshes
 

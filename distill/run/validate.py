@@ -9,7 +9,7 @@ import math
 import os
 
 from distill.errors import ConfigError, MeshError
-from distill.models.transformer import ModelConfig
+from distill.models.model_config import ModelConfig
 from distill.run.hardware import HARDWARE
 from distill.models import sharding
 from distill.run import settings

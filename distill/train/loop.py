@@ -1,10 +1,9 @@
 """The training loop shared by every stage: resume, logging, SIGTERM, NaN guard.
 
-The step itself is built once by `distill.step.make_step` (pure `train_step`, jitted with
+The step itself is built once by `distill.train.step.make_step` (pure `train_step`, jitted with
 explicit shardings and the state donated); the loss function is chosen in Python before jit
 (`distill.objectives`: hard-label CE for teacher pretraining and the baseline, the soft-target
-objective for distillation), so the compiled step holds no framework branches. The names
-below from those two modules stay importable from here.
+objective for distillation), so the compiled step holds no framework branches.
 """
 from __future__ import annotations
 
@@ -25,12 +24,9 @@ from distill.train import checkpoint
 from distill.train import preemption
 from distill.models import sharding
 from distill.train import step as step_lib
-from distill.errors import NonFiniteError, Preempted  # noqa: F401  re-exported
+from distill.errors import NonFiniteError, Preempted
 from distill.models.transformer import LM
-from distill.train.objectives import (  # noqa: F401  re-exported
-    FEATURES, LossConfig, cached_distill_loss, ce_loss, distill_loss, split_features)
-from distill.train.step import (  # noqa: F401  re-exported
-    TrainState, make_optimizer, make_step, state_shardings, train_step)
+from distill.train.objectives import split_features
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import jax
 
 from distill import losses
 from distill.models import quant as qat
-from distill.models import transformer
+from distill.models import ops
 from distill.models.transformer import LM
 
 
@@ -54,7 +54,7 @@ class LossConfig:
   qat: str = "none"
   qat_start_step: int = 0
   # Also round the input of every fully connected op per token to int8 during QAT, as the
-  # dynamic-range kernels of the int8/int4 files do (transformer.quantized_inputs).
+  # dynamic-range kernels of the int8/int4 files do (ops.quantized_inputs).
   qat_activations: bool = False
   # The student's ModelConfig.outlier_channels: rows of the d_model-input matrices kept fp32.
   qat_outliers: tuple = ()
@@ -63,7 +63,7 @@ class LossConfig:
     """Context for the student forward: fake int8 FC inputs under QAT with activations."""
     if self.qat == "none" or not self.qat_activations:
       return contextlib.nullcontext()
-    return transformer.quantized_inputs(qat.schedule_on(step, self.qat_start_step))
+    return ops.quantized_inputs(qat.schedule_on(step, self.qat_start_step))
 
   def student_params(self, params, step):
     """(body, head) params for the student forward: fake-quantized under QAT, else as is."""
@@ -125,7 +125,7 @@ def distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: L
                              teacher=teacher, cfg=cfg)
   maps = contextlib.nullcontext
   if cfg.attention_weight:
-    maps = transformer.collect_attention
+    maps = ops.collect_attention
   with maps() as t_maps:
     t_hidden, t_states = jax.lax.stop_gradient(teacher.hidden_states(teacher_params,
                                                                       batch["inputs"]))

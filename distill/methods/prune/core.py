@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.errors import ConfigError
-from distill.models.transformer import LM, ModelConfig, project
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
+from distill.models.ops import project
 
 METHODS = ("activation", "random")
 

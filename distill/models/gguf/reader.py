@@ -3,6 +3,7 @@ metadata as a dict, field values as Python values. `gguf` is an optional depende
 (requirements-real.txt), imported only when a GGUF is read."""
 from __future__ import annotations
 
+import os
 import re
 
 from distill.errors import LoadError

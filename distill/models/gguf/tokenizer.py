@@ -28,6 +28,7 @@ import tempfile
 
 from distill.data import tokenizer as tokenizers
 from distill.errors import LoadError
+from distill.models.gguf.reader import field_value
 
 CONTROL, USER_DEFINED = 3, 4
 _GPT2_SPLIT = None  # ByteLevel's built-in regex

@@ -9,7 +9,7 @@ import numpy as np
 
 from distill.errors import LoadError
 from distill.models.ops import rope_frequencies
-from distill.models.gguf.reader import gguf_module, field_value, metadata, open_reader
+from distill.models.gguf.reader import gguf_module, metadata, open_reader
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 _MODEL_TYPE = {"gemma3": "gemma3_text"}
@@ -185,7 +185,7 @@ class Checkpoint:
   def _dequantize(self, tensor) -> np.ndarray:
     gguf = gguf_module()
     raw = np.empty(tensor.data.shape, tensor.data.dtype)
-    with open(self.path, "rb") as f:  # pread, like hf._File: page cache never counts as ours
+    with open(self.path, "rb") as f:  # pread, like hf.safetensors: page cache never counts as ours
       f.seek(tensor.data_offset)
       if f.readinto(raw) != raw.nbytes:
         raise LoadError(f"{self.path} is truncated (tensor {tensor.name}); re-download it")

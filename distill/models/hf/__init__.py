@@ -12,10 +12,11 @@ loaded model plus a couple of its largest tensor (`bench/hf_load_memory.py` meas
 
 Only safetensors are read: pickled weights (`.bin`, `.pt`, `.pth`) are refused because
 unpickling runs code. HF's q/k projections use the half-split rotary layout, the same as
-`transformer.rope`, so they load without permutation (the parity tests check it).
+`ops.rope`, so they load without permutation (the parity tests check it).
 
-Public: `load_model(path, dtype=None) -> api.Model`, `load_teacher(path, mesh, dtype)`,
-`model_config(hf_config)`, `load_tokenizer(path)`, `align_vocab(...)`.
+Public: `load(path, mesh, dtype)` -> (LM, params, tokenizer), `load_teacher(path, mesh, dtype)`,
+`model_config(hf_config)`, `load_tokenizer(path)`, `align_vocab(...)`; `distill.load("hf:...")`
+wraps `load` in a Model.
 """
 from __future__ import annotations
 
@@ -24,16 +25,18 @@ import os
 import jax.numpy as jnp
 
 from distill.models import sharding
-from distill.errors import LoadError
-# One module per concern (config, safetensors, params, tokenizer, vocab); the names stay
-# importable from here.
-from distill.models.hf.config import FAMILIES, model_config, read_config  # noqa: F401
-from distill.models.hf.params import (  # noqa: F401
-    Layout, _flatten, _set, default_mesh, layout, load_params)
-from distill.models.hf.safetensors import Checkpoint, _File  # noqa: F401
-from distill.models.hf.tokenizer import load_tokenizer  # noqa: F401
-from distill.models.hf.vocab import VocabMismatchError, align_vocab, same_tokenizer  # noqa: F401
+# One module per concern (config, safetensors, params, tokenizer, vocab); this package is
+# their public face.
+from distill.models.hf.config import FAMILIES, model_config, read_config
+from distill.models.hf.params import Layout, default_mesh, flatten, layout, load_params
+from distill.models.hf.safetensors import Checkpoint
+from distill.models.hf.tokenizer import load_tokenizer
+from distill.models.hf.vocab import VocabMismatchError, align_vocab, same_tokenizer
 from distill.models.transformer import LM
+
+__all__ = ["FAMILIES", "Checkpoint", "Layout", "VocabMismatchError", "align_vocab",
+           "default_mesh", "flatten", "layout", "load", "load_params", "load_teacher",
+           "load_tokenizer", "model_config", "read_config", "same_tokenizer"]
 
 
 def load(path: str, mesh, dtype: str = "bfloat16", *, with_tokenizer: bool = True):

@@ -5,7 +5,7 @@ import json
 import os
 
 from distill.errors import LoadError
-from distill.models.transformer import ModelConfig
+from distill.models.model_config import ModelConfig
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3",
             "gpt2")

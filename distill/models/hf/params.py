@@ -10,7 +10,8 @@ import numpy as np
 from distill.models import sharding
 from distill.errors import LoadError
 from distill.models.hf.safetensors import Checkpoint
-from distill.models.transformer import LM, ModelConfig
+from distill.models.transformer import LM
+from distill.models.model_config import ModelConfig
 
 
 def default_mesh():
@@ -88,10 +89,10 @@ def layout(cfg: ModelConfig, kind: str) -> Layout:
   return out
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   for key, value in tree.items():
     if isinstance(value, dict):
-      yield from _flatten(value, f"{prefix}{key}.")
+      yield from flatten(value, f"{prefix}{key}.")
     else:
       yield prefix + key, value
 
@@ -107,8 +108,8 @@ def load_params(ckpt: Checkpoint, lm: LM, kind: str, shardings) -> dict:
   """Every parameter read, transformed and placed into its shards one tensor at a time."""
   cfg = lm.cfg
   plan = layout(cfg, kind)
-  shapes = dict(_flatten(lm.abstract_params()))
-  flat_shardings = dict(_flatten(shardings))
+  shapes = dict(flatten(lm.abstract_params()))
+  flat_shardings = dict(flatten(shardings))
   if set(plan) != set(shapes):
     raise AssertionError(f"layout/param mismatch: {sorted(set(plan) ^ set(shapes))}")
   dtype = np.dtype(jnp.dtype(cfg.param_dtype))

@@ -19,12 +19,15 @@ import os
 import time
 
 from distill.eval import metrics as evaluate
-# One module per concern (tables, latency, plots); the names stay importable from here.
-from distill.run.report.latency import (  # noqa: F401
-    DECODE_TOKENS, jax_decode_latency, measure_latency, tflite_decode_latency)
-from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_compute  # noqa: F401
-from distill.run.report.tables import (  # noqa: F401
-    COLUMNS, MODELS, cost_table, headline, litertlm_lines, table)
+# One module per concern (tables, latency, plots); this package is their public face.
+from distill.run.report.latency import (DECODE_TOKENS, jax_decode_latency, measure_latency,
+                                        tflite_decode_latency)
+from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_compute
+from distill.run.report.tables import COLUMNS, MODELS, cost_table, headline, litertlm_lines, table
+
+__all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table", "headline",
+           "jax_decode_latency", "litertlm_lines", "measure_latency", "plot_losses",
+           "plot_quality_vs_compute", "table", "tflite_decode_latency", "write"]
 
 
 def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
