@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 import distill  # noqa: E402
 from distill.errors import LoadError
 from distill.inference import stage  # noqa: E402
+from distill.cli import to_hf as to_hf_cli  # noqa: E402
 from distill.export import hf as to_hf  # noqa: E402
 from distill.data import tokenizer as dtok  # noqa: E402
 from distill.models import hf  # noqa: E402
@@ -151,7 +152,7 @@ def test_student_round_trip_through_transformers(tmp_path):
   lm = LM(cfg)
   params = jax.jit(lm.init)(jax.random.key(0))
   stage.save_stage(str(tmp_path / "run" / "student"), cfg, tok, params, {})
-  assert to_hf.main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
+  assert to_hf_cli.main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
   ids = np.asarray([tok.encode("The for statement", add_bos=True)], np.int32)
   with torch.no_grad():

@@ -156,7 +156,7 @@ def _stage(workdir, stage_dir, kill_after=None, steps=6, fraction=0.5, start_ste
 @pytest.mark.slow  # a training run: keeps the default suite in budget
 def test_resumed_run_draws_the_same_samples(tmp_path):
   workdir = str(tmp_path)
-  data.prepare(shrunken_config().data, workdir)
+  data.prepare(settings.data_spec(shrunken_config().data), workdir)
   ref = _stage(workdir, str(tmp_path / "ref"))
   kinds = [m["on_policy"] for _, m in ref.history]
   assert 0 < sum(kinds) < 6, kinds  # both kinds of step in 6 steps at λ = 0.5 (seed 3)
@@ -172,7 +172,7 @@ def test_resumed_run_draws_the_same_samples(tmp_path):
 
 def test_warm_started_run_takes_no_on_policy_step_before_start(tmp_path):
   workdir = str(tmp_path)
-  data.prepare(shrunken_config().data, workdir)
+  data.prepare(settings.data_spec(shrunken_config().data), workdir)
   run = _stage(workdir, str(tmp_path / "warm"), steps=4, fraction=1.0, start_step=2)
   assert [m["on_policy"] for _, m in run.history] == [0.0, 0.0, 1.0, 1.0]
   assert [m["sample_len"] > 0 for _, m in run.history] == [False, False, True, True]

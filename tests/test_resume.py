@@ -34,7 +34,7 @@ def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
 
 def test_resume_after_interruption_is_exact(tmp_path):
   workdir = str(tmp_path)
-  data.prepare(shrunken_config().data, workdir)
+  data.prepare(settings.data_spec(shrunken_config().data), workdir)
   ref = run_stage(workdir, str(tmp_path / "ref"))
   with pytest.raises(Interrupt):
     run_stage(workdir, str(tmp_path / "cut"), kill_after=3)  # dies in step 4, checkpoint at 2

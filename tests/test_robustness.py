@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from distill.run import settings
 from distill import data
 from distill.run import lock
 from tests.helpers import shrunken_config
@@ -298,7 +299,7 @@ def _truncate_tree(directory):
 def test_truncated_latest_checkpoint_falls_back_to_previous(shared, tmp_path, caplog):
   workdir = str(tmp_path)
   stage = functools.partial(_stage, data_dir=shared["data_dir"])
-  data.prepare(shrunken_config(**{"data.data_dir": shared["data_dir"]}).data, workdir)
+  data.prepare(settings.data_spec(shrunken_config(**{"data.data_dir": shared["data_dir"]}).data), workdir)
   ref = stage(workdir, str(tmp_path / "ref"))
   with pytest.raises(_Interrupt):
     stage(workdir, str(tmp_path / "cut"), kill_after=5)  # checkpoints at 2 and 4
