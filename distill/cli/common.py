@@ -52,12 +52,22 @@ def guarded(fn, *, verbose: bool = False) -> int:
 
 
 def _config_flag_error(e: Exception, argv) -> str:
-  """One line for an ml_collections override naming a field the config does not have."""
+  """One line for an ml_collections override naming a field the config does not have.
+
+  Read from the message text because ml_collections (1.1) puts the field nowhere else: its
+  config_path raises KeyError(message) and ConfigDict re-raises that as
+  AttributeError(KeyError(message)), with difflib's 'Did you mean "x" instead of "y"?'
+  appended. Two forms: "'field'..." (a ConfigDict without that key) and "Attribute <class
+  'float'>.field does not exist ..." (a path through a leaf). The flag is then the override in
+  argv whose path holds that field.
+  """
   text = str(e).replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
-  m = re.search(r"'([^'\s]+)'", text)
+  m = (re.search(r"Attribute <class '[^']*'>\.(\S+) does not exist", text) or
+       re.search(r"'([^'\s]+)'", text))
   field = m.group(1) if m else "?"
   flag = next((a for a in argv if a.startswith("--config.") and
-               re.search(rf"\.{re.escape(field)}(=|$)", a)), f"--config....{field}")
+               re.search(rf"\.{re.escape(field)}(\.|\[|$)", a.split("=", 1)[0])),
+              f"--config....{field}")
   hint = re.search(r'Did you mean "([^"]+)"', text)
   fix = (f"did you mean {hint.group(1)!r}?" if hint else
          "see the commented fields in your configs/*.py file")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import optax
+import tqdm
 
 from distill.train import checkpoint
 from distill.train import preemption
@@ -47,13 +48,20 @@ def _fmt_time(s):
 
 
 class Progress:
-  """One live line per stage on a terminal, plain log lines otherwise."""
+  """One live line per stage on a terminal (a tqdm bar), plain log lines otherwise.
+
+  Off a terminal each update is one line, `[name] step 25/300 loss 1.2345 tok/s 12.3k ETA 0:42`,
+  formatted here: tqdm writes carriage-return redraws to a file (or nothing, with
+  disable=None), and logs and tests read these lines. Rates and ETAs count from the first
+  update, so the first step's compile is not in them (the bar starts there too).
+  """
 
   def __init__(self, name, total, tokens_per_step, enabled=True):
     self.name, self.total, self.tps = name, total, tokens_per_step
     self.enabled = enabled
     self.tty = sys.stderr.isatty()
     self.t0, self.s0 = time.time(), None
+    self._bar = None
 
   def update(self, step, metrics):
     if not self.enabled:
@@ -67,19 +75,27 @@ class Progress:
       rate = (step - self.s0) * self.tps / max(dt, 1e-9)
       eta = (self.total - step) * dt / max(step - self.s0, 1)
     rate_s = f"{rate / 1e3:.1f}k" if math.isfinite(rate) else "?"
-    eta_s = _fmt_time(eta) if math.isfinite(eta) else "?"
     loss = metrics.get("loss")
     loss_s = f" loss {loss:.4f}" if loss is not None else ""
-    msg = f"[{self.name}] step {step}/{self.total}{loss_s} tok/s {rate_s} ETA {eta_s}"
     if self.tty:
-      sys.stderr.write("\r" + msg + " " * 8)
-      sys.stderr.flush()
-    else:
-      print(msg, file=sys.stderr, flush=True)
+      if self._bar is None:
+        # smoothing=0: tqdm's rate and remaining time are averages since the first update,
+        # as in the plain lines.
+        self._bar = tqdm.tqdm(
+            total=self.total, initial=step, desc=f"[{self.name}] step", file=sys.stderr,
+            smoothing=0, dynamic_ncols=True, leave=True,
+            bar_format="{desc} {n}/{total} |{bar}|{postfix} [{elapsed}<{remaining}]")
+      self._bar.set_postfix_str(f"{loss_s.strip()} tok/s {rate_s}".strip(), refresh=False)
+      self._bar.update(step - self._bar.n)
+      return
+    eta_s = _fmt_time(eta) if math.isfinite(eta) else "?"
+    print(f"[{self.name}] step {step}/{self.total}{loss_s} tok/s {rate_s} ETA {eta_s}",
+          file=sys.stderr, flush=True)
 
   def close(self):
-    if self.enabled and self.tty:
-      sys.stderr.write("\n")
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
 
 
 def _read_history(stage_dir, upto, rewrite=True):
@@ -155,13 +171,24 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
       pending = []
       for s, m in fetched:
         m = {k: float(v) for k, v in m.items()}
+        # The skip itself is step.train_step's `skip_nonfinite` (params and optimizer state
+        # kept by jnp.where), not optax.apply_if_finite: that wrapper looks at the gradients
+        # only, so a non-finite loss with finite gradients (what tests/test_robustness.py
+        # plants) would be applied and then stop the run here; it accepts non-finite updates
+        # after max_consecutive_errors; and it changes the optimizer state's tree, so the
+        # checkpoints'.
         if m.get("skipped"):
           logging.warning("[%s] step %d: non-finite loss or gradient, batch skipped", name, s)
         elif not all(math.isfinite(v) for v in m.values()):
+          progress.close()
           ckpt.close()
           raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}: {m}; the last "
                                f"good checkpoint is kept in {stage_dir}/checkpoints")
         history.append((s, m))
+        # metrics.jsonl and TensorBoard scalars by hand rather than through clu's
+        # metric_writers (or flax.metrics.tensorboard): those write summaries with TensorFlow,
+        # and the training path imports no TensorFlow (tests/test_data.py). `writer` is a
+        # tensorboardX SummaryWriter (run/pipeline.py).
         if hist_file is not None:
           hist_file.write(json.dumps({"step": s, **m}) + "\n")
         if writer is not None:

@@ -5,6 +5,16 @@ different steps. Each process raises its own flag in the signal handler; at ever
 boundary `StopFlag.agreed()` all-gathers the flags, so every process sees "stop" at the same
 step, saves the same checkpoint (orbax saves are collective) and exits 0. With one process
 there is nothing to agree on and no collective runs.
+
+Hand-written rather than jax's preemption service
+(`jax.experimental.multihost_utils.reached_preemption_sync_point`, which orbax's
+CheckpointManager also uses): that service lives in `jax.distributed`'s coordination client,
+so a single-process run (no `jax.distributed.initialize`) always gets False and would never
+stop on SIGTERM (tests/test_robustness.py); and it picks the save step itself, asynchronously,
+as one past the largest step any process had reached when the notice propagated, so the step
+a run stops at depends on timing, where tests/test_multihost.py's 2-process gloo run expects
+the step during which the signal arrived (3) on both processes. One all-gather of a bool per
+step boundary gives both.
 """
 from __future__ import annotations
 
