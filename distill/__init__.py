@@ -4,8 +4,8 @@ __all__ = ["load"]
 
 
 def __getattr__(name):
-  # Lazy so `import distill.losses` does not pull in the model, data or TensorFlow.
   if name == "load":
+    # Lazy: `import distill.losses` (or a config file) must not pull in the model and data.
     from distill.inference.model import load
     return load
   raise AttributeError(name)

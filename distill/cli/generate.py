@@ -23,7 +23,7 @@ from distill.cli import common as cli
 from distill.data import tokenizer as tokenizers
 from distill.export import litertlm_runtime as lrt
 from distill.export.runtime import CardError, LiteRTModel, read_card
-import distill
+from distill.inference import model as inference
 
 _TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
 _LITERTLM = flags.DEFINE_string("litertlm", None, "A .litertlm bundle (LiteRT-LM engine, CPU).")
@@ -108,7 +108,7 @@ def generate_litertlm(path: str, prompt: str, max_new_tokens: int, threads=None,
 
 def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
                  seed=0, out=sys.stdout):
-  model = distill.load(path)
+  model = inference.load(path)
   stream = _Streamer(model.tokenizer, out)
   model.generate_ids(model.tokenizer.encode(prompt), max_new_tokens, temperature=temperature,
                      top_k=top_k, seed=seed, on_token=stream.add)

@@ -31,6 +31,7 @@ def export_stage(stage_dir: str, preset: str, out_dir: str | None = None, **kw) 
   # Lazy: `distill.export.presets` (budgets, BudgetError) stays importable without the model,
   # jax2tf and the LiteRT runtime that an export pulls in.
   from distill.export import artifact  # noqa: PLC0415
+  # Lazy for the same reason: loading the stage pulls in the model.
   from distill.inference import model as api  # noqa: PLC0415
   over = {k: kw.pop(k) for k in ("quant", "max_context", "prefill_len", "budget_mb") if k in kw}
   p = resolve(preset, **over)

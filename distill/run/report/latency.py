@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from distill.export.runtime import LiteRTModel
-import distill
+from distill.inference import model as inference
 
 # Timed greedy decode steps per model: enough to average out timer noise on tiny models while
 # keeping the whole measurement to seconds.
@@ -81,7 +81,7 @@ def measure_latency(workdir: str, rep: dict, config) -> dict:
     if name not in rep:
       continue
     try:
-      model = distill.load(_model_dir(workdir, config, name))
+      model = inference.load(_model_dir(workdir, config, name))
       # The samples' first prompt and cache length (see Model.generate_ids).
       ids = model.tokenizer.encode(prompts[0]) if prompts else []
       cache_len = len(ids) + int(config.eval.sample_tokens) if ids else 0
