@@ -8,8 +8,10 @@ CPU cores one step takes a few seconds; on an accelerator raise `batch_size`.
 """
 import ml_collections
 
-from configs import base
+from distill.cli.config_files import sibling
 from distill.run import hardware as presets
+
+base = sibling("base")
 
 
 def get_config():

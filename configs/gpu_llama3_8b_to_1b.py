@@ -21,8 +21,10 @@ Expected runtime: per step (64 x 2048 = 131k tokens) the teacher forward is ~2.1
 the student forward+backward ~1.0 PFLOP; at ~40% of 8 x 989 TFLOP/s (bf16 dense) that is
 ~1 s/step, so ~6 h for 20k steps (2.6B tokens) plus ~2 h for the hard-label baseline.
 """
-from configs import base
+from distill.cli.config_files import sibling
 from distill.run import hardware as presets
+
+base = sibling("base")
 
 
 def get_config():

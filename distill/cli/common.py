@@ -13,6 +13,7 @@ import traceback
 
 from distill import errors
 from distill.cli import quiet
+from distill.cli.config_files import config_names, resolve_config
 
 # Exit 2: the user gave something wrong. ValueError covers the library's own argument checks
 # (and every errors.UsageError); FileNotFoundError a path that is not there.
@@ -125,37 +126,6 @@ def check_config_file(flag_name: str = "config"):
     cause = str(e.__cause__ or e).strip().splitlines() or ["?"]
     raise ValueError(f"--{flag_name}={path} failed to load ({cause[-1][:160]}); fix the file"
                      ) from None
-
-
-def config_names() -> list[str]:
-  """Names of the configs shipped in the `configs` package (what `--config=NAME` accepts)."""
-  spec = importlib.util.find_spec("configs")
-  dirs = list(spec.submodule_search_locations or []) if spec else []
-  return sorted({f[:-3] for d in dirs if os.path.isdir(d) for f in os.listdir(d)
-                 if f.endswith(".py") and not f.startswith("_")})
-
-
-def resolve_config(arg: str) -> str:
-  """`--config=` value -> a config file path ml_collections can load.
-
-  An existing path is used as given. Otherwise `tiny`, `tiny.py` or `configs/tiny.py` name the
-  shipped config `configs/tiny.py` from the importable `configs` package: the clone's when
-  it is the working directory, the installed one anywhere else (`pip install`). A `:arg`
-  suffix (`tiny:small`) is passed on to `get_config` as ml_collections does.
-  """
-  path, sep, rest = arg.partition(":")
-  if not path or os.path.exists(path):
-    return arg
-  name = path.removeprefix("configs/").removesuffix(".py")
-  if not name.isidentifier():
-    return arg
-  try:
-    spec = importlib.util.find_spec(f"configs.{name}")
-  except ImportError:  # no `configs` package on the path at all
-    return arg
-  if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-    return arg
-  return spec.origin + sep + rest
 
 
 def define_config(name: str = "config", default: str | None = None, help_string: str = "",
