@@ -8,7 +8,7 @@ gen_len tokens). Both sides are greedy: the loop's fastest path (sampling there 
 sort per token), and the sampler's greedy path costs the same as its sampled one up to the
 categorical draw.
 
-  batched_tokens_per_s  distill.sampling at `--batch` rows: batch * gen_len / wall
+  batched_tokens_per_s  distill.inference.sampling at `--batch` rows: batch * gen_len / wall
   loop_tokens_per_s     api.Model.generate_ids (one sequence, one jitted decode call per token)
   on_policy_step        at the training shapes (batch 32, seq 128, prompt 32 -> 97 sampled):
                         wall of the sampler alone, the teacher forward alone, the whole jitted

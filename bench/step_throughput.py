@@ -3,7 +3,7 @@
   python bench/step_throughput.py [--config=configs/bench_small.py] [--config.dtype=float32]
                                   [--torch=false] [--breakdown]
 
-Builds what `train.run` jits for the student stage through `distill.step.make_step` -- the
+Builds what `train.run` jits for the student stage through `distill.train.step.make_step` -- the
 `objectives.distill_loss` step, explicit in/out shardings, the state donated -- on random params and a
 random batch, under the config's precision policy (`dtype`: the models' compute dtype, the
 student's master weights stay fp32; `teacher_dtype`: the read-only teacher's weights). In the
@@ -107,7 +107,7 @@ def model_flops_per_token(t_cfg, s_cfg, seq_len: int) -> dict:
 
 def build(c):
   """(step_fn, state, batch, teacher_params, teacher/student LMs, helpers): the step
-  `train.run` trains, from the same builder (`distill.step.make_step`)."""
+  `train.run` trains, from the same builder (`distill.train.step.make_step`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from distill.run import settings  # pylint: disable=import-outside-toplevel

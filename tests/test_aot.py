@@ -78,7 +78,7 @@ def test_aot_config_error_is_one_line_exit_2():
 def test_multislice_mesh_puts_slices_on_the_data_axis():
   # Compile-only devices of 2 v5e-4 slices; no compile, so this runs in a few seconds.
   code = (
-      "from distill import aot, sharding\n"
+      "from distill.models import sharding\nfrom distill.run import aot\n"
       "d = aot.topology_devices('v5e:2x2', slices=2)\n"
       "m = sharding.make_mesh(sharding.MeshSpec(data=4, fsdp=2, tensor=1, slices=2), d)\n"
       "s = [[x.slice_index for x in row.ravel()] for row in m.devices]\n"

@@ -141,7 +141,7 @@ def test_sharded_checkpoint_and_bf16_teacher(tok_dir, tmp_path):
   assert params["block_0"]["attn"]["q"].dtype == jax.numpy.bfloat16
   assert params["embed"].sharding.spec[1] == "fsdp"  # d_model split over the 8 devices
   _, ref, _ = hf.load(str(tmp_path / "one"), mesh, "float32")
-  for (_, a), (_, b) in zip(hf._flatten(params), hf._flatten(ref)):  # pylint: disable=protected-access
+  for (_, a), (_, b) in zip(hf.flatten(params), hf.flatten(ref)):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b), atol=1e-2, rtol=1e-2)
 
 

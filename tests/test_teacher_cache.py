@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from distill.run import settings
 from distill.run import pipeline
 from distill.methods import teacher_cache
 from distill.data import tokenizer as tokenizers
@@ -29,7 +30,7 @@ def teacher_and_cache(tmp_path_factory, small_run):
   ctx = pipeline.Context(_small(**{"data.data_dir": data_dir, "teacher.checkpoint": teacher}),
                          str(root / "w"))
   t_lm, t_params, _, _ = pipeline.load_or_train_teacher(ctx)
-  meta = teacher_cache.write(ctx, t_lm, t_params, str(root / "cache"), top_k=8)
+  meta = teacher_cache.write(t_lm, t_params, str(root / "cache"), 8, ctx.transfer_set(), ctx.mesh)
   assert meta["bytes_per_token"] == 8 * 8 and meta["windows"] > 0
   return data_dir, teacher, str(root / "cache")
 
@@ -57,19 +58,24 @@ def test_cache_check_refuses_each_mismatch(teacher_and_cache):
   tok = tokenizers.load(os.path.join(teacher, "tokenizer"))  # what the pipeline uses
   cache = teacher_cache.Cache(cache_dir)
   vocab = cache.meta["vocab_size"]
-  cache.check(c, vocab, tok)  # the config it was written for: no error
+
+  def ts(config, tokenizer=tok):  # the transfer set a run of `config` would check the cache for
+    return teacher_cache.TransferSet(
+        data=settings.data_spec(config.data), tokenizer=tokenizer, workdir="",
+        fraction=config.distill.transfer_fraction, teacher=teacher, seed=config.seed)
+  cache.check(ts(c), vocab)  # the config it was written for: no error
   for field, value, named in (("data.seq_len", 16, "seq_len="),
                               ("distill.transfer_fraction", 0.5, "transfer_fraction="),
                               ("data.name", "text:/elsewhere/*.txt", "data=")):
     with pytest.raises(teacher_cache.CacheError, match=named):
-      cache.check(_small(**base, **{field: value}), vocab, tok)
+      cache.check(ts(_small(**base, **{field: value})), vocab)
   with pytest.raises(teacher_cache.CacheError, match="vocab_size="):
-    cache.check(c, vocab + 8, tok)
+    cache.check(ts(c), vocab + 8)
 
   class OtherTokenizer:
     fingerprint = "another tokenizer"
   with pytest.raises(teacher_cache.CacheError, match="tokenizer="):
-    cache.check(c, vocab, OtherTokenizer())
+    cache.check(ts(c, OtherTokenizer()), vocab)
 
 
 def test_cache_mismatch_is_refused(tmp_path):

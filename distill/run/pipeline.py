@@ -285,25 +285,54 @@ def run(config, workdir: str) -> dict:
     return _run(config, workdir)
 
 
-def _run(config, workdir: str) -> dict:
-  t0 = time.time()
-  ctx = Context(config, workdir)
-  c = config
+@dataclasses.dataclass
+class _Teacher:
+  """The loaded teacher: `lm`/`tokenizer` in its own ids, `view` the model the student learns
+  from (the trimmed-vocabulary view when `trim` is set), params, shardings, stage info."""
+  lm: LM
+  view: LM
+  params: dict
+  shardings: dict
+  info: dict
+  tokenizer: object
+  trim: object
+
+
+@dataclasses.dataclass
+class _Student:
+  """The student to train: its model, init (pruned or copied layers, else None), the init
+  with feature projections, the soft-target objective, and the QAD stage's objective."""
+  lm: LM
+  init: object
+  init_with_features: object
+  loss_cfg: objectives.LossConfig
+  qad_cfg: objectives.LossConfig | None
+
+
+def _teacher_and_data(ctx: Context) -> _Teacher:
+  """Data prepared in the tokenizer the student trains with; the teacher loaded (or trained)."""
+  c = ctx.config
   if c.data.tokenizer:  # before any training: a data mistake fails first
-    data.prepare(ctx.data, workdir)
+    data.prepare(ctx.data, ctx.workdir)
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
-    data.prepare(ctx.data, workdir, tokenizer=ctx.tokenizer)
-  t_lm, t_tokenizer, trim = teacher, ctx.tokenizer, None
+    data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
+  t = _Teacher(teacher, teacher, t_params, t_shard, t_info, ctx.tokenizer, None)
   if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
-    trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, workdir, int(c.student.vocab),
-                             c.distill.transfer_fraction)
-    ctx.tokenizer = trim.tokenizer
-    data.prepare(ctx.data, workdir, tokenizer=ctx.tokenizer)
-    teacher = vocab_teacher.TrimmedTeacher(t_lm, trim)
+    t.trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, ctx.workdir,
+                                     int(c.student.vocab), c.distill.transfer_fraction)
+    ctx.tokenizer = t.trim.tokenizer
+    data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
+    t.view = vocab_teacher.TrimmedTeacher(teacher, t.trim)
+  return t
+
+
+def _student(ctx: Context, t: _Teacher) -> _Student:
+  """The student's shape and init, and the objectives of its stages (checked before training)."""
+  c = ctx.config
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
-  student = LM(model_config(c.student.model, teacher.cfg.vocab_size, c))
+  student = LM(model_config(c.student.model, t.view.cfg.vocab_size, c))
   loss_cfg = settings.loss_config(c.distill)
   qad_cfg = None
   if c.distill.qat_steps:  # QAD as its own stage after the fp32 student (see _qad_stage)
@@ -312,90 +341,116 @@ def _run(config, workdir: str) -> dict:
     loss_cfg = dataclasses.replace(loss_cfg, qat="none")
   init = None
   if c.student.init == "teacher_layers":
-    init = student_init.init_from_teacher(student, teacher, t_params)
+    init = student_init.init_from_teacher(student, t.view, t.params)
   if c.student.init == "prune":  # the pruned shape keeps the teacher's head_dim and switches
-    student, init = student_init.from_teacher(ctx, student, t_lm, t_params, trim)
+    student, init = student_init.from_teacher(ctx, student, t.lm, t.params, t.trim)
   if qad_cfg and c.distill.qat_outliers >= student.cfg.d_model:  # before any training
     raise ConfigError(f"--config.distill.qat_outliers={c.distill.qat_outliers} must be below "
                       f"the student's d_model={student.cfg.d_model}")
   # Feature losses: the student (not the baseline) also trains hidden-state projections.
-  loss_cfg, s_init = features.setup(settings.feature_spec(c.distill.hidden), student, teacher, loss_cfg, init,
-                                    getattr(init, "plan", None))
+  loss_cfg, s_init = features.setup(settings.feature_spec(c.distill.hidden), student, t.view,
+                                    loss_cfg, init, getattr(init, "plan", None))
+  return _Student(student, init, s_init, loss_cfg, qad_cfg)
+
+
+def _soft_targets(ctx: Context, t: _Teacher, s: _Student, walls: dict):
+  """(loss function, teacher cache or None): online targets, or the cache (written here when
+  `teacher_source='cache'` and it is not there yet; its time goes to `walls`)."""
+  c = ctx.config
   source = c.distill.teacher_source
-  walls_extra = {}
   if source == "cache":  # the teacher runs once per token, here, not once per step
-    cache_dir = os.path.join(workdir, "teacher_cache")
+    cache_dir = os.path.join(ctx.workdir, "teacher_cache")
     if not os.path.exists(os.path.join(cache_dir, "meta.json")):
       t_cache = time.time()
       logging.info("[teacher_cache] top-%d of the teacher over the transfer set -> %s",
                    c.distill.top_k, cache_dir)
-      teacher_cache.write(teacher, t_params, cache_dir, c.distill.top_k, ctx.transfer_set(),
+      teacher_cache.write(t.view, t.params, cache_dir, c.distill.top_k, ctx.transfer_set(),
                           ctx.mesh, batch_size=c.data.batch_size, show_progress=ctx.is_main)
-      walls_extra["teacher_cache"] = time.time() - t_cache
+      walls["teacher_cache"] = time.time() - t_cache
     source = teacher_cache.CACHE_PREFIX + cache_dir
   if source.startswith(teacher_cache.CACHE_PREFIX):
     cache = teacher_cache.Cache(source[len(teacher_cache.CACHE_PREFIX):])
-    cache.check(ctx.transfer_set(), teacher.cfg.vocab_size)
-    loss_fn = functools.partial(objectives.cached_distill_loss, student=student, cfg=loss_cfg)
-  else:
-    cache = None
-    loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
-                                cfg=loss_cfg)
-  plan = _on_policy_plan(ctx, student, teacher, loss_cfg)
-  s_lm = loss_cfg.final_lm(student)  # the saved student's model (untied after in-stage QAD)
+    cache.check(ctx.transfer_set(), t.view.cfg.vocab_size)
+    return functools.partial(objectives.cached_distill_loss, student=s.lm, cfg=s.loss_cfg), cache
+  return functools.partial(objectives.distill_loss, student=s.lm, teacher=t.view,
+                           cfg=s.loss_cfg), None
+
+
+def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dict:
+  """{name: (LM, params, stage info)}: teacher, student (and its fp32 stage before QAD),
+  baseline."""
+  c = ctx.config
+  plan = _on_policy_plan(ctx, s.lm, t.view, s.loss_cfg)
+  s_lm = s.loss_cfg.final_lm(s.lm)  # the saved student's model (untied after in-stage QAD)
   s_params, s_info = _train_stage(
-      ctx, "student_fp32" if qad_cfg else "student", student, steps=c.distill.steps,
-      lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t_params,
-      teacher_shardings=t_shard, init_params=s_init, loss_fn=loss_fn, cache=cache,
-      finalize=loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
+      ctx, "student_fp32" if s.qad_cfg else "student", s.lm, steps=c.distill.steps,
+      lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t.params,
+      teacher_shardings=t.shardings, init_params=s.init_with_features, loss_fn=loss_fn,
+      cache=cache, finalize=s.loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
       data_iter=_generated_iter(ctx))
-  models = {"teacher": (t_lm, t_params, t_info)}
-  if qad_cfg:
+  models = {"teacher": (t.lm, t.params, t.info)}
+  if s.qad_cfg:
     models["student_fp32"] = (s_lm, s_params, s_info)
-    s_lm, s_params, s_info = _qad_stage(ctx, student, s_params, qad_cfg)
+    s_lm, s_params, s_info = _qad_stage(ctx, s.lm, s_params, s.qad_cfg)
   models["student"] = (s_lm, s_params, s_info)
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
-        ctx, "baseline", student, steps=c.distill.steps, lr=c.distill.lr,
+        ctx, "baseline", s.lm, steps=c.distill.steps, lr=c.distill.lr,
         fraction=c.distill.transfer_fraction,
-        loss_fn=functools.partial(objectives.ce_loss, student=student),
-        init_params=init if c.student.init == "prune" else None)  # same pruned start as student
-    models["baseline"] = (student, b_params, b_info)
+        loss_fn=functools.partial(objectives.ce_loss, student=s.lm),
+        init_params=s.init if c.student.init == "prune" else None)  # same pruned start
+    models["baseline"] = (s.lm, b_params, b_info)
+  return models
 
-  t_eval = time.time()
-  results = evaluate_models(ctx, models, teacher, t_params)
-  e = c.eval
+
+def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
+  """Every model's metrics: validation and held-out text, sample metrics, size, samples."""
+  c, e = ctx.config, ctx.config.eval
+  results = evaluate_models(ctx, models, t.view, t.params)
   prompts, s_cfg = sample_eval.prompts(
-      ctx.data, ctx.tokenizer, workdir, teacher, count=e.sample_prompts,
+      ctx.data, ctx.tokenizer, ctx.workdir, t.view, count=e.sample_prompts,
       prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
   for name, (lm, params, _) in models.items():
     if prompts is not None:  # same prompts, settings and key for every model
-      scorer, rows, cfg = teacher, prompts, s_cfg
-      if trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
-        scorer, rows = t_lm, np.asarray(trim.kept)[prompts]
-        cfg = sample_eval.speaking(s_cfg, t_tokenizer, t_lm)
+      scorer, rows, cfg = t.view, prompts, s_cfg
+      if t.trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
+        scorer, rows = t.lm, np.asarray(t.trim.kept)[prompts]
+        cfg = sample_eval.speaking(s_cfg, t.tokenizer, t.lm)
       results[name].update(onpolicy.sample_metrics(
-          lm, params, scorer, t_params, rows, jax.random.key(c.seed + 1000), cfg,
-          draws=int(c.eval.sample_draws)))
+          lm, params, scorer, t.params, rows, jax.random.key(c.seed + 1000), cfg,
+          draws=int(e.sample_draws)))
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
-    tok = t_tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
+    tok = t.tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
     results[name].update(_samples(ctx, api.Model(lm, params, tok)))
-  if trim is not None:
-    results["student"]["vocab"] = {"kept": int(trim.kept.size), "rows": int(trim.rows.size),
-                                   "teacher_vocab": t_lm.cfg.vocab_size}
+  if t.trim is not None:
+    results["student"]["vocab"] = {"kept": int(t.trim.kept.size), "rows": int(t.trim.rows.size),
+                                   "teacher_vocab": t.lm.cfg.vocab_size}
+  return results
+
+
+def _run(config, workdir: str) -> dict:
+  t0 = time.time()
+  ctx = Context(config, workdir)
+  teacher = _teacher_and_data(ctx)
+  student = _student(ctx, teacher)
+  walls_extra = {}
+  loss_fn, cache = _soft_targets(ctx, teacher, student, walls_extra)
+  models = _train_models(ctx, teacher, student, loss_fn, cache)
+  t_eval = time.time()
+  results = _evaluate(ctx, teacher, models)
   walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
   walls["evaluate"] = time.time() - t_eval
   walls.update(walls_extra)
-
-  if c.export.enabled:
+  if config.export.enabled:
     t_exp = time.time()
-    results["export"] = export_stage.run(c, workdir, s_lm, s_params, ctx.tokenizer)
+    _, s_params, _ = models["student"]
+    results["export"] = export_stage.run(config, workdir, models["student"][0], s_params,
+                                         ctx.tokenizer)
     walls["export"] = time.time() - t_exp
-
-  rep = report.build(c, results, walls, time.time() - t0)
+  rep = report.build(config, results, walls, time.time() - t0)
   if ctx.is_main:
-    report.write(workdir, rep, c)
+    report.write(workdir, rep, config)
     ctx.writer.close()
   return rep
 
