@@ -91,102 +91,46 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
            keep_saved_model: bool = False, litertlm: bool = False, log=print) -> dict:
   """Exports, verifies and publishes one preset; returns the model card.
 
-  litertlm: also bundle the verified .tflite with the tokenizer and metadata into
-  `student.litertlm` for LiteRT-LM, checked through its engine (see litertlm.py).
+  data_spec/workdir: the text calibration and verification read (default: the embedded
+  corpus under the output's parent); level: verification depth (LEVELS); tokenizer_dir: the
+  stage's tokenizer files to ship (else the tokenizer saves itself); source: what the card
+  says the model came from; litertlm: also bundle the verified .tflite with the tokenizer and
+  metadata into `student.litertlm` for LiteRT-LM, checked through its engine (litertlm.py).
+  The folder appears complete or not at all (`_publish`).
   """
   t_start = time.time()
-  if level not in LEVELS:
-    raise ValueError(f"verification level {level!r}: use one of {sorted(LEVELS)}")
-  if litertlm:
-    # Fail before minutes of conversion when the bundle cannot be made at all.
-    litertlm_lib.builder_module()
-    litertlm_lib.engine_module()
-    litertlm_lib.llm_metadata(tokenizer, preset.max_context)
-  cfg = lm.cfg
-  if cfg.pos == "learned" and preset.max_context > cfg.max_len:
-    raise ValueError(f"max_context={preset.max_context} exceeds the model's {cfg.max_len} "
-                     "learned positions; export with a smaller --max_context")
-  presets.check_estimate(preset, count_params(params))
-  vocab = min(int(tokenizer.vocab_size), cfg.vocab_size)
+  _check(lm, params, tokenizer, preset, level, litertlm)
+  vocab = min(int(tokenizer.vocab_size), lm.cfg.vocab_size)
   need = LEVELS[level]
   workdir = workdir or os.path.dirname(os.path.abspath(out_dir))
-  if data_spec is None:
-    data_spec = default_data_spec()
-
+  data_spec = data_spec or default_data_spec()
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))
   model = None
   try:
     lm32, p32 = converter.export_lm(lm, params)
-    t0 = time.time()
-    sm_dir = os.path.join(tmp, "saved_model")
-    converter.save_saved_model(converter.build_module(
-        lm32, p32, vocab=vocab, max_context=preset.max_context, prefill_len=preset.prefill_len,
-        int8_embedding=preset.quant in INT8_EMBEDDING_MODES), sm_dir)
-    timings = {"saved_model_s": round(time.time() - t0, 2)}
-
-    calibration, calib_info = None, None
-    if preset.quant == "int8":
-      t0 = time.time()
-      streams = train_streams(data_spec, tokenizer, workdir, count=need["calib"],
-                              length=preset.max_context + 1)
-      samples = quantize.calibration_samples(lm32, p32, streams, max_context=preset.max_context,
-                                             prefill_len=preset.prefill_len)
-      calibration = samples
-      calib_info = {"source": "training split (distill.data.make_train_iterator)",
-                    "streams": len(streams), "samples": len(samples)}
-      timings["calibration_data_s"] = round(time.time() - t0, 2)
-
-    t0 = time.time()
-    flat, detail = converter.to_tflite(sm_dir, preset.quant, calibration)
-    timings["convert_s"] = round(time.time() - t0, 2)
-    if not keep_saved_model:
-      shutil.rmtree(sm_dir)
-    presets.check_file(preset, len(flat))
+    flat, detail, calib_info, timings = _convert(tmp, lm32, p32, vocab, preset, tokenizer,
+                                                 data_spec, workdir, need, keep_saved_model)
     name = f"student-{preset.quant}.tflite"
     path = os.path.join(tmp, name)
     with open(path, "wb") as f:
       f.write(flat)
-
-    if tokenizer_dir and os.path.isdir(tokenizer_dir):
-      for fn in sorted(os.listdir(tokenizer_dir)):
-        if os.path.isfile(os.path.join(tokenizer_dir, fn)):
-          shutil.copyfile(os.path.join(tokenizer_dir, fn), os.path.join(tmp, fn))
-    else:
-      tokenizer.save(tmp)
-    tok_files = sorted(f for f in os.listdir(tmp) if f != name and os.path.isfile(
-        os.path.join(tmp, f)))
-
-    from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
-    with quiet_tf.native_stderr():  # TFLite announces its XNNPACK delegate on stderr
-      sigs = card_lib.signatures(litert.Interpreter(model_path=path), cfg.n_layers)
-    card = card_lib.build(model_file=name, nbytes=len(flat), preset=preset, quant_detail=detail,
-                          cfg=cfg, vocab=vocab, tokenizer=tokenizer, tokenizer_files=tok_files,
-                          sigs=sigs, source=dict(source or {}, params=count_params(params)))
-    card["ops"] = converter.op_counts(path)
-    if calib_info:
-      card["calibration"] = calib_info
+    tok_files = _write_tokenizer(tmp, name, tokenizer, tokenizer_dir)
+    card = _card(path, name, flat, preset, detail, lm.cfg, vocab, tokenizer, tok_files,
+                 dict(source or {}, params=count_params(params)), calib_info)
     model = LiteRTModel(path, card=card, num_threads=num_threads)
-
     if level != "none":
       t0 = time.time()
-      length = min(preset.max_context, data_spec.seq_len)
-      windows, masks = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
-                                          length=length)
-      room = max(1, preset.max_context - need["new_tokens"])
-      prompts = _prompts(windows, need["prompts"], preset.prefill_len, room)
-      card["verification"] = dict(verify.verify(
-          model, lm32, p32, preset.quant, prompts=prompts, new_tokens=need["new_tokens"],
-          windows=windows, masks=masks), level=level,
-          text="validation split (distill.data.eval_batches)")
+      card["verification"] = _verification(model, lm32, p32, preset, tokenizer, data_spec,
+                                           workdir, need, level)
       timings["verify_s"] = round(time.time() - t0, 2)
     else:
       card["verification"] = {"level": "none", "passed": None}
     card["latency"] = model.latency()
     if litertlm:
       t0 = time.time()
-      card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, cfg, vocab,
+      card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, lm.cfg, vocab,
                                  tokenizer_dir, data_spec, workdir, need, level, model)
       timings["litertlm_s"] = round(time.time() - t0, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
@@ -199,6 +143,95 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     model = None
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  _log_result(log, preset, out_dir, name, flat, card, timings)
+  return card
+
+
+def _check(lm, params, tokenizer, preset: presets.Preset, level: str, litertlm: bool) -> None:
+  """What can be refused before minutes of conversion: the level, a bundle that cannot be made
+  at all, a context past learned positions, a model that cannot fit the budget."""
+  if level not in LEVELS:
+    raise ValueError(f"verification level {level!r}: use one of {sorted(LEVELS)}")
+  if litertlm:
+    litertlm_lib.builder_module()
+    litertlm_lib.engine_module()
+    litertlm_lib.llm_metadata(tokenizer, preset.max_context)
+  cfg = lm.cfg
+  if cfg.pos == "learned" and preset.max_context > cfg.max_len:
+    raise ValueError(f"max_context={preset.max_context} exceeds the model's {cfg.max_len} "
+                     "learned positions; export with a smaller --max_context")
+  presets.check_estimate(preset, count_params(params))
+
+
+def _convert(tmp, lm32, p32, vocab, preset: presets.Preset, tokenizer, data_spec, workdir, need,
+             keep_saved_model: bool):
+  """SavedModel -> TFLite flatbuffer for the preset's quantization (int8 calibrates on the
+  training split); (flatbuffer, quantization detail, calibration info or None, timings)."""
+  t0 = time.time()
+  sm_dir = os.path.join(tmp, "saved_model")
+  converter.save_saved_model(converter.build_module(
+      lm32, p32, vocab=vocab, max_context=preset.max_context, prefill_len=preset.prefill_len,
+      int8_embedding=preset.quant in INT8_EMBEDDING_MODES), sm_dir)
+  timings = {"saved_model_s": round(time.time() - t0, 2)}
+  calibration, calib_info = None, None
+  if preset.quant == "int8":
+    t0 = time.time()
+    streams = train_streams(data_spec, tokenizer, workdir, count=need["calib"],
+                            length=preset.max_context + 1)
+    calibration = quantize.calibration_samples(lm32, p32, streams, max_context=preset.max_context,
+                                               prefill_len=preset.prefill_len)
+    calib_info = {"source": "training split (distill.data.make_train_iterator)",
+                  "streams": len(streams), "samples": len(calibration)}
+    timings["calibration_data_s"] = round(time.time() - t0, 2)
+  t0 = time.time()
+  flat, detail = converter.to_tflite(sm_dir, preset.quant, calibration)
+  timings["convert_s"] = round(time.time() - t0, 2)
+  if not keep_saved_model:
+    shutil.rmtree(sm_dir)
+  presets.check_file(preset, len(flat))
+  return flat, detail, calib_info, timings
+
+
+def _write_tokenizer(tmp: str, model_file: str, tokenizer, tokenizer_dir) -> list[str]:
+  """The stage's tokenizer files beside the model (or the tokenizer's own save); their names."""
+  if tokenizer_dir and os.path.isdir(tokenizer_dir):
+    for fn in sorted(os.listdir(tokenizer_dir)):
+      if os.path.isfile(os.path.join(tokenizer_dir, fn)):
+        shutil.copyfile(os.path.join(tokenizer_dir, fn), os.path.join(tmp, fn))
+  else:
+    tokenizer.save(tmp)
+  return sorted(f for f in os.listdir(tmp) if f != model_file and os.path.isfile(
+      os.path.join(tmp, f)))
+
+
+def _card(path, name, flat, preset, detail, cfg, vocab, tokenizer, tok_files, source,
+          calib_info) -> dict:
+  """The model card of the written file, its signatures read back through LiteRT."""
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  with quiet_tf.native_stderr():  # TFLite announces its XNNPACK delegate on stderr
+    sigs = card_lib.signatures(litert.Interpreter(model_path=path), cfg.n_layers)
+  card = card_lib.build(model_file=name, nbytes=len(flat), preset=preset, quant_detail=detail,
+                        cfg=cfg, vocab=vocab, tokenizer=tokenizer, tokenizer_files=tok_files,
+                        sigs=sigs, source=source)
+  card["ops"] = converter.op_counts(path)
+  if calib_info:
+    card["calibration"] = calib_info
+  return card
+
+
+def _verification(model, lm32, p32, preset, tokenizer, data_spec, workdir, need, level) -> dict:
+  """The file against the JAX fp32 model on validation windows and greedy prompts."""
+  length = min(preset.max_context, data_spec.seq_len)
+  windows, masks = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
+                                      length=length)
+  room = max(1, preset.max_context - need["new_tokens"])
+  prompts = _prompts(windows, need["prompts"], preset.prefill_len, room)
+  return dict(verify.verify(model, lm32, p32, preset.quant, prompts=prompts,
+                            new_tokens=need["new_tokens"], windows=windows, masks=masks),
+              level=level, text="validation split (distill.data.eval_batches)")
+
+
+def _log_result(log, preset, out_dir, name, flat, card, timings) -> None:
   log(f"[export] {preset.name}: {os.path.join(out_dir, name)} {preset.quant} "
       f"{len(flat) / 1e6:.2f} MB, decode {card['latency']['decode_tokens_per_s']} tok/s, "
       f"verification {_verdict(card)}, {timings['total_s']:.1f}s")
@@ -207,7 +240,6 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     log(f"[export] {preset.name}: {os.path.join(out_dir, b['file'])} {b['bytes'] / 1e6:.2f} MB, "
         f"LiteRT-LM prefill {b['latency']['prefill_tokens_per_s']} tok/s, decode "
         f"{b['latency']['decode_tokens_per_s']} tok/s")
-  return card
 
 
 def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_spec,

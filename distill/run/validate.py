@@ -156,8 +156,8 @@ def _sample_eval(c):
   _req(d >= 1, f"--config.eval.sample_draws={d} must be >= 1 (continuations per prompt)")
 
 
-def validate(c, n_devices: int | None = None) -> None:
-  """Raise ConfigError for the first problem found."""
+def _run_fields(c):
+  """Seed, hardware preset, checkpoint and log intervals."""
   _num(c, "seed", int)
   _req(_get(c, "preset") in HARDWARE, f"--config.preset={c.preset!r} is unknown; "
        f"use one of {sorted(HARDWARE)}")
@@ -165,6 +165,9 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.checkpoint_every={c.checkpoint_every} must be > 0")
   _req(_num(c, "log_every", int) > 0, f"--config.log_every={c.log_every} must be > 0")
 
+
+def _data(c):
+  """config.data: the corpus exists, the tokenizer exists, sizes are positive."""
   _req(isinstance(_get(c, "data.name"), str) and c.data.name,
        "--config.data.name must be a TFDS name or 'text:/path/*.txt'")
   if c.data.name.startswith("text:"):
@@ -187,11 +190,17 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(docs is None or (isinstance(docs, int) and docs > 0),
        f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
 
+
+def _optimizer(c):
+  """Learning rates, warmup, clipping."""
   for stage in ("teacher.pretrain.lr", "distill.lr"):
     _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
   _req(_num(c, "optimizer.warmup_steps", int) >= 0, "--config.optimizer.warmup_steps must be >= 0")
   _req(_num(c, "optimizer.clip_norm") > 0, "--config.optimizer.clip_norm must be > 0")
 
+
+def _teacher(c):
+  """config.teacher: a checkpoint that exists, or a shape to pretrain; dtypes."""
   ckpt = _get(c, "teacher.checkpoint")
   _req(isinstance(ckpt, str), "--config.teacher.checkpoint must be a path string")
   if ckpt:
@@ -217,12 +226,19 @@ def validate(c, n_devices: int | None = None) -> None:
     _req(c.teacher.pretrain.steps > 0, "--config.teacher.pretrain.steps must be > 0 when no "
          "teacher checkpoint is given")
     _model(c, "teacher.model")
+
+
+def _student(c):
+  """config.student: its shape and init (a pruned shape is checked apart)."""
   _model(c, "student.model")
   _req(_get(c, "student.init") in ("random", "teacher_layers", "prune"),
        f"--config.student.init={c.student.init!r} must be 'random', 'teacher_layers' or 'prune'")
   if c.student.init == "prune":
     _prune(c)
 
+
+def _objective(c):
+  """config.distill: the divergence, temperature, mixing weights, schedules."""
   d = _get(c, "distill")
   _req(_num(c, "distill.steps", int) >= 0, f"--config.distill.steps={d.steps} must be >= 0")
   _req(d.loss in LOSS_KINDS, f"--config.distill.loss={d.loss!r} is unknown; use one of "
@@ -241,6 +257,10 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.temperature_end={d.temperature_end} must be > 0")
   _req(0.0 <= _num(c, "distill.alpha_end") <= 1.0,
        f"--config.distill.alpha_end={d.alpha_end} must be in [0, 1]")
+
+
+def _teacher_source(c):
+  """Where soft targets come from: online, the pipeline's cache or a cache directory; returns it."""
   src = _get(c, "distill.teacher_source")
   top_k = _get(c, "distill.top_k")
   _req(src in ("online", "cache") or (isinstance(src, str) and src.startswith("cache:")
@@ -253,6 +273,12 @@ def validate(c, n_devices: int | None = None) -> None:
   if src.startswith("cache:"):
     _req(os.path.isdir(src[6:]), f"--config.distill.teacher_source: {src[6:]!r} does not exist; "
          "write it with `python -m distill.teacher_cache --config=... --top_k=64`")
+  return src
+
+
+def _qad(c):
+  """Quantization-aware distillation: in the student stage or a stage of its own."""
+  d = _get(c, "distill")
   _req(isinstance(_get(c, "distill.qat_activations"), bool),
        f"--config.distill.qat_activations={d.qat_activations!r} must be True or False")
   qat_steps = _num(c, "distill.qat_steps", int)
@@ -264,6 +290,11 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(_num(c, "distill.qat_lr") > 0, f"--config.distill.qat_lr={d.qat_lr} must be > 0")
   _req(_num(c, "distill.qat_outliers", int) >= 0,
        f"--config.distill.qat_outliers={d.qat_outliers} must be >= 0 (0 = no channel apart)")
+
+
+def _targets(c, src):
+  """Trimmed vocabularies, sparse targets and the chunked loss."""
+  d, top_k = _get(c, "distill"), _get(c, "distill.top_k")
   vocab = _num(c, "student.vocab", int)
   _req(vocab >= 0, f"--config.student.vocab={vocab} must be >= 0 (0 = the teacher's vocabulary)")
   _req(not vocab or src != "online",
@@ -276,6 +307,10 @@ def validate(c, n_devices: int | None = None) -> None:
        f"--config.distill.top_k={top_k!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
+
+
+def _hidden(c, src):
+  """Hidden-state and attention transfer (online teachers only)."""
   h = _get(c, "distill.hidden")
   _req(_num(c, "distill.hidden.weight") >= 0, f"--config.distill.hidden.weight={h.weight} "
        "must be >= 0 (0 = off)")
@@ -289,7 +324,11 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(not (h.layers and (h.weight or att) and src != "online"), "--config.distill.hidden "
        "needs teacher_source='online' (a cache holds no hidden states or attention maps); "
        "set hidden.weight=0 and hidden.attention_weight=0")
-  _on_policy(c, src)
+
+
+def _transfer_set(c, src):
+  """The transfer set: the dataset share, or a SeqKD set written before."""
+  d = _get(c, "distill")
   ts = _get(c, "distill.transfer_set")
   _req(isinstance(ts, str) and (ts == "" or ts.startswith("generated:")),
        f"--config.distill.transfer_set={ts!r} must be '' or 'generated:DIR'")
@@ -302,14 +341,21 @@ def validate(c, n_devices: int | None = None) -> None:
   _req(0.0 < _num(c, "distill.transfer_fraction") <= 1.0,
        f"--config.distill.transfer_fraction={d.transfer_fraction} must be in (0, 1]")
 
-  if n_devices is not None:
-    try:
-      shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(settings.mesh_spec(c.mesh), n_devices)))
-    except MeshError as e:
-      raise ConfigError(f"--config.mesh: {e}") from None
-    dp = shape["data"] * shape["fsdp"]
-    _req(c.data.batch_size % dp == 0, f"--config.data.batch_size={c.data.batch_size} is not "
-         f"divisible by the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}")
+
+def _mesh(c, n_devices):
+  """The mesh fits the devices and the batch splits over its data axes."""
+  try:
+    shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(settings.mesh_spec(c.mesh),
+                                                             n_devices)))
+  except MeshError as e:
+    raise ConfigError(f"--config.mesh: {e}") from None
+  dp = shape["data"] * shape["fsdp"]
+  _req(c.data.batch_size % dp == 0, f"--config.data.batch_size={c.data.batch_size} is not "
+       f"divisible by the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}")
+
+
+def _heldout(c):
+  """The second evaluation text."""
   heldout = _get(c, "eval.heldout")
   _req(isinstance(heldout, str) and (heldout in ("", "docs") or heldout.startswith("text:")),
        f"--config.eval.heldout={heldout!r} must be 'docs', 'text:/glob/*.txt' or ''")
@@ -318,10 +364,34 @@ def validate(c, n_devices: int | None = None) -> None:
     _req(any(os.path.isfile(p) for p in glob.glob(os.path.expanduser(heldout[5:]),
                                                   recursive=True)),
          f"--config.eval.heldout={heldout!r} matches no files; give a glob of UTF-8 text files")
-  _sample_eval(c)
+
+
+def _export(c):
+  """The export stage: presets, verification level, LiteRT-LM bundles."""
   for p in _get(c, "export.presets"):
     _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")
   _req(_get(c, "export.verify") in ("quick", "full", "none"),
        f"--config.export.verify={c.export.verify!r} must be quick, full or none")
   _req(str(_get(c, "export.litertlm")).lower() in ("true", "false", "auto"),
        f"--config.export.litertlm={c.export.litertlm!r} must be true, false or auto")
+
+
+def validate(c, n_devices: int | None = None) -> None:
+  """Raise ConfigError for the first problem found (sections in the order the run meets them)."""
+  _run_fields(c)
+  _data(c)
+  _optimizer(c)
+  _teacher(c)
+  _student(c)
+  _objective(c)
+  src = _teacher_source(c)
+  _qad(c)
+  _targets(c, src)
+  _hidden(c, src)
+  _on_policy(c, src)
+  _transfer_set(c, src)
+  if n_devices is not None:
+    _mesh(c, n_devices)
+  _heldout(c)
+  _sample_eval(c)
+  _export(c)

@@ -129,87 +129,101 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
   picks the step, each kind compiled once.
   """
   t_start = time.time()
-  rng = jax.random.key(seed)
-  init_rng, step_rng = jax.random.split(rng)
+  init_rng, step_rng = jax.random.split(jax.random.key(seed))
   built = step_lib.make_step(loss_fn, tx, lm, mesh, teacher_shardings=teacher_shardings,
                              init_params=init_params, skip_nonfinite=skip_nonfinite)
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), every=checkpoint_every)
-  restored = ckpt.restore_latest(checkpoint.abstract_like(built.abstract, built.state_shardings))
-  if restored is not None:
-    start, state, data_state = restored
-    data_iter.set_state(data_state)
-    logging.info("[%s] resuming from step %d", name, start)
-  else:
-    start = 0
-    state = built.init(init_rng)
-
+  start, state = _restore_or_init(name, built, ckpt, data_iter, init_rng)
   # jit compiles lazily: a run that never takes an on-policy step never compiles the sampler.
   if on_policy is None:
     step_fns = {False: built.step}
   else:
     step_fns = {k: built.jit(f) for k, f in on_policy.steps(loss_fn, tx, skip_nonfinite).items()}
-
-  history, pending = _read_history(stage_dir, upto=start, rewrite=is_main), []
-  hist_file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
+  recorder = _Recorder(name, stage_dir, start, writer, is_main)
   progress = Progress(name, steps, 0, enabled=is_main)
   preempt = preemption.StopFlag()
-  for step in range(start, steps):
-    local = next(data_iter)
-    if progress.tps == 0:
-      progress.tps = int(np.asarray(local["inputs"]).size) * jax.process_count()
-    batch = sharding.global_batch(local, mesh)
-    step_fn = step_fns[on_policy is not None and on_policy.use(step)]
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), teacher_params)
-    pending.append((step + 1, metrics))
-    done = step + 1
-    # Every process stops at the same step: the flag is agreed on across processes.
-    stop = preempt.agreed()
-    # Metrics are checked (and logged) before any state is saved, a preemption save included.
-    save = ckpt.should_save(done, steps) or stop
-    if done % log_every == 0 or done == steps or save:
-      fetched = jax.device_get(pending)
-      pending = []
-      for s, m in fetched:
-        m = {k: float(v) for k, v in m.items()}
-        # The skip itself is step.train_step's `skip_nonfinite` (params and optimizer state
-        # kept by jnp.where), not optax.apply_if_finite: that wrapper looks at the gradients
-        # only, so a non-finite loss with finite gradients (what tests/test_robustness.py
-        # plants) would be applied and then stop the run here; it accepts non-finite updates
-        # after max_consecutive_errors; and it changes the optimizer state's tree, so the
-        # checkpoints'.
-        if m.get("skipped"):
-          logging.warning("[%s] step %d: non-finite loss or gradient, batch skipped", name, s)
-        elif not all(math.isfinite(v) for v in m.values()):
-          progress.close()
-          ckpt.close()
-          raise NonFiniteError(f"[{name}] non-finite loss or gradient at step {s}: {m}; the last "
-                               f"good checkpoint is kept in {stage_dir}/checkpoints")
-        history.append((s, m))
-        # metrics.jsonl and TensorBoard scalars by hand rather than through clu's
-        # metric_writers (or flax.metrics.tensorboard): those write summaries with TensorFlow,
-        # and the training path imports no TensorFlow (tests/test_data.py). `writer` is a
-        # tensorboardX SummaryWriter (run/pipeline.py).
-        if hist_file is not None:
-          hist_file.write(json.dumps({"step": s, **m}) + "\n")
-        if writer is not None:
-          for k, v in m.items():
-            writer.add_scalar(f"{name}/{k}", v, s)
-      progress.update(done, history[-1][1])
-    if save:
-      ckpt.save(done, state, data_iter.get_state())
-      if stop and done < steps:
-        progress.close()
-        ckpt.close()
-        preempt.restore()
-        raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in {stage_dir}; "
-                        "re-run the same command to resume")
-  preempt.restore()
-  progress.close()
-  ckpt.close()
-  if hist_file is not None:
-    hist_file.close()
-  if writer is not None:
-    writer.flush()
+  pending = []
+  try:
+    for step in range(start, steps):
+      local = next(data_iter)
+      if progress.tps == 0:
+        progress.tps = int(np.asarray(local["inputs"]).size) * jax.process_count()
+      step_fn = step_fns[on_policy is not None and on_policy.use(step)]
+      state, metrics = step_fn(state, sharding.global_batch(local, mesh),
+                               jax.random.fold_in(step_rng, step), teacher_params)
+      pending.append((step + 1, metrics))
+      done = step + 1
+      # Every process stops at the same step: the flag is agreed on across processes.
+      stop = preempt.agreed()
+      # Metrics are checked (and logged) before any state is saved, a preemption save included.
+      save = ckpt.should_save(done, steps) or stop
+      if done % log_every == 0 or done == steps or save:
+        recorder.record(jax.device_get(pending))
+        pending = []
+        progress.update(done, recorder.history[-1][1])
+      if save:
+        ckpt.save(done, state, data_iter.get_state())
+        if stop and done < steps:
+          raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in "
+                          f"{stage_dir}; re-run the same command to resume")
+  finally:
+    preempt.restore()
+    progress.close()
+    ckpt.close()
+    recorder.close()
   params = split_features(state.params)[0]
   params = finalize(params) if finalize is not None else params
-  return StageResult(params, history, time.time() - t_start, start)
+  return StageResult(params, recorder.history, time.time() - t_start, start)
+
+
+def _restore_or_init(name: str, built, ckpt, data_iter, init_rng):
+  """(first step, state): the latest checkpoint with the data iterator's position, or step 0."""
+  restored = ckpt.restore_latest(checkpoint.abstract_like(built.abstract, built.state_shardings))
+  if restored is None:
+    return 0, built.init(init_rng)
+  start, state, data_state = restored
+  data_iter.set_state(data_state)
+  logging.info("[%s] resuming from step %d", name, start)
+  return start, state
+
+
+class _Recorder:
+  """Checks each step's metrics and records them: the history, metrics.jsonl and TensorBoard.
+
+  metrics.jsonl and TensorBoard scalars by hand rather than through clu's metric_writers (or
+  flax.metrics.tensorboard): those write summaries with TensorFlow, and the training path
+  imports no TensorFlow (tests/test_data.py). `writer` is a tensorboardX SummaryWriter
+  (run/pipeline.py).
+  """
+
+  def __init__(self, name: str, stage_dir: str, start: int, writer, is_main: bool):
+    self.name, self.stage_dir, self.writer = name, stage_dir, writer
+    self.history = _read_history(stage_dir, upto=start, rewrite=is_main)
+    self.file = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if is_main else None
+
+  def record(self, fetched) -> None:
+    for s, m in fetched:
+      m = {k: float(v) for k, v in m.items()}
+      # The skip itself is step.train_step's `skip_nonfinite` (params and optimizer state kept
+      # by jnp.where), not optax.apply_if_finite: that wrapper looks at the gradients only, so
+      # a non-finite loss with finite gradients (what tests/test_robustness.py plants) would be
+      # applied and then stop the run here; it accepts non-finite updates after
+      # max_consecutive_errors; and it changes the optimizer state's tree, so the checkpoints'.
+      if m.get("skipped"):
+        logging.warning("[%s] step %d: non-finite loss or gradient, batch skipped", self.name, s)
+      elif not all(math.isfinite(v) for v in m.values()):
+        raise NonFiniteError(f"[{self.name}] non-finite loss or gradient at step {s}: {m}; the "
+                             f"last good checkpoint is kept in {self.stage_dir}/checkpoints")
+      self.history.append((s, m))
+      if self.file is not None:
+        self.file.write(json.dumps({"step": s, **m}) + "\n")
+      if self.writer is not None:
+        for k, v in m.items():
+          self.writer.add_scalar(f"{self.name}/{k}", v, s)
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+      self.file = None
+    if self.writer is not None:
+      self.writer.flush()
