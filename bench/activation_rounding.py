@@ -31,13 +31,13 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
+  from distill.inference import model as inference  # pylint: disable=import-outside-toplevel
   from distill.methods import qat as qad
   from distill.export import artifact  # pylint: disable=import-outside-toplevel
   from distill.models import ops  # pylint: disable=import-outside-toplevel
   from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
 
-  model = api.load(os.path.join(_WORKDIR.value, _STAGE.value))
+  model = inference.load(os.path.join(_WORKDIR.value, _STAGE.value))
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), model.params)
   base = LM(model.lm.cfg.replace(dtype="float32", param_dtype="float32", outlier_channels=()))
   windows, masks = artifact.validation_windows(artifact.default_data_cfg(), model.tokenizer,

@@ -45,12 +45,12 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from distill.inference import model as api  # pylint: disable=import-outside-toplevel
+  from distill.inference import model as inference  # pylint: disable=import-outside-toplevel
   from distill.export import artifact, converter, litertlm, litertlm_runtime, signatures  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   from distill.export import card as card_lib  # pylint: disable=import-outside-toplevel
 
-  model = api.load(os.path.join(_WORKDIR.value, _STAGE.value))
+  model = inference.load(os.path.join(_WORKDIR.value, _STAGE.value))
   lm32, p32 = converter.export_lm(model.lm, model.params)
   vocab = min(int(model.tokenizer.vocab_size), lm32.cfg.vocab_size)
   windows, masks = artifact.validation_windows(artifact.default_data_spec(), model.tokenizer,

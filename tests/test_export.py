@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from distill.inference import stage
-from distill.inference import model as api
+from distill.inference import model as inference
 from distill.data import tokenizer as tokenizers
 from distill.models.transformer import LM
 from distill.models.model_config import ModelConfig
@@ -97,7 +97,7 @@ def _briefly_trained_stage(root, steps=150):
   """
   from distill import data  # pylint: disable=import-outside-toplevel
   from tests.helpers import fit_ce  # pylint: disable=import-outside-toplevel
-  model = api.load(str(root / "student"))
+  model = inference.load(str(root / "student"))
   it = data.make_train_iterator(_data_cfg(root), model.tokenizer, str(root), batch_size=16, seed=0)
   lm, params = model.lm, fit_ce(model.lm, model.params, it, steps)
   stage.save_stage(str(root / "trained"), lm.cfg, model.tokenizer, params, {"steps": steps})
@@ -119,7 +119,7 @@ def test_int8_static_agreement(root):
 def test_app_drives_artifact_from_card_alone(root):
   """What an app developer writes: json + numpy + ai_edge_litert, names from the card."""
   card0, out = _export(root, "fp32")
-  model = api.load(str(root / "student"))
+  model = inference.load(str(root / "student"))
   prompt = list(b"The for statement ")
   prompt = [b + 3 for b in prompt]  # byte tokenizer: id = byte + 3 (in the descriptor)
   want = model.generate_ids(prompt, 40, stop_at_eos=False)
@@ -212,7 +212,7 @@ def test_generate_cli(root):
   r = _cli("distill.generate", f"--tflite={out}/student-fp32.tflite", "--prompt=The",
            "--max_new_tokens=8")
   assert r.returncode == 0, r.stderr[-2000:]
-  model = api.load(str(root / "student"))
+  model = inference.load(str(root / "student"))
   ids = model.generate_ids(model.tokenizer.encode("The"), 8)
   assert r.stdout.rstrip("\n") == model.tokenizer.decode(ids)
   bad = _cli("distill.generate", "--tflite=/no/such.tflite", "--prompt=x")

@@ -19,7 +19,7 @@ pytest.importorskip("litert_lm_builder",
                     reason="LiteRT-LM builder not installed: pip install litert-lm-builder")
 
 from distill.inference import stage  # pylint: disable=wrong-import-position
-from distill.inference import model as api
+from distill.inference import model as inference
 from distill.data import tokenizer as tokenizers  # pylint: disable=wrong-import-position
 from distill.models.transformer import LM  # pylint: disable=wrong-import-position
 from distill.models.model_config import ModelConfig  # pylint: disable=wrong-import-position
@@ -128,7 +128,7 @@ def test_generate_cli_runs_the_engine(root):
                       "--prompt=The for statement", "--max_new_tokens=24"], cwd=REPO,
                      capture_output=True, text=True, env=env, timeout=120)
   assert r.returncode == 0, r.stderr
-  model = api.load(str(root / "student"))
+  model = inference.load(str(root / "student"))
   tok = model.tokenizer
   want = model.generate_ids([tok.bos_id] + tok.encode("The for statement"), 24)
   want = want[:want.index(tok.eos_id)] if tok.eos_id in want else want

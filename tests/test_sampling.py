@@ -106,10 +106,10 @@ def test_eos_stops_a_row_and_pads_after_it():
 
 
 def test_matches_the_one_sequence_generate_loop():
-  from distill.inference import model as api
+  from distill.inference import model as inference
   from distill.data import tokenizer as tokenizers
   lm, params = _model(vocab_size=264)
-  model = api.Model(lm, params, tokenizers.from_config("byte"))
+  model = inference.Model(lm, params, tokenizers.from_config("byte"))
   ids = [72, 105, 32]
   loop = model.generate_ids(ids, 10, stop_at_eos=False)
   batched = model.generate_batch_ids([ids, ids[:2]], 10, stop_at_eos=False)

@@ -5,7 +5,6 @@ tracebacks only with --verbose.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys

@@ -1,6 +1,6 @@
 """Entry point: `python -m distill.main --config=configs/tiny.py [--workdir=runs/tiny]`.
 
-Flags only; the work is `distill.pipeline.run(config, workdir)`, which Colab and tests call too.
+Flags only; the work is `distill.run.pipeline.run(config, workdir)`, which Colab and tests call too.
 Overrides: `--config.distill.temperature=2 --config.data.seq_len=256 ...`.
 """
 import os

@@ -6,6 +6,7 @@ its absl flags must be defined for that command alone.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 
@@ -13,33 +14,12 @@ def _run(name: str) -> None:
   importlib.import_module(f"distill.cli.{name}").run_cli()
 
 
-def main() -> None:
-  _run("main")
-
-
-def aot() -> None:
-  _run("aot")
-
-
-def convert() -> None:
-  _run("convert")
-
-
-def export() -> None:
-  _run("export")
-
-
-def generate() -> None:
-  _run("generate")
-
-
-def prune() -> None:
-  _run("prune")
-
-
-def teacher_cache() -> None:
-  _run("teacher_cache")
-
-
-def to_hf() -> None:
-  _run("to_hf")
+# pyproject.toml [project.scripts] names these; each is `python -m distill.<name>`.
+main = functools.partial(_run, "main")
+aot = functools.partial(_run, "aot")
+convert = functools.partial(_run, "convert")
+export = functools.partial(_run, "export")
+generate = functools.partial(_run, "generate")
+prune = functools.partial(_run, "prune")
+teacher_cache = functools.partial(_run, "teacher_cache")
+to_hf = functools.partial(_run, "to_hf")

@@ -32,10 +32,10 @@ def export_stage(stage_dir: str, preset: str, out_dir: str | None = None, **kw) 
   # jax2tf and the LiteRT runtime that an export pulls in.
   from distill.export import artifact  # noqa: PLC0415
   # Lazy for the same reason: loading the stage pulls in the model.
-  from distill.inference import model as api  # noqa: PLC0415
+  from distill.inference import model as inference  # noqa: PLC0415
   over = {k: kw.pop(k) for k in ("quant", "max_context", "prefill_len", "budget_mb") if k in kw}
   p = resolve(preset, **over)
-  model = api.load(stage_dir)
+  model = inference.load(stage_dir)
   if out_dir is None:
     workdir = os.path.dirname(os.path.abspath(stage_dir))
     out_dir = os.path.join(workdir, "export", default_dirname(p))

@@ -11,7 +11,7 @@ switches), `model.safetensors` (fp32 unless the params are stored otherwise),
 - SentencePiece: `tokenizer.model` with the BOS/EOS names;
 - byte-level (the default of the tiny configs): distill's descriptor `distill_tokenizer.json`
   only. transformers' `AutoTokenizer` is not applicable to it; encode text as UTF-8 bytes + 3
-  (pad=0, bos=1, eos=2) or use `distill.tokenizers.load(out_dir)`. The model itself loads
+  (pad=0, bos=1, eos=2) or use `distill.data.tokenizer.load(out_dir)`. The model itself loads
   with `transformers.AutoModelForCausalLM.from_pretrained(out_dir)`.
 
 `config.json`'s vocab_size is the padded embedding size of the student (e.g. 264 for the

@@ -75,7 +75,7 @@ class Model:
   def generate_batch_ids(self, prompts, max_new_tokens=64, *, temperature=0.0, top_k=0,
                          top_p=1.0, seed=0, stop_at_eos=True) -> list[list[int]]:
     """New ids for each prompt (lists of ids), all rows in one jitted KV-cache program
-    (`distill.sampling`); greedy rows equal `generate_ids`. Sampled rows draw with
+    (`distill.inference.sampling`); greedy rows equal `generate_ids`. Sampled rows draw with
     fold_in(fold_in(key(seed), row), position), so a row's text does not depend on its batch.
     """
     prompts = [list(p) or [self.tokenizer.bos_id or 0] for p in prompts]

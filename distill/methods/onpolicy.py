@@ -3,7 +3,7 @@
 With `distill.on_policy.fraction = λ`, each step is decided on the host, deterministically from
 `fold_in(key, step)`: with probability λ the step is *on-policy* and the student continues
 the first `prompt_len` tokens of each row of the dataset batch with its own samples (current
-parameters, the jitted KV-cache sampler of `distill.sampling`, no host round-trip per token);
+parameters, the jitted KV-cache sampler of `distill.inference.sampling`, no host round-trip per token);
 the teacher scores those sequences in the same jitted step (online teacher) and the student
 minimises `on_policy.divergence` (reverse KL or JSD(β) as GKD recommends; any kind of the loss
 library) on the generated positions only. Otherwise the step is the ordinary off-policy one.

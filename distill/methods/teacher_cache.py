@@ -21,7 +21,7 @@ Sequence-level KD (SeqKD, Kim & Rush 2016): `--generate` writes teacher *generat
       [--config.distill.alpha=1]   # hard labels only; alpha < 1 adds the teacher's soft targets
 
 Each transfer-set window's first `prompt_len` tokens are continued by the teacher to a full
-window (batched, jitted, KV cache: `distill.sampling`); `sequences.npy` int32 [N, T+1],
+window (batched, jitted, KV cache: `distill.inference.sampling`); `sequences.npy` int32 [N, T+1],
 `mask.npy` float32 [N, T] (1 on the prompt's real tokens and the generation up to its EOS) and
 `meta.json`. The student (not the baseline) then trains on these rows.
 """

@@ -98,7 +98,7 @@ def _rule(name):
   for logical, mesh_axis in RULES:
     if logical == name:
       return mesh_axis
-  raise KeyError(f"logical axis {name!r} has no rule in distill.sharding.RULES")
+  raise KeyError(f"logical axis {name!r} has no rule in distill.models.sharding.RULES")
 
 
 def spec(axes, shape, mesh: Mesh) -> P:

@@ -2,7 +2,7 @@
 
 One module covers the families the project loads (Llama/Mistral, Qwen2/3, Gemma 1/2/3, GPT-2)
 through `ModelConfig` switches instead of subclasses, so teacher and student always run the
-same code. Every parameter carries `axes=` logical-axis names; `distill.sharding` maps them to
+same code. Every parameter carries `axes=` logical-axis names; `distill.models.sharding` maps them to
 mesh axes with one rules table.
 
 Training code treats parameters as a plain nested dict of arrays ("pure dict"); `LM` is the

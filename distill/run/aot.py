@@ -4,8 +4,8 @@
   python -m distill.aot --config=configs/tpu_v5e_gemma7b_to_300m.py [--topology=v5e:16x16]
       [--layers=2] [--config.data.batch_size=...]
 
-What is compiled is what `distill.train.run` jits for the student stage, from the same
-builder (`distill.step.make_step`): `step.train_step` with `objectives.distill_loss` (teacher
+What is compiled is what `distill.train.loop.run` jits for the student stage, from the same
+builder (`distill.train.step.make_step`): `step.train_step` with `objectives.distill_loss` (teacher
 forward + student forward/backward + AdamW update), the state / teacher / batch shardings
 from `distill.models.sharding` on the config's mesh, the state donated. Inputs are `jax.ShapeDtypeStruct`s: no weights, no tokenizer, no TPU. The topology
 comes from libtpu's compile-only devices (`jax.experimental.topologies`).

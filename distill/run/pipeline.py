@@ -20,7 +20,7 @@ import numpy as np
 
 from distill import data
 from distill.inference import stage
-from distill.inference import model as api
+from distill.inference import model as inference
 from distill.eval import metrics as evaluate
 from distill.methods import features
 from distill.run import lock
@@ -232,7 +232,7 @@ def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
   return results
 
 
-def _samples(ctx: Context, model: api.Model) -> dict:
+def _samples(ctx: Context, model: inference.Model) -> dict:
   """Greedy continuations of the eval prompts; through the chat template when the tokenizer
   has one (an instruct teacher), so the teacher is sampled the way it was trained to answer."""
   c = ctx.config
@@ -422,7 +422,7 @@ def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
     results[name]["params"] = count_params(params)
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     tok = t.tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
-    results[name].update(_samples(ctx, api.Model(lm, params, tok)))
+    results[name].update(_samples(ctx, inference.Model(lm, params, tok)))
   if t.trim is not None:
     results["student"]["vocab"] = {"kept": int(t.trim.kept.size), "rows": int(t.trim.rows.size),
                                    "teacher_vocab": t.lm.cfg.vocab_size}

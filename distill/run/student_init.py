@@ -15,7 +15,7 @@ import numpy as np
 
 from distill import data
 from distill.inference import stage
-from distill.inference import model as api
+from distill.inference import model as inference
 from distill.models import sharding
 from distill.errors import ConfigError
 from distill.models.transformer import LM, count_params
@@ -76,7 +76,7 @@ def from_teacher(ctx, student: LM, teacher: LM, t_params, trim=None):
     del key  # the same pruned weights for every stage that starts from them
     want = pruned.abstract_params()
     return jax.tree.map(lambda x, w: jnp.asarray(x, w.dtype), params, want)
-  init.plan = plan  # the layer and channel map feature losses start from (distill.features)
+  init.plan = plan  # the layer and channel map feature losses start from (distill.methods.features)
   return pruned, init
 
 
@@ -84,7 +84,7 @@ def load_teacher(path: str):
   """(LM, params, tokenizer) of a stage directory or `hf:DIR`, fp32 on the default devices."""
   if path.startswith("hf:"):
     return hf.load(path[3:], hf.default_mesh(), "float32")
-  m = api.load(path, dtype="float32")
+  m = inference.load(path, dtype="float32")
   return m.lm, m.params, m.tokenizer
 
 

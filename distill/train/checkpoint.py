@@ -4,8 +4,8 @@ Layout of a stage directory (e.g. runs/tiny/student):
   checkpoints/<step>/{state,data}   resumable training state (params, optimizer, step, iterator)
   params/                           final parameters only (what `distill.load` and the
                                     teacher stage read)
-  model_config.json, tokenizer/     written by `api.save_stage` after params/
-  stage.json                        written last (`api.save_stage`): its presence, not that of
+  model_config.json, tokenizer/     written by `inference.stage.save_stage` after params/
+  stage.json                        written last (`inference.stage.save_stage`): its presence, not that of
                                     params/, means the stage finished
 """
 from __future__ import annotations

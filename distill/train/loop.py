@@ -2,7 +2,7 @@
 
 The step itself is built once by `distill.train.step.make_step` (pure `train_step`, jitted with
 explicit shardings and the state donated); the loss function is chosen in Python before jit
-(`distill.objectives`: hard-label CE for teacher pretraining and the baseline, the soft-target
+(`distill.train.objectives`: hard-label CE for teacher pretraining and the baseline, the soft-target
 objective for distillation), so the compiled step holds no framework branches.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ class LossConfig:
   top_k: int = 0
   tail: str = "renormalize"
   # Hidden-state distillation: ((student layer, teacher layer), ...) compared after those
-  # blocks through learned projections params[FEATURES]["proj_i"] (see distill.features).
+  # blocks through learned projections params[FEATURES]["proj_i"] (see distill.methods.features).
   hidden_pairs: tuple = ()
   hidden_weight: float = 0.0
   hidden_kind: str = "mse"

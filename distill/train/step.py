@@ -96,7 +96,7 @@ class Step:
   step(state, batch, rng, teacher_params) -> (state, metrics): jitted, state donated.
   abstract: the TrainState's shapes/dtypes (for checkpoint restore and AOT inputs).
   jit(pure): any other pure step with the same signature, jitted exactly as `step` is (the
-    on-policy step of `distill.onpolicy`).
+    on-policy step of `distill.methods.onpolicy`).
   """
   init: Callable
   step: Callable

@@ -81,7 +81,7 @@ def write(workdir, rep: dict, config) -> None:
            f"**gap closed** on the held-out text: {rep['heldout_gap_closed']:.3f}", ""]
   md += ["## Cost", "", cost_table(rep), "",
          f"Decode latency: batch 1, {DECODE_TOKENS} greedy tokens after the first sample prompt, "
-         "timed on this machine while the report was written (JAX: `distill.api.Model`'s "
+         "timed on this machine while the report was written (JAX: `distill.inference.model.Model`'s "
          "cached step; LiteRT: the exported file's `decode` signature). CPU seconds are "
          "process CPU time, so they add up the threads used; wall latency on a busy machine "
          "varies more. Files are the exported .tflite sizes; the FLOPs of the exported rows "

@@ -1,6 +1,6 @@
 """Per-token decode latency, measured on this CPU while the report is written.
 
-JAX (`distill.api.Model`'s compiled cached step) and LiteRT (an exported .tflite's `decode`
+JAX (`distill.inference.model.Model`'s compiled cached step) and LiteRT (an exported .tflite's `decode`
 signature): batch 1, greedy, `DECODE_TOKENS` timed steps after a warm-up, wall and CPU seconds.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _model_dir(workdir: str, config, name: str) -> str:
 
 def jax_decode_latency(model, tokens: int = DECODE_TOKENS, prompt_ids=None,
                        cache_len: int = 0) -> dict:
-  """Greedy decode at batch 1 with `distill.api.Model`'s compiled cached step.
+  """Greedy decode at batch 1 with `distill.inference.model.Model`'s compiled cached step.
 
   The prompt's prefill and one decode step compile and warm up; the next `tokens` steps are
   timed in wall and CPU seconds (process_time counts every thread). Given the report
