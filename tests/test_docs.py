@@ -114,3 +114,49 @@ def test_docs_links_resolve():
       if not os.path.exists(path):
         broken.append(f"{rel} -> {target}")
   assert not broken, f"broken doc links: {broken}"
+
+
+def _readme_commands():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+  out = []
+  for block in blocks:
+    for line in block.splitlines():
+      for part in line.split("&&"):
+        words = part.split()
+        if words[:2] == ["python", "-m"] and words[2].startswith("distill."):
+          out.append((words[2].split(".", 1)[1], words[3:]))
+        elif words and (words[0] == "distill" or words[0].startswith("distill-")):
+          name = "main" if words[0] == "distill" else words[0][len("distill-"):].replace("-", "_")
+          out.append((name, words[1:]))
+  return out
+
+
+def test_readme_commands_name_real_clis_flags_configs_and_fields():
+  """Every `python -m distill.X` / console-script line of the README names a CLI that exists,
+  flags it defines, a config that resolves and config fields that config has."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from distill.cli import config_files  # pylint: disable=import-outside-toplevel
+  commands = _readme_commands()
+  assert {"main", "generate", "aot"} <= {name for name, _ in commands}, commands
+  for name, args in commands:
+    src = open(os.path.join(ROOT, "distill", "cli", f"{name}.py")).read()
+    config = None
+    for arg in args:
+      flag, _, value = arg.lstrip("-").partition("=")
+      if flag.startswith("config."):
+        assert config is not None, (name, arg)
+        node = config
+        for part in flag.split(".")[1:]:
+          assert part in node, (name, arg)
+          node = node[part]
+        continue
+      assert re.search(rf"""(DEFINE_\w+|define_config)\(\s*["']{re.escape(flag)}["']""", src), (
+          name, flag)
+      if flag == "config":
+        path, _, variant = config_files.resolve_config(value).partition(":")
+        assert os.path.isfile(path), (name, value)
+        spec = importlib.util.spec_from_file_location("readme_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(variant) if variant else module.get_config()
