@@ -40,7 +40,7 @@ def main(argv):
   model = inference.load(os.path.join(_WORKDIR.value, _STAGE.value))
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), model.params)
   base = LM(model.lm.cfg.replace(dtype="float32", param_dtype="float32", outlier_channels=()))
-  windows, masks = artifact.validation_windows(artifact.default_data_cfg(), model.tokenizer,
+  windows, masks = artifact.validation_windows(artifact.default_data_spec(), model.tokenizer,
                                                _WORKDIR.value, count=_WINDOWS.value, length=128)
   tokens = jnp.asarray(np.stack([np.asarray(w, np.int32) for w in windows]))
   keep = np.concatenate([np.asarray(m, bool) for m in masks])

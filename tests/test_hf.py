@@ -18,7 +18,6 @@ import distill  # noqa: E402
 from distill.errors import LoadError
 from distill.inference import stage  # noqa: E402
 from distill.cli import to_hf as to_hf_cli  # noqa: E402
-from distill.export import hf as to_hf  # noqa: E402
 from distill.data import tokenizer as dtok  # noqa: E402
 from distill.models import hf  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402

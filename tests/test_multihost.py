@@ -100,7 +100,6 @@ def distill_run(workdir: str, corpus_glob: str, mesh_cfg: dict, stage: str, step
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
   from distill.train import loop as train  # pylint: disable=import-outside-toplevel
-  from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(sharding.MeshSpec(**mesh_cfg))
   teacher, student = _models()
   t_shard = sharding.param_shardings(teacher, mesh)
@@ -274,7 +273,6 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_bitwise(tmp_p
   import numpy as np  # pylint: disable=import-outside-toplevel
   from distill.train import checkpoint  # pylint: disable=import-outside-toplevel
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
-  from distill.train import loop as train  # pylint: disable=import-outside-toplevel
   from distill.train import step as step_lib  # pylint: disable=import-outside-toplevel
   workdir, corpus_glob = _prepare_workdir(str(tmp_path))
   first = _launch_children(workdir, "first")

@@ -52,10 +52,6 @@ class Hardware:
   def mesh_dict(self) -> dict:
     return dict(zip(("data", "fsdp", "tensor"), self.mesh))
 
-  def as_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["mesh"] = self.mesh_dict()
-    return d
 
 
 HARDWARE = {h.name: h for h in (
