@@ -76,8 +76,12 @@ def get_config():
   c.data.batch_size = 32
   # Validation batches for evaluation (0 = the whole validation split).
   c.data.eval_batches = 0
-  # Put the tokenizer's BOS before every document when packing (its EOS always follows).
-  c.data.add_bos = False
+  # Start-of-sequence convention, kept from data to device: "true" puts BOS before every
+  # document when packing (its EOS always follows), and then `distill.load(...).generate`,
+  # the model card and the .litertlm bundle (its start token) put BOS before every prompt;
+  # "false" never does; "auto" follows the tokenizer: the teacher's own flag for HF/GGUF
+  # teachers (add_bos_token), BOS for SentencePiece, none for the byte tokenizer.
+  c.data.add_bos = "auto"
   # Read at most this many documents per split (None = all; caps huge TFDS corpora). An int
   # placeholder, so `--config.data.max_documents=100000` can set it.
   c.data.max_documents = ml_collections.config_dict.placeholder(int)

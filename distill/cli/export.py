@@ -32,8 +32,12 @@ _PREFILL = flags.DEFINE_integer("prefill_len", None, "Override the preset's pref
 _BUDGET = flags.DEFINE_float("budget_mb", None, "Override the preset's size budget (10^6 bytes).")
 _FORMAT = flags.DEFINE_enum("format", "tflite", ["tflite", "litertlm"],
                             "litertlm: also write student.litertlm for LiteRT-LM.")
+_START = flags.DEFINE_integer(
+    "start_token", None, "The .litertlm's start token id (-1: none). Default: the model's "
+    "training convention; any other value is refused (exit 2).")
 _VERIFY = flags.DEFINE_enum("verify", "full", ["full", "quick", "none"],
-                            "full: 5 prompts x 64 tokens + 16 windows; quick: 2 x 16 + 4.")
+                            "full: prompts of every length 1..2P+1 + 16 windows; quick: the "
+                            "prefill boundaries + 4 windows.")
 _DATA = flags.DEFINE_string("data", "pydoc_topics", "data.name for calibration/verification text.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Validation window length (capped at max_context).")
 _THREADS = flags.DEFINE_integer("threads", None, "LiteRT threads for the latency figures.")
@@ -46,9 +50,11 @@ def _run():
     raise ValueError("--workdir is required, e.g. --workdir=runs/tiny")
   if not _PRESET.value:
     raise ValueError("--preset is required: phone or watch")
+  if _START.value is not None and _FORMAT.value != "litertlm":
+    raise ValueError("--start_token is a .litertlm setting: add --format=litertlm")
   stage = _STAGE.value if os.path.isabs(_STAGE.value) else os.path.join(_WORKDIR.value, _STAGE.value)
   data_spec = data.DataSpec(name=_DATA.value, data_dir="", tokenizer="byte",
-                            seq_len=_SEQ_LEN.value, add_bos=False, max_documents=None)
+                            seq_len=_SEQ_LEN.value, add_bos=None, max_documents=None)
   out = _OUT.value
   if out is None:
     p = resolve(_PRESET.value, quant=_QUANT.value)
@@ -56,7 +62,8 @@ def _run():
   card = export_stage(stage, _PRESET.value, out, quant=_QUANT.value, max_context=_CONTEXT.value,
                       prefill_len=_PREFILL.value, budget_mb=_BUDGET.value, data_spec=data_spec,
                       workdir=_WORKDIR.value, level=_VERIFY.value, num_threads=_THREADS.value,
-                      keep_saved_model=_KEEP_SM.value, litertlm=_FORMAT.value == "litertlm")
+                      keep_saved_model=_KEEP_SM.value, litertlm=_FORMAT.value == "litertlm",
+                      start_token=_START.value)
   print(os.path.join(out, card["model_file"]))
   if "litertlm" in card:
     print(os.path.join(out, card["litertlm"]["file"]))

@@ -74,7 +74,8 @@ def generate_tflite(path: str, prompt: str, max_new_tokens: int, threads=None, o
                     "exported folder together")
   tokenizer = tokenizers.load(tok_file)
   model = LiteRTModel(path, card=card, num_threads=threads)
-  ids = tokenizer.encode(prompt)
+  # The card's convention (cards older than it never trained with BOS).
+  ids = tokenizer.encode(prompt, add_bos=bool(card.get("add_bos")))
   if card.get("bos_id") is not None and not ids:
     ids = [card["bos_id"]]
   room = card["max_context"] - len(ids)
@@ -110,7 +111,7 @@ def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0
                  seed=0, out=sys.stdout):
   model = inference.load(path)
   stream = _Streamer(model.tokenizer, out)
-  model.generate_ids(model.tokenizer.encode(prompt), max_new_tokens, temperature=temperature,
+  model.generate_ids(model.tokenizer.encode_prompt(prompt), max_new_tokens, temperature=temperature,
                      top_k=top_k, seed=seed, on_token=stream.add)
   return stream.finish()
 

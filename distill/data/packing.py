@@ -20,13 +20,18 @@ def _cache_path(spec: DataSpec, workdir: str, split: str, tokenizer: tok_lib.Tok
   name = spec.name
   key = {
       "v": _CACHE_VERSION, "name": name, "split": split, "tokenizer": tokenizer.fingerprint,
-      "add_bos": spec.add_bos, "max_documents": spec.max_documents,
+      "add_bos": bos_first(spec, tokenizer), "max_documents": spec.max_documents,
   }
   if name.startswith(TEXT_PREFIX):
     key["files"] = text_files_digest(text_files(name))
   digest = hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
   return os.path.join(spec.resolved_data_dir(workdir), "packed", slug, f"{split}-{digest}.npy")
+
+
+def bos_first(spec: DataSpec, tokenizer: tok_lib.Tokenizer) -> bool:
+  """Whether documents start with BOS: the spec's explicit choice, else the tokenizer's."""
+  return tokenizer.add_bos if spec.add_bos is None else bool(spec.add_bos)
 
 
 def pack(docs, tokenizer: tok_lib.Tokenizer, add_bos: bool) -> tuple[np.ndarray, int]:
@@ -54,7 +59,7 @@ def token_stream(spec: DataSpec, tokenizer: Any, workdir: str, split: str) -> np
       docs = text_documents(name, split)
     else:
       docs = tfds_documents(name, split, spec.resolved_data_dir(workdir), spec.max_documents)
-    stream, count = pack(docs, tokenizer, spec.add_bos)
+    stream, count = pack(docs, tokenizer, bos_first(spec, tokenizer))
     if count == 0:
       raise ValueError(f"split {split!r} of data.name={name!r} has no non-empty document; "
                        "add text (for 'text:' globs a file goes to validation when "

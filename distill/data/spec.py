@@ -14,14 +14,15 @@ class DataSpec:
   data_dir: TFDS files and packed streams; '' = <workdir>/data.
   tokenizer: 'byte', a tokenizer path, or '' = the teacher's (then the caller passes it).
   seq_len: tokens per training window (a window holds seq_len + 1).
-  add_bos: the tokenizer's BOS before every document when packing.
+  add_bos: a BOS before every document when packing; None = the tokenizer's own convention
+    (`Tokenizer.add_bos`, which is what the run layer sets from config.data.add_bos).
   max_documents: read at most this many documents per split (None = all).
   """
   name: str
   data_dir: str
   tokenizer: str
   seq_len: int
-  add_bos: bool
+  add_bos: bool | None
   max_documents: int | None
 
   def resolved_data_dir(self, workdir: str) -> str:

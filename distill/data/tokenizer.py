@@ -5,6 +5,13 @@ None for SentencePiece / HF models that lack the token), `encode`, `decode`, `sa
 `fingerprint` that changes whenever the token ids a text maps to could change (the data
 cache is keyed by it).
 
+`add_bos` is the model's start-of-sequence convention, one value from data to device: whether
+a BOS precedes every document it trains on and every prompt it is given
+(`encode_prompt`). Byte tokenizers default to no BOS; SentencePiece models to a BOS (the
+Llama/Gemma convention); HF tokenizers follow `add_bos_token` in tokenizer_config.json, else
+whether their post-processor adds one. A saved descriptor records the value the model was
+trained with (absent = no BOS), and the run's `data.add_bos` can override the default.
+
 `save(directory)` writes a descriptor `distill_tokenizer.json` and, for SentencePiece and
 HF, a copy of the model file next to it (`tokenizer.model` / `tokenizer.json`, the names
 those ecosystems expect). `load(path)` reads a descriptor, a directory holding one, a bare
@@ -16,6 +23,7 @@ descriptor is all an app needs to reproduce it on device.
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import json
 import os
@@ -31,6 +39,8 @@ _HF_FILE = "tokenizer.json"
 
 class Tokenizer(abc.ABC):
   """The interface data, evaluation and export code rely on."""
+
+  add_bos: bool = False  # the start-of-sequence convention (module doc)
 
   @property
   @abc.abstractmethod
@@ -74,6 +84,23 @@ class Tokenizer(abc.ABC):
     if add_eos:
       ids.append(_require(self.eos_id, "eos", self))
     return ids
+
+  def encode_prompt(self, text: str) -> list[int]:
+    """Ids of a prompt as the model was trained to see it (BOS first iff `add_bos`)."""
+    return self.encode(text, add_bos=self.add_bos)
+
+  def with_add_bos(self, add_bos: bool) -> "Tokenizer":
+    """The same tokenizer with the given start-of-sequence convention."""
+    if add_bos and self.bos_id is None:
+      raise ValueError(f"{type(self).__name__} has no BOS token, so sequences cannot start "
+                       "with one: set --config.data.add_bos=False")
+    out = copy.copy(self)
+    out.add_bos = bool(add_bos)
+    return out
+
+  def _convention(self) -> dict[str, Any]:
+    # Only when set, so descriptors (and fingerprints) of BOS-less tokenizers stay as they were.
+    return {"add_bos": True} if self.add_bos else {}
 
   @property
   def fingerprint(self) -> str:
@@ -144,7 +171,7 @@ class ByteTokenizer(Tokenizer):
 
   def descriptor(self) -> dict[str, Any]:
     return {"type": "byte", "vocab_size": self.vocab_size, "pad_id": 0, "bos_id": 1,
-            "eos_id": 2, "byte_offset": self.OFFSET}
+            "eos_id": 2, "byte_offset": self.OFFSET, **self._convention()}
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -154,6 +181,7 @@ class SentencePieceTokenizer(Tokenizer):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
     self._path = os.path.abspath(model_file)
     self._sp = spm.SentencePieceProcessor(model_file=self._path)
+    self.add_bos = self.bos_id is not None  # the Llama / Gemma convention
 
   @staticmethod
   def _opt(i: int) -> int | None:
@@ -185,7 +213,8 @@ class SentencePieceTokenizer(Tokenizer):
 
   def descriptor(self) -> dict[str, Any]:
     return {"type": "sentencepiece", "file": _SP_FILE, "vocab_size": self.vocab_size,
-            "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+            "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
+            **self._convention()}
 
   def _model_path(self) -> str:
     return self._path
@@ -220,6 +249,9 @@ class HFTokenizer(Tokenizer):
       names = (name,) if name else _HF_GUESSES[kind]
       self._ids[kind] = next(
           (i for i in (self._tok.token_to_id(n) for n in names) if i is not None), None)
+    flag = cfg.get("add_bos_token")
+    self.add_bos = self.bos_id is not None and (
+        bool(flag) if isinstance(flag, bool) else _post_processor_adds(self._path, self.bos_id))
 
   @property
   def vocab_size(self) -> int:
@@ -252,7 +284,7 @@ class HFTokenizer(Tokenizer):
     return {"type": "hf", "file": _HF_FILE, "vocab_size": self.vocab_size,
             "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
             "bos_token": self._token("bos"), "eos_token": self._token("eos"),
-            "pad_token": self._token("pad")}
+            "pad_token": self._token("pad"), **self._convention()}
 
   def _model_path(self) -> str:
     return self._path
@@ -266,6 +298,22 @@ def _read_hf_config(directory: str) -> dict[str, Any]:
     return json.load(f)
 
 
+def _post_processor_adds(path: str, bos_id: int) -> bool:
+  """Whether tokenizer.json's post-processor puts `bos_id` before a single sequence."""
+  with open(path) as f:
+    proc = json.load(f).get("post_processor") or {}
+  procs = proc.get("processors", [proc]) if proc.get("type") == "Sequence" else [proc]
+  for p in procs:
+    if p.get("type") == "TemplateProcessing":
+      first = (p.get("single") or [{}])[0]
+      name = first.get("SpecialToken", {}).get("id")
+      if name is not None:
+        return bos_id in (p.get("special_tokens", {}).get(name, {}).get("ids") or [])
+    if p.get("type") in ("BertProcessing", "RobertaProcessing"):
+      return True
+  return False
+
+
 def _token_content(tok: Any) -> str | None:
   # tokenizer_config.json stores a special token as a string or as {"content": ...}.
   if isinstance(tok, dict):
@@ -276,13 +324,16 @@ def _token_content(tok: Any) -> str | None:
 def _from_descriptor(desc: dict[str, Any], directory: str) -> Tokenizer:
   kind = desc.get("type")
   if kind == "byte":
-    return ByteTokenizer()
-  if kind == "sentencepiece":
-    return SentencePieceTokenizer(os.path.join(directory, desc["file"]))
-  if kind == "hf":
-    return HFTokenizer(os.path.join(directory, desc["file"]), bos_token=desc.get("bos_token"),
-                       eos_token=desc.get("eos_token"), pad_token=desc.get("pad_token"))
-  raise ValueError(f"unknown tokenizer type {kind!r} in descriptor under {directory}")
+    tok = ByteTokenizer()
+  elif kind == "sentencepiece":
+    tok = SentencePieceTokenizer(os.path.join(directory, desc["file"]))
+  elif kind == "hf":
+    tok = HFTokenizer(os.path.join(directory, desc["file"]), bos_token=desc.get("bos_token"),
+                      eos_token=desc.get("eos_token"), pad_token=desc.get("pad_token"))
+  else:
+    raise ValueError(f"unknown tokenizer type {kind!r} in descriptor under {directory}")
+  # What the model was trained with, not the file's default (absent: no BOS).
+  return tok.with_add_bos(bool(desc.get("add_bos", False)))
 
 
 def load(path: str) -> Tokenizer:

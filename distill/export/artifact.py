@@ -5,9 +5,10 @@ budget and passes verification is that folder renamed to the output folder (repl
 older export). A failure at any step removes the temporary folder, so an output folder
 either holds a complete, verified artifact or is left as it was.
 
-Verification levels: "full" is the acceptance check (5 prompts x 64 new tokens, 16
-validation windows); "quick" is what the pipeline stage runs (2 prompts x 16 tokens, 4
-windows); "none" skips it (the bench). The card records what was measured.
+Verification levels: "full" is the acceptance check (greedy parity on prompts of every length
+1 ... 2 x prefill + 1, 16 new tokens each, and 16 validation windows teacher-forced); "quick"
+is what the pipeline stage runs (the prefill boundaries 1, 2, P/2, P-1, P, P+1, 2P-1, 2P,
+2P+1, and 4 windows); "none" skips it (the bench). The card records what was measured.
 """
 from __future__ import annotations
 
@@ -32,15 +33,15 @@ from distill.export import litertlm_runtime as lrt
 # TFLite quantizers leave a GATHER's table fp32, which alone broke the watch budget.
 INT8_EMBEDDING_MODES = ("dynamic_int8", "int8", "int4", "int4_head8")
 
-LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
-          "quick": dict(prompts=2, new_tokens=16, windows=4, calib=8),
-          "none": dict(prompts=0, new_tokens=0, windows=0, calib=8)}
+LEVELS = {"full": dict(every_length=True, new_tokens=16, windows=16, calib=16),
+          "quick": dict(every_length=False, new_tokens=16, windows=4, calib=8),
+          "none": dict(every_length=False, new_tokens=0, windows=0, calib=8)}
 
 
 def default_data_spec(seq_len: int = 128) -> data.DataSpec:
   """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
   return data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=seq_len,
-                       add_bos=False, max_documents=None)
+                       add_bos=None, max_documents=None)
 
 
 def train_streams(data_spec, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:
@@ -64,17 +65,6 @@ def validation_windows(data_spec, tokenizer, workdir, *, count: int, length: int
   return list(batch["inputs"][keep, :length]), list(batch["mask"][keep, :length] > 0)
 
 
-def _prompts(windows, count: int, prefill_len: int, room: int) -> list[list[int]]:
-  """Prompts of varied lengths from validation text; one is longer than P (two chunks)."""
-  lengths = [5, max(1, prefill_len // 2), prefill_len + 3, max(1, prefill_len - 1), 11]
-  out = []
-  for i in range(count):
-    w = windows[i % len(windows)]
-    n = max(1, min(lengths[i % len(lengths)], room, len(w)))
-    out.append([int(t) for t in w[:n]])
-  return out
-
-
 def _publish(tmp: str, out_dir: str) -> None:
   old = None
   if os.path.exists(out_dir):
@@ -88,18 +78,21 @@ def _publish(tmp: str, out_dir: str) -> None:
 def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_spec=None,
            workdir: str | None = None, level: str = "full", tokenizer_dir: str | None = None,
            source: dict | None = None, num_threads: int | None = None,
-           keep_saved_model: bool = False, litertlm: bool = False, log=print) -> dict:
+           keep_saved_model: bool = False, litertlm: bool = False,
+           start_token: int | None = None, log=print) -> dict:
   """Exports, verifies and publishes one preset; returns the model card.
 
   data_spec/workdir: the text calibration and verification read (default: the embedded
   corpus under the output's parent); level: verification depth (LEVELS); tokenizer_dir: the
   stage's tokenizer files to ship (else the tokenizer saves itself); source: what the card
   says the model came from; litertlm: also bundle the verified .tflite with the tokenizer and
-  metadata into `student.litertlm` for LiteRT-LM, checked through its engine (litertlm.py).
+  metadata into `student.litertlm` for LiteRT-LM, checked through its engine (litertlm.py);
+  start_token: the bundle's start token as asked (None: the model's own convention; one that
+  disagrees with it is refused before any conversion, see `litertlm.start_token`).
   The folder appears complete or not at all (`_publish`).
   """
   t_start = time.time()
-  _check(lm, params, tokenizer, preset, level, litertlm)
+  _check(lm, params, tokenizer, preset, level, litertlm, start_token)
   vocab = min(int(tokenizer.vocab_size), lm.cfg.vocab_size)
   need = LEVELS[level]
   workdir = workdir or os.path.dirname(os.path.abspath(out_dir))
@@ -131,7 +124,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     if litertlm:
       t0 = time.time()
       card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, lm.cfg, vocab,
-                                 tokenizer_dir, data_spec, workdir, need, level, model)
+                                 tokenizer_dir, data_spec, workdir, need, level, model,
+                                 start_token)
       timings["litertlm_s"] = round(time.time() - t0, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
     card["export_timings"] = timings
@@ -147,7 +141,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
   return card
 
 
-def _check(lm, params, tokenizer, preset: presets.Preset, level: str, litertlm: bool) -> None:
+def _check(lm, params, tokenizer, preset: presets.Preset, level: str, litertlm: bool,
+           start_token: int | None) -> None:
   """What can be refused before minutes of conversion: the level, a bundle that cannot be made
   at all, a context past learned positions, a model that cannot fit the budget."""
   if level not in LEVELS:
@@ -155,7 +150,7 @@ def _check(lm, params, tokenizer, preset: presets.Preset, level: str, litertlm: 
   if litertlm:
     litertlm_lib.builder_module()
     litertlm_lib.engine_module()
-    litertlm_lib.llm_metadata(tokenizer, preset.max_context)
+    litertlm_lib.llm_metadata(tokenizer, preset.max_context, start_token)
   cfg = lm.cfg
   if cfg.pos == "learned" and preset.max_context > cfg.max_len:
     raise ValueError(f"max_context={preset.max_context} exceeds the model's {cfg.max_len} "
@@ -219,13 +214,17 @@ def _card(path, name, flat, preset, detail, cfg, vocab, tokenizer, tok_files, so
   return card
 
 
+def _lengths(preset, need) -> list[int]:
+  return verify.sweep_lengths(preset.prefill_len, need["every_length"])
+
+
 def _verification(model, lm32, p32, preset, tokenizer, data_spec, workdir, need, level) -> dict:
-  """The file against the JAX fp32 model on validation windows and greedy prompts."""
+  """The file against the JAX fp32 model on validation windows and the prompt-length sweep."""
   length = min(preset.max_context, data_spec.seq_len)
   windows, masks = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
                                       length=length)
-  room = max(1, preset.max_context - need["new_tokens"])
-  prompts = _prompts(windows, need["prompts"], preset.prefill_len, room)
+  prompts = verify.sweep_prompts(tokenizer, windows, _lengths(preset, need),
+                                 preset.max_context - 1)
   return dict(verify.verify(model, lm32, p32, preset.quant, prompts=prompts,
                             new_tokens=need["new_tokens"], windows=windows, masks=masks),
               level=level, text="validation split (distill.data.eval_batches)")
@@ -243,11 +242,12 @@ def _log_result(log, preset, out_dir, name, flat, card, timings) -> None:
 
 
 def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_spec,
-            workdir, need, level, model) -> dict:
+            workdir, need, level, model, start_token) -> dict:
   """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it."""
   out = os.path.join(tmp, litertlm_lib.BUNDLE_NAME)
   info = litertlm_lib.build(tflite_path, out, tokenizer=tokenizer, n_layers=cfg.n_layers,
-                            max_context=preset.max_context, tokenizer_dir=tokenizer_dir)
+                            max_context=preset.max_context, tokenizer_dir=tokenizer_dir,
+                            requested_start=start_token)
   if info["bytes"] > preset.budget_bytes:
     # The bundle adds the tokenizer and metadata to a .tflite that fitted.
     raise BudgetError(presets.over_budget_message(preset, info["bytes"]).replace(
@@ -259,8 +259,9 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
       windows, _ = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
                                       length=length)
       info["engine_check"] = verify.bundle_check(
-          engine, lm32, p32, tokenizer, preset.quant, windows=windows, prompts=need["prompts"],
-          new_tokens=need["new_tokens"], vocab=vocab, max_context=preset.max_context)
+          engine, lm32, p32, tokenizer, preset.quant, windows=windows,
+          prompt_lengths=_lengths(preset, need), new_tokens=need["new_tokens"], vocab=vocab,
+          max_context=preset.max_context)
   finally:
     engine.close()
   decode = max(1, min(32, preset.max_context - preset.prefill_len - 1))

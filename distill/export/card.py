@@ -18,6 +18,8 @@ from distill.export.runtime import CARD_NAME
 FORMAT = "distill-litert-generative/1"
 
 HOW_TO_RUN = [
+    "Tokenize the prompt with the bundled tokenizer and, when add_bos is true, put bos_id "
+    "first (the model was trained that way); never when add_bos is false.",
     "Allocate zero caches: for each name in kv_cache.names an array of kv_cache.shape / dtype.",
     "prefill: feed the prompt in chunks of prefill_len tokens, right-padded with pad_id; "
     "input_pos = the chunk's positions (start, start+1, ...); a chunk starts at most at "
@@ -78,6 +80,7 @@ def build(*, model_file: str, nbytes: int, preset, quant_detail: str, cfg, vocab
                    "layout": "[batch, slot, kv_head, head_dim]", "num_kv_heads": cfg.n_kv_heads,
                    "head_dim": cfg.k},
       "bos_id": tokenizer.bos_id,
+      "add_bos": bool(tokenizer.add_bos),  # BOS before every prompt, as in training
       "eos_id": tokenizer.eos_id,
       "pad_id": tokenizer.pad_id if tokenizer.pad_id is not None else 0,
       "tokenizer": tokenizer_entry(tokenizer, tokenizer_files),

@@ -23,7 +23,10 @@ llm_litert_compiled_model_executor.cc, read for litert-lm 0.18):
   * sampling: the CPU sampler implements TOP_P only (TOP_K and GREEDY are "not implemented
     yet" in 0.18), so greedy is TOP_P with k=1: the top-1 token, no randomness.
   * the engine prepends the metadata's start token itself, so tokenizers are bundled without
-    their own post-processor (no second BOS).
+    their own post-processor (no second BOS). The start token is declared exactly when the
+    model was trained with BOS first (`tokenizer.add_bos`, the stage's convention); without
+    one the engine feeds the prompt's ids as they are, as training and `distill.load` do.
+    A bundle declaring anything else is refused (`start_token`).
 
 Tokenizers: HF tokenizer.json as is (post-processor removed); SentencePiece .model as is; our
 byte tokenizer (pad=0, bos=1, eos=2, byte b -> b + 3) written as an HF ByteLevel BPE with no
@@ -143,14 +146,35 @@ def write_tokenizer(tokenizer, directory: str) -> tuple[str, str]:
   return "hf", path
 
 
-def llm_metadata(tokenizer, max_context: int) -> str:
+NO_START_TOKEN = -1
+
+
+def start_token(tokenizer, requested: int | None = None) -> int | None:
+  """The start token id to declare (None: none): the model's convention, which a `requested`
+  id (NO_START_TOKEN for none) must equal; anything else is refused (exit 2)."""
+  trained = tokenizer.bos_id if tokenizer.add_bos else None
+  if requested is None:
+    return trained
+  want = None if requested == NO_START_TOKEN else int(requested)
+  if want != trained:
+    how = (f"with BOS (id {trained}) before every sequence" if trained is not None
+           else "without a start token")
+    raise LitertLmError(
+        f"--start_token={requested} disagrees with the model, which was trained {how}: the "
+        "engine would feed it a sequence start it never saw; drop --start_token (the bundle "
+        "follows the model) or retrain with --config.data.add_bos="
+        f"{'true' if trained is None else 'false'}")
+  return want
+
+
+def llm_metadata(tokenizer, max_context: int, requested_start: int | None = None) -> str:
   """LlmMetadata textproto: start/stop tokens, context, greedy sampler (see module doc)."""
-  if tokenizer.bos_id is None or tokenizer.eos_id is None:
-    raise LitertLmError(f"the tokenizer has no {'BOS' if tokenizer.bos_id is None else 'EOS'} "
-                        "token; LiteRT-LM needs a start and a stop token id: give the tokenizer "
-                        "one (tokenizer_config.json bos_token / eos_token)")
-  return "\n".join([
-      f"start_token {{ token_ids {{ ids: {int(tokenizer.bos_id)} }} }}",
+  if tokenizer.eos_id is None:
+    raise LitertLmError("the tokenizer has no EOS token; LiteRT-LM needs a stop token id: give "
+                        "the tokenizer one (tokenizer_config.json eos_token)")
+  start = start_token(tokenizer, requested_start)
+  lines = [] if start is None else [f"start_token {{ token_ids {{ ids: {int(start)} }} }}"]
+  return "\n".join(lines + [
       f"stop_tokens {{ token_ids {{ ids: {int(tokenizer.eos_id)} }} }}",
       f"max_num_tokens: {int(max_context)}",
       "sampler_params { type: TOP_P k: 1 p: 1.0 temperature: 1.0 seed: 0 }",
@@ -169,14 +193,14 @@ def executor_metadata(n_layers: int, seq_axis: int = 1) -> str:
 
 
 def build(tflite_path: str, out_path: str, *, tokenizer, n_layers: int, max_context: int,
-          tokenizer_dir: str | None = None) -> dict:
+          tokenizer_dir: str | None = None, requested_start: int | None = None) -> dict:
   """Writes the bundle to `out_path` (via a temporary name) and returns what went into it."""
   lb = builder_module()
   directory = os.path.dirname(os.path.abspath(out_path))
   with tempfile.TemporaryDirectory(dir=directory, prefix=".litertlm-") as work:
     meta = os.path.join(work, "llm_metadata.textproto")
     with open(meta, "w") as f:
-      f.write(llm_metadata(tokenizer, max_context))
+      f.write(llm_metadata(tokenizer, max_context, requested_start))
     execm = os.path.join(work, "executor_metadata.textproto")
     with open(execm, "w") as f:
       f.write(executor_metadata(n_layers))
@@ -202,6 +226,6 @@ def build(tflite_path: str, out_path: str, *, tokenizer, n_layers: int, max_cont
   return {"file": os.path.basename(out_path), "bytes": os.path.getsize(out_path),
           "tokenizer": "hf tokenizer.json" if kind == "hf" else "sentencepiece",
           "tokenizer_source": tokenizer.descriptor().get("type"),
-          "start_token": tokenizer.bos_id, "stop_tokens": [tokenizer.eos_id],
+          "start_token": start_token(tokenizer, requested_start), "stop_tokens": [tokenizer.eos_id],
           "max_num_tokens": max_context, "chat_template": bool(tmpl),
           "kv_cache_sequence_axis": 1, "sampler": "greedy (TOP_P, k=1)"}

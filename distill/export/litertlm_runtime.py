@@ -48,7 +48,8 @@ def _session(engine, max_new_tokens: int):
 
 
 def stream(engine, prompt: str, max_new_tokens: int) -> Iterator[str]:
-  """Text chunks of the greedy continuation of `prompt` (the engine adds BOS, stops at EOS)."""
+  """Text chunks of the greedy continuation of `prompt` (the engine puts the bundle's start
+  token first, if it declares one, and stops at EOS)."""
   s = _session(engine, max_new_tokens)
   try:
     s.run_prefill([prompt])
@@ -90,7 +91,8 @@ def next_token_agreement(engine, tokenizer, windows, positions: int) -> dict:
   """Teacher-forced top-1 through the engine: prefill each prefix, decode one token.
 
   A fresh session per prefix (the engine keeps no way to rewind), so this is O(positions)
-  sessions: keep `positions` small. Prefixes start at 1 token (after the engine's BOS).
+  sessions: keep `positions` small. Prefixes start at 1 token (after the bundle's start token,
+  if any).
   Returns the predicted ids so the caller can compare them with JAX's.
   """
   preds = []

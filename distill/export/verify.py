@@ -1,9 +1,14 @@
 """LiteRT file vs the JAX student it came from: greedy parity and teacher-forced agreement.
 
+The reference is the model as users call it: `distill.load(stage).generate(prompt)`, i.e. the
+fp32 JAX function of the same weights, fed the prompt the way training fed documents (BOS
+first iff the tokenizer's `add_bos`). Greedy parity runs on prompts of every length in
+`prompt_lengths` (the export's sweep: 1 ... 2 x prefill + 1 at the full level, the prefill
+boundaries at the quick one), so a prefill-chunk bug cannot hide behind two lucky prompts.
+
 Thresholds (acceptance): fp32 greedy generations token-identical; fp16 identical or >= 98%
 teacher-forced top-1 agreement; int8 and dynamic_int8 >= 95%; int4 >= 90% (our choice: 4-bit
-weights lose more, and the figure is reported either way). Both references run the same
-fp32 JAX model through `apply_cached` / `apply`, so any difference is the conversion.
+weights lose more, and the figure is reported either way).
 """
 from __future__ import annotations
 
@@ -46,8 +51,37 @@ def jax_greedy(lm, params, prompt_ids, new_tokens: int, vocab: int, max_context:
   return out
 
 
+def sweep_lengths(prefill_len: int, every: bool) -> list[int]:
+  """Prompt lengths (tokens of text) to check: every one of 1 ... 2P + 1, or the boundaries."""
+  p = prefill_len
+  if every:
+    return list(range(1, 2 * p + 2))
+  return sorted({n for n in (1, 2, p // 2, p - 1, p, p + 1, 2 * p - 1, 2 * p, 2 * p + 1) if n >= 1})
+
+
+def sweep_prompts(tokenizer, windows, lengths: list[int], room: int) -> list[list[int]]:
+  """For each length n, the first n text tokens of the validation stream whose decoded text
+  encodes back to the same ids (what a user's text prompt of that length is), as the model
+  is fed them: BOS first iff `tokenizer.add_bos`. Lengths past `room` are dropped."""
+  specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+  stream = [int(t) for w in windows for t in w if int(t) not in specials]
+  head = [tokenizer.bos_id] if tokenizer.add_bos else []
+  out = []
+  for n in lengths:
+    if len(head) + n > room:
+      continue
+    for start in range(0, max(1, len(stream) - n + 1), max(1, n // 2)):
+      ids = stream[start:start + n]
+      if len(ids) == n and tokenizer.encode(tokenizer.decode(ids)) == ids:
+        out.append(head + ids)
+        break
+  return out
+
+
 def greedy_parity(model: LiteRTModel, lm, params, prompts: list[list[int]], new_tokens: int):
-  """Token-identical greedy generation per prompt (no EOS stop: more tokens compared)."""
+  """Token-identical greedy generation per prompt (no EOS stop: more tokens compared).
+
+  `prompts` are the ids the model is fed (see `sweep_prompts`)."""
   rows, identical, compared = [], 0, 0
   step = jax.jit(lm.apply_cached)
   for ids in prompts:
@@ -108,41 +142,43 @@ def verify(model: LiteRTModel, lm, params, quant: str, *, prompts, new_tokens, w
   return result
 
 
-def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompts: int,
+def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompt_lengths,
                  new_tokens: int, vocab: int, max_context: int, positions: int = 32) -> dict:
   """The .litertlm in LiteRT-LM's engine vs the JAX student; raises VerificationError.
 
   Three figures: the bundled tokenizer's ids equal ours on the validation text; greedy
-  generations through the engine (which adds BOS itself) equal JAX's from [BOS] + prompt;
-  teacher-forced top-1 agreement through the engine on prefixes of `prompts` windows.
+  generations through the engine, given the text of prompts of every length in
+  `prompt_lengths`, equal `distill.load(stage).generate` of the same text (the engine puts
+  the bundle's start token first exactly when the model was trained with BOS, so both feed
+  the same ids); teacher-forced top-1 agreement through the engine on prefixes of 4 windows.
   fp32 must be token-identical; the other modes need the .tflite's agreement threshold.
   """
   texts = [tokenizer.decode(w) for w in windows]
   tok = lrt.tokenizer_matches(engine, tokenizer, texts)
-  bos = tokenizer.bos_id
+  head = [tokenizer.bos_id] if tokenizer.add_bos else []
   step = jax.jit(lm.apply_cached)
-  lengths = [5, 24, 40, 11, 17]
-  prompt_texts, refs = [], []
-  for i in range(prompts):
-    ids = tokenizer.encode(texts[i % len(texts)])[:lengths[i % len(lengths)]]
-    text = tokenizer.decode(ids)
-    ids = [bos] + tokenizer.encode(text)
+  prompt_texts, refs, fed = [], [], []
+  for ids in sweep_prompts(tokenizer, windows, prompt_lengths, max_context - 2):
     n = max(1, min(new_tokens, max_context - len(ids) - 1))
-    prompt_texts.append(text)
+    prompt_texts.append(tokenizer.decode(ids[len(head):]))
     refs.append(jax_greedy(lm, params, ids, n, vocab, max_context, step))
+    fed.append(len(ids))
   greedy = lrt.greedy_matches(engine, tokenizer, prompt_texts, refs, tokenizer.eos_id)
+  for row, n in zip(greedy["per_prompt"], fed):
+    row["prompt_tokens"] = n  # what the model was fed, the start token included
+  greedy["prompt_tokens"] = sorted(set(fed))
 
   apply = jax.jit(lm.apply)
   agree = total = 0
-  k = max(1, min(4, prompts))
+  k = min(4, len(texts))
   for text in texts[:k]:
     ids = tokenizer.encode(text)[:min(positions, max_context - 2)]
-    ref = np.asarray(apply(params, jnp.asarray([[bos] + ids], jnp.int32)))[0, :, :vocab]
+    ref = np.asarray(apply(params, jnp.asarray([head + ids], jnp.int32)))[0, :, :vocab]
     got = lrt.next_token_agreement(engine, tokenizer, [ids], len(ids))["predictions"][0]
     for n, pred in enumerate(got, start=1):
       if tokenizer.encode(tokenizer.decode(ids[:n])) != ids[:n]:
         continue  # a cut inside a multi-byte character: the engine sees other ids
-      agree += int(pred == int(ref[n].argmax()))
+      agree += int(pred == int(ref[len(head) + n - 1].argmax()))
       total += 1
   rate = round(agree / max(total, 1), 5)
   if quant == "fp32":
@@ -153,6 +189,7 @@ def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompts:
     passed = tok["all_identical"] and rate >= need
     rule = f"tokenizer ids identical, teacher-forced top-1 agreement >= {need:.0%} in LiteRT-LM"
   result = {"passed": bool(passed), "rule": rule, "tokenizer": tok, "greedy": greedy,
+            "start_token": tokenizer.bos_id if tokenizer.add_bos else None,
             "teacher_forced": {"windows": k, "positions": total, "top1_agreement": rate}}
   if not passed:
     raise VerificationError(

@@ -5,9 +5,13 @@
   m.generate("The for statement", max_new_tokens=64)   # greedy; temperature/top_k optional
   m.tokenizer.encode("text"), m.tokenizer.decode(ids)
 
+Text prompts are encoded as the model was trained (`tokenizer.encode_prompt`: BOS first iff
+the stage's tokenizer records `add_bos`); `generate_ids` takes ids exactly as given. Every
+model computes in fp32 unless `dtype` says otherwise, so a stage trained with bf16 matmul
+inputs generates the same tokens as its fp32 export (a bf16 forward differs at near-ties).
+
 Stage directories are `distill.inference.stage`'s format; `hf:` and `gguf:` paths load
-through `distill.models.hf` / `distill.models.gguf`, sharded over every device, fp32 unless
-`dtype` says otherwise.
+through `distill.models.hf` / `distill.models.gguf`, sharded over every device.
 """
 from __future__ import annotations
 
@@ -98,14 +102,18 @@ class Model:
 
   def generate_batch(self, prompts: list[str], max_new_tokens: int = 64, **kw) -> list[str]:
     """Texts for several prompts at once (see `generate_batch_ids`; EOS is not printed)."""
-    rows = self.generate_batch_ids([self.tokenizer.encode(p) for p in prompts], max_new_tokens,
-                                   **kw)
+    rows = self.generate_batch_ids([self.tokenizer.encode_prompt(p) for p in prompts],
+                                   max_new_tokens, **kw)
     eos = self.tokenizer.eos_id
     return [self.tokenizer.decode([t for t in r if t != eos]) for r in rows]
 
   def generate(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
-               top_k: int = 0, seed: int = 0) -> str:
-    ids = self.tokenizer.encode(prompt)
+               top_k: int = 0, seed: int = 0, add_bos: bool | None = None) -> str:
+    """Greedy (or sampled) text after `prompt`; BOS first per the model's convention unless
+    `add_bos` says otherwise (False for text a chat template rendered, which carries its own
+    specials, as transformers' apply_chat_template tokenizes it)."""
+    bos = self.tokenizer.add_bos if add_bos is None else add_bos
+    ids = self.tokenizer.encode(prompt, add_bos=bos)
     return self.tokenizer.decode(self.generate_ids(ids, max_new_tokens, temperature=temperature,
                                                    top_k=top_k, seed=seed))
 
@@ -147,8 +155,8 @@ def load(path: str, *, dtype: str | None = None) -> Model:
   cfg = read_model_config(path)
   if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
     cfg = cfg.replace(attention="xla")  # trained on GPU, loaded elsewhere: same math
-  if dtype:
-    cfg = cfg.replace(dtype=dtype)
+  # fp32 compute unless asked (as for hf:/gguf:): what the exported fp32 file computes.
+  cfg = cfg.replace(dtype=dtype or "float32")
   lm = _lm(cfg)
   params = load_stage_params(path, lm, dtype=dtype)
   return Model(lm, params, tokenizers.load(os.path.join(path, "tokenizer")))

@@ -84,6 +84,15 @@ class Context:
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
     self.tokenizer = None
 
+  def use_tokenizer(self, tok) -> None:
+    """The run's tokenizer, with the run's start-of-sequence convention (config.data.add_bos,
+    else the tokenizer's own) set on it and on the data spec: every stage saves it, so
+    generation, export and the bundle's start token all follow what training saw."""
+    if self.data.add_bos is not None:
+      tok = tok.with_add_bos(self.data.add_bos)
+    self.data = dataclasses.replace(self.data, add_bos=tok.add_bos)
+    self.tokenizer = tok
+
   def transfer_set(self) -> teacher_cache.TransferSet:
     c = self.config
     return teacher_cache.TransferSet(
@@ -165,16 +174,16 @@ def load_or_train_teacher(ctx: Context):
   path = c.teacher.checkpoint
   if path.startswith(("hf:", "gguf:")):
     loader = hf if path.startswith("hf:") else gguf
-    lm, params, ctx.tokenizer = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
-                                                    dtype=c.teacher.dtype)
+    lm, params, tok = loader.load_teacher(path.split(":", 1)[1], ctx.mesh, dtype=c.teacher.dtype)
+    ctx.use_tokenizer(tok)
     lm = LM(read_only_teacher(lm.cfg, c))  # same params
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
   if path:
     cfg = stage.read_model_config(path)
-    ctx.tokenizer = tokenizers.load(os.path.join(path, "tokenizer"))
+    ctx.use_tokenizer(tokenizers.load(os.path.join(path, "tokenizer")))
     info = {"source": path}
   else:
-    ctx.tokenizer = tokenizers.from_config(c.data.tokenizer)
+    ctx.use_tokenizer(tokenizers.from_config(c.data.tokenizer))
     cfg = model_config(c.teacher.model, padded_vocab(ctx.tokenizer.vocab_size), c)
     lm = LM(cfg)
     _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
@@ -241,8 +250,9 @@ def _samples(ctx: Context, model: inference.Model) -> dict:
   out = {"samples": {p: model.generate(p, c.eval.sample_tokens) for p in c.eval.prompts}}
   template = getattr(model.tokenizer, "chat_template", None)
   if template and c.eval.chat_prompts:
+    # The template writes its own specials (add_bos=False, as transformers tokenizes it).
     out["chat_samples"] = {p: model.generate(tokenizers.render_chat(model.tokenizer, p),
-                                             c.eval.sample_tokens)
+                                             c.eval.sample_tokens, add_bos=False)
                            for p in c.eval.chat_prompts}
   return out
 

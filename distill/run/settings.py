@@ -18,8 +18,14 @@ from distill.train.objectives import LossConfig
 def data_spec(d) -> DataSpec:
   """`config.data` -> DataSpec."""
   return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
-                  seq_len=int(d.seq_len), add_bos=bool(d.add_bos),
+                  seq_len=int(d.seq_len), add_bos=add_bos(d),
                   max_documents=None if d.max_documents is None else int(d.max_documents))
+
+
+def add_bos(d) -> bool | None:
+  """`config.data.add_bos` -> True / False, or None for "auto" (the tokenizer's convention)."""
+  value = str(d.add_bos).lower()
+  return None if value == "auto" else value == "true"
 
 
 def mesh_spec(m) -> MeshSpec:

@@ -185,7 +185,8 @@ def _data(c):
   _req(_num(c, "data.batch_size", int) > 0,
        f"--config.data.batch_size={c.data.batch_size} must be > 0")
   _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
-  _req(isinstance(_get(c, "data.add_bos"), bool), "--config.data.add_bos must be True or False")
+  _req(str(_get(c, "data.add_bos")).lower() in ("auto", "true", "false"),
+       "--config.data.add_bos must be auto, true or false")
   docs = _get(c, "data.max_documents")
   _req(docs is None or (isinstance(docs, int) and docs > 0),
        f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")

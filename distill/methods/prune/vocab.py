@@ -196,7 +196,7 @@ def _trimmed_hf(tok, kept: np.ndarray, directory: str) -> tokenizers.HFTokenizer
   out = tokenizers.HFTokenizer(path, bos_token=tok._token("bos"),  # pylint: disable=protected-access
                                eos_token=tok._token("eos"), pad_token=tok._token("pad"))  # pylint: disable=protected-access
   out.chat_template = getattr(tok, "chat_template", None)  # same specials, same template
-  return out
+  return out.with_add_bos(tok.add_bos)  # and the same start-of-sequence convention
 
 
 def trim(tok, counts: np.ndarray, k: int, workdir: str, model_vocab: int | None = None,
