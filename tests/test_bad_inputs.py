@@ -173,7 +173,7 @@ CASES = [
      USAGE, ["needs litert-lm-builder", "pip install litert-lm-builder"]),
     ("export_litertlm_no_stop_token", ("export", ["--workdir={no_eos_run}", "--preset=watch",
                                                   "--format=litertlm", "--verify=none"]),
-     USAGE, ["no BOS token", "LiteRT-LM needs a start and a stop token id"]),
+     USAGE, ["no EOS token", "LiteRT-LM needs a stop token id"]),
     ("generate_missing_litertlm", ("generate", ["--litertlm={tmp}/no_such.litertlm"]), USAGE,
      ["does not exist", "--format=litertlm"]),
     ("generate_no_model", ("generate", ["--prompt=x"]), USAGE, ["give exactly one of"]),

@@ -65,10 +65,9 @@ def _export(root, quant, level="full"):
 def test_fp32_greedy_identical_to_jax(root):
   card, out = _export(root, "fp32")
   g = card["verification"]["greedy"]
-  assert g["prompts"] == 5 and g["all_identical"], g
-  assert all(r["new_tokens"] == 64 for r in g["per_prompt"])
-  # One prompt is longer than P, so chunked prefill is covered.
-  assert any(r["prompt_tokens"] > PREFILL for r in g["per_prompt"])
+  # Every prompt length 1 ... 2P + 1 (one and two prefill chunks, both boundaries).
+  assert [r["prompt_tokens"] for r in g["per_prompt"]] == list(range(1, 2 * PREFILL + 2)), g
+  assert g["all_identical"] and all(r["new_tokens"] == 16 for r in g["per_prompt"]), g
   assert card["verification"]["teacher_forced"]["top1_agreement"] == 1.0
   assert os.path.exists(out / card["model_file"]) and card["bytes"] == os.path.getsize(
       out / card["model_file"])
@@ -81,6 +80,40 @@ def test_fp16_agreement(root):
   v = card["verification"]
   assert v["passed"]
   assert v["greedy"]["all_identical"] or v["teacher_forced"]["top1_agreement"] >= 0.98
+
+
+def test_fp16_gate_reference_is_closer_than_the_fp32_weights(root):
+  """The gate's reference (fp32 compute on the fp16-rounded weights the file holds) is nearer
+  the file's logits than the unrounded fp32 weights are: it leaves out the rounding."""
+  from distill.export import verify  # pylint: disable=import-outside-toplevel
+  from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
+  card, out = _export(root, "fp16")
+  model = inference.load(str(root / "student"))
+  ids = np.asarray([model.tokenizer.encode(" ".join(topics_text(root).split())[:80])], np.int32)
+  got = LiteRTModel(str(out / card["model_file"]), card=card, num_threads=1).teacher_forced_logits(ids[0])
+  vocab = card["vocab_size"]
+  rounded = np.asarray(model.lm.apply(verify.reference_params(model.params, "fp16"), ids))[0]
+  plain = np.asarray(model.lm.apply(model.params, ids))[0]
+  d_rounded = np.abs(got - rounded[:, :vocab]).max()
+  d_plain = np.abs(got - plain[:, :vocab]).max()
+  assert d_rounded < d_plain, (d_rounded, d_plain)
+
+
+def topics_text(root) -> str:
+  return " ".join(p.read_text() for p in sorted((root / "text").glob("*.txt"))[:3])
+
+
+def test_fp16_reference_is_the_rounded_weights(root):
+  """`reference_params` for fp16 equals NumPy's float16 round trip; other modes pass through."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from distill.export import verify  # pylint: disable=import-outside-toplevel
+  params = {"w": np.asarray([1.0001, 3.14159, -2e-8, 70000.0], np.float32),
+            "i": np.asarray([1, 2], np.int32)}
+  got = verify.reference_params(params, "fp16")
+  np.testing.assert_array_equal(np.asarray(got["w"]),
+                                params["w"].astype(np.float16).astype(np.float32))
+  assert np.asarray(got["w"]).dtype == np.float32 and np.asarray(got["i"]).dtype == np.int32
+  assert verify.reference_params(params, "int8") is params
 
 
 def test_dynamic_int8_agreement(root):

@@ -113,9 +113,10 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     card = _card(path, name, flat, preset, detail, lm.cfg, vocab, tokenizer, tok_files,
                  dict(source or {}, params=count_params(params)), calib_info)
     model = LiteRTModel(path, card=card, num_threads=num_threads)
+    ref = verify.reference_params(p32, preset.quant)  # what the file's weights compute
     if level != "none":
       t0 = time.time()
-      card["verification"] = _verification(model, lm32, p32, preset, tokenizer, data_spec,
+      card["verification"] = _verification(model, lm32, ref, preset, tokenizer, data_spec,
                                            workdir, need, level)
       timings["verify_s"] = round(time.time() - t0, 2)
     else:
@@ -123,7 +124,7 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     card["latency"] = model.latency()
     if litertlm:
       t0 = time.time()
-      card["litertlm"] = _bundle(tmp, path, lm32, p32, tokenizer, preset, lm.cfg, vocab,
+      card["litertlm"] = _bundle(tmp, path, lm32, ref, tokenizer, preset, lm.cfg, vocab,
                                  tokenizer_dir, data_spec, workdir, need, level, model,
                                  start_token)
       timings["litertlm_s"] = round(time.time() - t0, 2)
