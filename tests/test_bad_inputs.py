@@ -82,6 +82,8 @@ CASES = [
      ["is not text", "NUL bytes", "convert it to UTF-8"]),
     ("unknown_tfds_name", _main("--config.data.name=no_such_corpus_xyz"), USAGE,
      ["unknown TFDS dataset 'no_such_corpus_xyz'", "text:/path/*.txt"]),
+    ("add_bos_not_a_choice", _main("--config.data.add_bos=maybe"), USAGE,
+     ["--config.data.add_bos must be auto, true or false"]),
     ("tokenizer_missing", _main("--config.data.tokenizer={tmp}/no_such/tokenizer.json"), USAGE,
      ["tokenizer.json' does not exist", "give 'byte'"]),
     # --- teachers

@@ -67,7 +67,12 @@ def test_load_logits_equal_training_forward(finished_run):
   trained = jax.tree.map(np.asarray, state["params"])
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, m.params), trained)
   tokens = np.array([m.tokenizer.encode("def f(x): return x")[:16]], np.int32)
-  ref = np.asarray(jax.jit(m.lm.apply)(trained, tokens))
+  # distill.load computes in fp32 whatever the training dtype (what the fp32 export computes).
+  from distill.inference import stage  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  cfg = stage.read_model_config(os.path.join(workdir, "student"))
+  assert m.config == cfg.replace(dtype="float32")
+  ref = np.asarray(jax.jit(LM(cfg.replace(dtype="float32")).apply)(trained, tokens))
   got = m.logits(tokens)
   assert got.dtype == np.float32 and got.shape == (1, tokens.shape[1], m.config.vocab_size)
   np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
@@ -83,6 +88,35 @@ def test_load_logits_equal_training_forward(finished_run):
   assert m.generate_ids(prompt, 5) == want
   assert m.generate("The", max_new_tokens=5) == m.tokenizer.decode(want)
   assert m.tokenizer.decode(m.tokenizer.encode("héllo")) == "héllo"
+
+
+def test_bos_convention_runs_from_data_to_generate(tmp_path):
+  """--config.data.add_bos=true: the packed stream starts documents with BOS, every stage's
+  tokenizer records it, and `distill.load(...).generate(text)` puts BOS first; the default
+  (auto, byte tokenizer) records no BOS and generates from the text's ids alone."""
+  from distill import data  # pylint: disable=import-outside-toplevel
+  from distill.run import settings  # pylint: disable=import-outside-toplevel
+  c = shrunken_config(**{"data.add_bos": "true", "baseline.enabled": False,
+                         "export.enabled": False, "eval.sample_prompts": 0})
+  pipeline.run(c, str(tmp_path))
+  for name in ("teacher", "student"):
+    with open(tmp_path / name / "tokenizer" / "distill_tokenizer.json") as f:
+      assert json.load(f)["add_bos"] is True
+  m = distill.load(str(tmp_path / "student"))
+  stream = data.token_stream(settings.data_spec(c.data), m.tokenizer, str(tmp_path), "train")
+  eos = np.flatnonzero(stream == m.tokenizer.eos_id)
+  assert stream[0] == m.tokenizer.bos_id and (stream[eos[:-1] + 1] == m.tokenizer.bos_id).all()
+  prompt = m.tokenizer.encode("The")
+  assert m.generate("The", 6) == m.tokenizer.decode(m.generate_ids([1] + prompt, 6))
+  assert m.generate("The", 6, add_bos=False) == m.tokenizer.decode(m.generate_ids(prompt, 6))
+
+
+def test_default_byte_run_records_no_bos(finished_run):
+  workdir, _, _ = finished_run
+  m = distill.load(os.path.join(workdir, "student"))
+  assert m.tokenizer.add_bos is False
+  prompt = m.tokenizer.encode("The")
+  assert m.generate("The", 6) == m.tokenizer.decode(m.generate_ids(prompt, 6))
 
 
 def test_load_refuses_non_stage_dirs(tmp_path):

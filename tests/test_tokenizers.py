@@ -183,3 +183,68 @@ def test_hf_specials_from_config_and_absent(tmp_path):
       json.dumps({"bos_token": {"content": "[BOS]"}, "pad_token": "<unk>"}))
   tok = tokenizers.HFTokenizer(path)
   assert (tok.bos_id, tok.pad_id, tok.eos_id) == (2, 1, 0)
+
+
+# ------------------------------------------------------- start-of-sequence convention
+
+
+def test_add_bos_defaults_and_what_a_saved_stage_records(sp_model, tmp_path):
+  """Byte: no BOS; SentencePiece: BOS; HF: tokenizer_config's add_bos_token, else its
+  post-processor. A saved descriptor keeps the value set on the tokenizer, and the
+  BOS-less descriptor is unchanged (no key), so old stages and data caches stay valid."""
+  from tokenizers import processors  # pylint: disable=import-outside-toplevel
+  byte = tokenizers.ByteTokenizer()
+  assert not byte.add_bos and "add_bos" not in byte.descriptor()
+  assert byte.encode_prompt("hi") == byte.encode("hi")
+  assert tokenizers.SentencePieceTokenizer(sp_model).add_bos
+  src = tmp_path / "hf"
+  src.mkdir()
+  path = _train_hf(str(src))
+  assert not tokenizers.HFTokenizer(path).add_bos  # no flag, no post-processor
+  (src / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+  assert tokenizers.HFTokenizer(path).add_bos
+  (src / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+  assert not tokenizers.HFTokenizer(path).add_bos
+  os.remove(src / "tokenizer_config.json")
+  import tokenizers as hf  # pylint: disable=import-outside-toplevel
+  t = hf.Tokenizer.from_file(path)
+  t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+  t.save(path)
+  tok = tokenizers.HFTokenizer(path)
+  assert tok.add_bos and tok.encode_prompt("fox") == [1] + tok.encode("fox")
+
+  for base in (byte, tok):
+    on = base.with_add_bos(True)
+    assert on.add_bos and not base.with_add_bos(False).add_bos
+    assert on.descriptor()["add_bos"] is True and on.fingerprint != base.with_add_bos(False).fingerprint
+    for value in (True, False):
+      saved = tmp_path / f"saved_{type(base).__name__}_{value}"
+      base.with_add_bos(value).save(str(saved))
+      assert tokenizers.load(str(saved)).add_bos is value  # the stage's value, not the file's
+  assert byte.descriptor() == tokenizers.ByteTokenizer().with_add_bos(False).descriptor()
+
+
+def test_add_bos_needs_a_bos_token(tmp_path):
+  path = _train_hf(str(tmp_path), specials=("<|endoftext|>", "<unk>"))
+  tok = tokenizers.HFTokenizer(path)
+  assert tok.bos_id is None and not tok.add_bos
+  with pytest.raises(ValueError, match="has no BOS token.*add_bos=False"):
+    tok.with_add_bos(True)
+
+
+def test_packing_follows_the_convention(tmp_path):
+  """DataSpec.add_bos None packs with the tokenizer's convention; an explicit value wins."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from distill.data import packing  # pylint: disable=import-outside-toplevel
+  from tests.helpers import data_spec  # pylint: disable=import-outside-toplevel
+  byte = tokenizers.ByteTokenizer()
+  docs = ["ab", "c"]
+  for spec_value, tok, want in ((None, byte, False), (None, byte.with_add_bos(True), True),
+                                (True, byte, True), (False, byte.with_add_bos(True), False)):
+    spec = data_spec("pydoc_topics", add_bos=spec_value)
+    first = packing.bos_first(spec, tok)
+    assert first is want
+    stream, _ = packing.pack(docs, tok, first)
+    ref = ([1] if want else []) + [ord("a") + 3, ord("b") + 3, 2] + ([1] if want else []) + [
+        ord("c") + 3, 2]
+    np.testing.assert_array_equal(stream, ref)

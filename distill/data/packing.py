@@ -31,6 +31,10 @@ def _cache_path(spec: DataSpec, workdir: str, split: str, tokenizer: tok_lib.Tok
 
 def bos_first(spec: DataSpec, tokenizer: tok_lib.Tokenizer) -> bool:
   """Whether documents start with BOS: the spec's explicit choice, else the tokenizer's."""
+  if spec.add_bos and tokenizer.bos_id is None:
+    raise ValueError(f"data.add_bos=true but the tokenizer ({type(tokenizer).__name__}) has no "
+                     "BOS token: set --config.data.add_bos=auto or false, or name a bos_token "
+                     "in its tokenizer_config.json")
   return tokenizer.add_bos if spec.add_bos is None else bool(spec.add_bos)
 
 
