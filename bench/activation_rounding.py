@@ -56,6 +56,8 @@ def main(argv):
     got = np.asarray(jax.jit(rounded)(params, tokens)).argmax(-1).reshape(-1)
     row[f"flipped_k{k}"] = round(float((got != ref)[keep].mean()), 5)
     row[f"channels_k{k}"] = list(chans)
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
+  row["precision"] = precision.record()  # the machine's policy (this bench runs fp32)
   print(json.dumps(row), flush=True)
 
 

@@ -148,6 +148,8 @@ def main() -> int:
       return child.returncode
     result = json.loads(child.stdout.strip().splitlines()[-1])
     result.update(checkpoint_bytes=file_bytes, write_seconds=round(write_s, 1))
+    from distill.run import precision  # pylint: disable=import-outside-toplevel
+    result["precision"] = precision.record()  # the machine's policy (loads in --dtype)
     print(json.dumps(result))
     return 0
   finally:

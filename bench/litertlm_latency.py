@@ -28,7 +28,9 @@ def main(argv):
   path = argv[1]
   row = lrt.benchmark(path, prefill_tokens=_PREFILL.value, decode_tokens=_DECODE.value,
                       threads=_THREADS.value)
-  row = {"file": path, "bytes": os.path.getsize(path), **row}
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
+  row = {"file": path, "bytes": os.path.getsize(path), **row,
+         "precision": precision.record()}  # the machine's JAX policy (LiteRT runs the file)
   print(json.dumps(row))
 
 

@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from distill import losses  # noqa: E402
+from distill.run import precision  # noqa: E402
 
 _KW = dict(kind="forward_kl", alpha=0.1, temperature=2.0)
 
@@ -98,6 +99,7 @@ def main(argv=None):
       "device": str(jax.devices()[0].device_kind),
       "loss": _KW,
       "cases": cases,
+      "precision": precision.record(),  # the machine's policy (the losses run in fp32)
   }))
 
 

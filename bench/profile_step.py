@@ -103,7 +103,9 @@ def main(argv):
     by_source[source.get(e["name"], "unattributed")] += ms
   total = sum(by_kind.values())
   top = lambda counter: {k: round(v, 1) for k, v in counter.most_common(_TOP.value)}
-  print(json.dumps({"bench": "profile_step", "dtype": c.dtype, "teacher_dtype": c.teacher_dtype,
+  policy = b["precision"]
+  print(json.dumps({"bench": "profile_step", "dtype": policy.dtype,
+                    "teacher_dtype": policy.teacher_dtype, "precision": policy.as_dict(),
                     "op_ms_per_step_all_threads": round(total, 1),
                     # YNNPACK runs the matmuls (and a few reductions); the rest is XLA's own
                     # elementwise fusions, copies and transposes.

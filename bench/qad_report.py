@@ -49,7 +49,9 @@ def main(argv):
   from distill.export import artifact, converter, litertlm, litertlm_runtime, signatures  # pylint: disable=import-outside-toplevel
   from distill.export.runtime import LiteRTModel  # pylint: disable=import-outside-toplevel
   from distill.export import card as card_lib  # pylint: disable=import-outside-toplevel
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
 
+  policy = precision.record()  # the machine's policy (the export compares in fp32)
   model = inference.load(os.path.join(_WORKDIR.value, _STAGE.value))
   lm32, p32 = converter.export_lm(model.lm, model.params)
   vocab = min(int(model.tokenizer.vocab_size), lm32.cfg.vocab_size)
@@ -98,6 +100,7 @@ def main(argv):
              "ce_rel_change": round(ce_f / ce_j - 1, 5),
              "litertlm_prefill_tokens_per_s": lat["prefill_tokens_per_s"],
              "litertlm_decode_tokens_per_s": lat["decode_tokens_per_s"]}
+      row["precision"] = policy
       print(json.dumps(row), flush=True)
 
 

@@ -33,6 +33,7 @@ from distill.run import settings
 from distill.inference import model as api  # noqa: E402
 from distill.methods import onpolicy  # noqa: E402
 from distill.run import pipeline  # noqa: E402
+from distill.run import precision  # noqa: E402
 from distill.inference import sampling  # noqa: E402
 from distill.data import tokenizer as tokenizers  # noqa: E402
 from distill.train import objectives  # noqa: E402
@@ -110,6 +111,7 @@ def main():
   out["on_policy_step"] = {"batch": b, "prompt_len": on_cfg.prompt_len,
                            "gen_len": on_cfg.sample.gen_len,
                            **{k: round(v, 4) for k, v in split.items()}}
+  out["precision"] = precision.record()  # the machine's policy
   print(json.dumps(out))
 
 

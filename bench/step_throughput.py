@@ -110,7 +110,7 @@ def build(c):
   `train.run` trains, from the same builder (`distill.train.step.make_step`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from distill.run import settings  # pylint: disable=import-outside-toplevel
+  from distill.run import hardware, precision, settings  # pylint: disable=import-outside-toplevel
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   from distill.models import sharding  # pylint: disable=import-outside-toplevel
   from distill.train import step  # pylint: disable=import-outside-toplevel
@@ -121,14 +121,17 @@ def build(c):
     return ModelConfig(vocab_size=c.vocab_size, max_len=c.seq_len, dtype=dtype, **dict(node))
 
   mesh = sharding.make_mesh(settings.mesh_spec(c.mesh))
+  # "auto" resolved as the pipeline's cpu preset does it (distill/run/precision.py).
+  policy = precision.resolve(hardware.get("cpu"), c.dtype, c.teacher_dtype)
+  dtype, t_dtype = policy.dtype, policy.teacher_dtype
   # As the pipeline: the read-only teacher computes in its weights' dtype unless that is fp32.
-  teacher = LM(model_cfg(c.teacher, c.teacher_dtype if c.teacher_dtype != "float32" else c.dtype))
-  student = LM(model_cfg(c.student, c.dtype))
+  teacher = LM(model_cfg(c.teacher, t_dtype if t_dtype != "float32" else dtype))
+  student = LM(model_cfg(c.student, dtype))
   loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
                               cfg=objectives.LossConfig.from_config(c.distill))
   tx = step.make_optimizer(lr=1e-3, steps=1000, warmup=10)
   t_shard = sharding.param_shardings(teacher, mesh)
-  t_params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(c.teacher_dtype), teacher.init(k)),
+  t_params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(t_dtype), teacher.init(k)),
                      out_shardings=t_shard)(jax.random.key(c.seed))
   built = step.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard)
   state = built.init(jax.random.key(c.seed + 1))
@@ -140,7 +143,7 @@ def build(c):
   return dict(mesh=mesh, teacher=teacher, student=student, loss_fn=loss_fn, tx=tx,
               t_params=t_params, t_shard=t_shard, s_shard=built.state_shardings, state=state,
               batch=batch, step_fn=built.step, repl=built.replicated,
-              b_shard=built.batch_sharding)
+              b_shard=built.batch_sharding, precision=policy)
 
 
 def shapes(lm) -> dict:
@@ -260,7 +263,7 @@ def main(argv):
   result = {
       "bench": "step_throughput", "backend": jax.default_backend(),
       "devices": jax.device_count(), "cpu_count": os.cpu_count(),
-      "dtype": c.dtype, "teacher_dtype": c.teacher_dtype,
+      "dtype": b["precision"].dtype, "teacher_dtype": b["precision"].teacher_dtype,
       "teacher_compute_dtype": b["teacher"].cfg.dtype, "seq_len": c.seq_len,
       "batch": c.batch_size, "teacher": shapes(b["teacher"]), "student": shapes(b["student"]),
       "teacher_params": int(sum(x.size for x in jax.tree.leaves(b["t_params"]))),
@@ -275,6 +278,7 @@ def main(argv):
       "peak_bf16_flops_per_s": round(peaks["bfloat16"], 1),
       "peak_flops_per_s": round(peak, 1), "mfu": round(achieved / peak, 3),
       "mfu_best_step": round(flops["total"] * tokens / step_best / peak, 3),
+      "precision": b["precision"].as_dict(),
   }
   if _TORCH.value:
     for name in ("torch_fp32", "torch_bf16"):

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny  # noqa: E402
 from distill import losses  # noqa: E402
 from distill.run import pipeline  # noqa: E402
+from distill.run import precision  # noqa: E402
 from distill.train import objectives  # noqa: E402
 from distill.train import step as step_lib  # noqa: E402
 from distill.models.transformer import LM  # noqa: E402
@@ -66,6 +67,7 @@ def main():
     out[name] = {"step_s": round(wall, 4), "cpu_s": round(cpu, 4)}
   out["speedup"] = round(out["online"]["step_s"] / out["cached"]["step_s"], 2)
   out["speedup_cpu"] = round(out["online"]["cpu_s"] / out["cached"]["cpu_s"], 2)
+  out["precision"] = precision.record()  # the machine's policy
   print(json.dumps(out))
 
 

@@ -49,6 +49,8 @@ def main(_):
     del params
   for name in ("bfloat16", "bf16_weights_fp32_stream"):
     out[name] = _compare(results["float32"], results[name])
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
+  out["precision"] = precision.record()  # what a run here picks (this bench runs each dtype)
   print(json.dumps(out))
 
 

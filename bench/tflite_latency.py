@@ -77,6 +77,8 @@ def main(argv):
   if os.path.isdir(teacher):
     result["jax_teacher_decode_tokens_per_s"] = _jax_decode_tokens_per_s(teacher, _CONTEXT.value)
   result["jax_student_decode_tokens_per_s"] = _jax_decode_tokens_per_s(stage, _CONTEXT.value)
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
+  result["precision"] = precision.record()  # the machine's JAX policy
   print(json.dumps(result))
 
 

@@ -73,6 +73,11 @@ def main():
       loop.step()
       walls.append(time.perf_counter() - t0)
     out[name] = round(loop.tokens / statistics.median(walls), 1)
+  import os  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from distill.run import precision  # pylint: disable=import-outside-toplevel
+  out["precision"] = precision.record()  # what the JAX step picks on this machine
   print(json.dumps(out))
 
 

@@ -12,8 +12,6 @@ in distill/), so a field added here is the one place to document it.
 """
 import ml_collections
 
-from distill.run import hardware as presets
-
 
 def model(d_model, n_layers, n_heads, n_kv_heads, d_ff, **extra):
   """A transformer shape; `extra` sets further distill.models.transformer.ModelConfig fields
@@ -36,12 +34,15 @@ def get_config():
   # Seeds parameter init, data order and sampling; stages derive their own streams from it.
   c.seed = 0
   # Hardware preset: cpu | gpu | tpu_v4 | tpu_v5e | tpu_v5p | tpu_v6e (dtypes, attention,
-  # remat, default mesh, HBM per chip; the table is distill/presets.py).
+  # remat, default mesh, HBM per chip; the table is distill/run/hardware.py).
   c.preset = "cpu"
   # Compute dtype of both models (matmul inputs, activations between layers): '' = the
-  # preset's (bfloat16 everywhere, this CPU included; float32 for the fp32 reference run).
-  # Matmuls accumulate in fp32; norms, softmax, losses, the student's master weights and the
-  # optimizer stay fp32 whatever this says.
+  # preset's: bfloat16 on accelerators; on the cpu preset 'auto', i.e. bfloat16 only where
+  # this CPU multiplies bf16 natively and a short GEMM probe (cached per machine) finds it
+  # faster than fp32, else float32 (distill/run/precision.py; the run's first line says which
+  # and why). 'auto', float32, bfloat16 or float16 set it explicitly (float32 for the fp32
+  # reference run). Matmuls accumulate in fp32; norms, softmax, losses, the student's master
+  # weights and the optimizer stay fp32 whatever this says.
   c.compute_dtype = ""
   # TPU topology the config is sized for (distill.aot compiles for it, launch/ creates it);
   # '' = the preset's default.
@@ -99,10 +100,10 @@ def get_config():
   # Path of a teacher stage directory (orbax), 'hf:/path' (Hugging Face safetensors),
   # 'gguf:/path/model.gguf', or '' to pretrain one here.
   c.teacher.checkpoint = ""
-  # Dtype the teacher's weights are held in (read-only): float32 | bfloat16 | float16. A
-  # non-fp32 teacher also computes in it (fp32 accumulation, norms and softmax); the cpu
-  # preset's choice (distill/presets.py: the precision policy).
-  c.teacher.dtype = presets.get("cpu").teacher_dtype
+  # Dtype the teacher's weights are held in (read-only): '' = compute_dtype when that is set,
+  # else the preset's (on the cpu preset the same 'auto' choice), or auto, float32, bfloat16,
+  # float16. A non-fp32 teacher also computes in it (fp32 accumulation, norms and softmax).
+  c.teacher.dtype = ""
   # Teacher shape when pretrained here; a checkpoint brings its own (a config may still state
   # it, with vocab_size, so distill.aot can compile without the weights).
   c.teacher.model = model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)

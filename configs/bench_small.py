@@ -22,10 +22,11 @@ def get_config():
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Compute dtype of both models (matmul inputs and activations; fp32 accumulation, norms,
   # softmax, loss and the student's master weights + optimizer state whatever it is): the cpu
-  # preset's, what distill/presets.py picks for this CPU.
+  # preset's, "auto" = what distill/run/precision.py picks for this CPU (bfloat16 where it
+  # multiplies bf16 natively and faster, else float32); or float32 / bfloat16.
   c.dtype = presets.get("cpu").dtype
-  # Dtype the read-only teacher weights are held in (what config.teacher.dtype does); the
-  # teacher computes in it unless it is float32.
+  # Dtype the read-only teacher weights are held in (what config.teacher.dtype does; "auto"
+  # as above); the teacher computes in it unless it is float32.
   c.teacher_dtype = presets.get("cpu").teacher_dtype
   # Vocabulary: 256 bytes + specials padded to a multiple of 8, as the byte tokenizer gives.
   c.vocab_size = 264

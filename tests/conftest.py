@@ -18,6 +18,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.update({"JAX_COMPILATION_CACHE_DIR": _CACHE,
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+# The precision policy's per-machine probe cache (distill/run/precision.py) likewise lives in
+# a fresh directory per session, shared by the subprocesses: tests never write ~/.cache.
+if "DISTILL_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _DISTILL_CACHE = tempfile.mkdtemp(prefix="distill-tests-cache-")
+  atexit.register(shutil.rmtree, _DISTILL_CACHE, ignore_errors=True)
+  os.environ["DISTILL_CACHE_DIR"] = _DISTILL_CACHE
 
 # Property tests draw the same examples on every run, so CI cannot fail on a draw nobody can
 # reproduce; `HYPOTHESIS_PROFILE=explore` draws new ones (what to run when changing a loss).

@@ -47,7 +47,8 @@ def _first_step_divergences(c, workdir, teacher_path) -> dict:
   """{kind: divergence of the student's initial params on the stage's first batch}."""
   tok = tokenizers.load(os.path.join(teacher_path, "tokenizer"))
   teacher = LM(pipeline.read_only_teacher(stage.read_model_config(teacher_path), c))
-  t_params = stage.load_stage_params(teacher_path, teacher, dtype=jnp.dtype(c.teacher.dtype))
+  t_params = stage.load_stage_params(teacher_path, teacher,
+                                     dtype=jnp.dtype(settings.precision(c).teacher_dtype))
   student = LM(pipeline.model_config(c.student.model, teacher.cfg.vocab_size, c))
   init_rng, _ = jax.random.split(jax.random.key(c.seed))
   s_params = jax.jit(student.init)(init_rng)

@@ -43,6 +43,12 @@ def test_pipeline_writes_report_and_stage_dirs(finished_run):
   assert saved["gap_closed"] == pytest.approx(expect_gap, nan_ok=True)
   assert rep["gap_closed"] == pytest.approx(expect_gap, nan_ok=True)
   assert set(saved["wall_seconds"]) >= {"teacher", "student", "baseline", "evaluate", "total"}
+  # The precision policy the models ran under, as the run's first line stated it.
+  p = saved["precision"]
+  assert p["dtype"] in ("float32", "bfloat16") and p["teacher_dtype"] == p["dtype"]
+  assert p["source"] == "auto" and p["reason"] and isinstance(p["flags"], list)
+  assert (p["probe_bf16_gflops"] is None) == (p["probe_fp32_gflops"] is None)
+  assert "Precision: " + p["dtype"] in open(os.path.join(workdir, "report.md")).read()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tb")))
 
 

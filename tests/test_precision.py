@@ -1,6 +1,10 @@
 """The precision policy: bf16 compute with fp32 accumulation, norms, softmax, loss and master
-weights stays within the accuracy budget of the fp32 step (issue 16)."""
+weights stays within the accuracy budget of the fp32 step (issue 16); and which dtype a run
+picks: the cpu preset's `auto` from the CPU's flags and a cached GEMM probe, accelerators bf16,
+explicit dtypes winning (issue 30; distill/run/precision.py)."""
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 
 from distill.run import hardware as presets
+from distill.run import precision
 from distill.train import objectives
 from distill.train import step as step_lib
 from distill.models.transformer import LM
@@ -85,7 +90,7 @@ def test_bf16_logits_are_fp32_and_close():
 
 def test_cpu_preset_states_the_policy():
   cpu = presets.get("cpu")
-  assert cpu.dtype in ("float32", "bfloat16") and cpu.teacher_dtype in ("float32", "bfloat16")
+  assert cpu.dtype == cpu.teacher_dtype == precision.AUTO
   for name in ("gpu", "tpu_v5e"):
     assert presets.get(name).dtype == "bfloat16"
 
@@ -106,8 +111,9 @@ def test_blocked_causal_attention_equals_full_mask(block, monkeypatch):
 
 
 @pytest.mark.slow  # two full tiny pipelines (~8 min on 2 cores)
-def test_tiny_pipeline_bf16_policy_within_1pct_of_fp32(tmp_path):
-  """configs/tiny.py under the cpu preset's bf16 policy against the same run in fp32."""
+def test_tiny_pipeline_policy_within_1pct_of_fp32(tmp_path):
+  """configs/tiny.py under the cpu preset's policy (bf16 where this CPU multiplies it fast)
+  against the same run in fp32."""
   from configs import tiny
   from distill.run import pipeline
   reports = {}
@@ -118,8 +124,170 @@ def test_tiny_pipeline_bf16_policy_within_1pct_of_fp32(tmp_path):
       c.compute_dtype, c.teacher.dtype = dtypes
     reports[name] = pipeline.run(c, str(tmp_path / name))
   ref, got = reports["fp32"], reports["policy"]
-  assert presets.get("cpu").dtype == "bfloat16"  # the run above did use bf16
+  assert ref["precision"]["dtype"] == "float32"
+  assert got["precision"]["dtype"] == precision.auto().dtype  # whichever this machine picks
   for model in ("teacher", "student", "baseline"):
     a, b = ref[model]["val_ce"], got[model]["val_ce"]
     assert abs(b - a) <= 0.01 * a, (model, a, b)
   assert abs(got["gap_closed"] - ref["gap_closed"]) <= 0.03
+
+
+# ---------------------------------------------------------------------------------------------
+# Which dtype the policy picks (issue 30). Every machine is faked: flags passed in, the probe a
+# function that counts its calls, the cache a file under tmp_path.
+
+XEON = precision.CpuInfo("Fake Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16",
+                                                 "amx_tile", "amx_bf16"}))
+EPYC = precision.CpuInfo("Fake EPYC", frozenset({"avx2", "fma"}))
+
+
+class Probe:
+  """A fake GEMM probe: returns (fp32, bf16) GFLOP/s and counts its calls."""
+
+  def __init__(self, fp32, bf16):
+    self.figures, self.calls = (fp32, bf16), 0
+
+  def __call__(self):
+    self.calls += 1
+    return self.figures
+
+
+def _detect(cpu, probe, tmp_path, **kw):
+  return precision.detect_cpu(cpu, probe=probe, cache_path=str(tmp_path / "precision.json"),
+                              run_probe=True, **kw)
+
+
+def test_no_bf16_flags_is_fp32_without_running_the_probe(tmp_path):
+  probe = Probe(100.0, 900.0)  # would say bf16 if it were asked
+  p = _detect(EPYC, probe, tmp_path)
+  assert (p.dtype, p.teacher_dtype, p.source) == ("float32", "float32", "auto")
+  assert probe.calls == 0 and p.probe_fp32_gflops is None and p.probe_bf16_gflops is None
+  assert not (tmp_path / "precision.json").exists()
+  assert p.flags == ("avx2", "fma") and "no avx512_bf16/amx_bf16" in p.reason
+  # Flags the OS does not show (not Linux): fp32 too, said so.
+  unknown = precision.CpuInfo("arm", frozenset(), known=False)
+  assert _detect(unknown, probe, tmp_path).dtype == "float32" and probe.calls == 0
+
+
+def test_bf16_flags_and_a_faster_bf16_probe_pick_bf16(tmp_path):
+  probe = Probe(231.0, 812.0)
+  p = _detect(XEON, probe, tmp_path)
+  assert (p.dtype, p.teacher_dtype) == ("bfloat16", "bfloat16") and probe.calls == 1
+  assert (p.probe_fp32_gflops, p.probe_bf16_gflops, p.cached) == (231.0, 812.0, False)
+  assert p.line() == ("precision: bfloat16 matmul inputs (cpu has avx512_bf16+amx_bf16; probe "
+                      "bf16 812 GFLOP/s vs fp32 231)")
+  assert "amx_bf16" in p.flags and "avx512_bf16" in p.flags
+
+
+def test_bf16_flags_but_a_slower_bf16_probe_pick_fp32(tmp_path):
+  for fp32, bf16 in ((189.0, 110.0), (200.0, 210.0)):  # slower; and faster by less than 1.1x
+    p = _detect(XEON, Probe(fp32, bf16), tmp_path / str(bf16))
+    assert (p.dtype, p.teacher_dtype) == ("float32", "float32"), (fp32, bf16)
+    assert p.probe_bf16_gflops == bf16 and " but probe bf16" in p.reason
+
+
+def test_probe_skipped_by_env_trusts_the_flags(tmp_path, monkeypatch):
+  monkeypatch.setenv(precision.PROBE_ENV, "0")
+  probe = Probe(300.0, 100.0)
+  p = precision.detect_cpu(XEON, probe=probe, cache_path=str(tmp_path / "c.json"))
+  assert p.dtype == "bfloat16" and probe.calls == 0 and "probe skipped" in p.reason
+
+
+def test_probe_cache_is_written_reused_and_rewritten_when_corrupt(tmp_path):
+  path = tmp_path / "precision.json"
+  first = Probe(231.0, 812.0)
+  assert not _detect(XEON, first, tmp_path).cached
+  entries = json.loads(path.read_text())["entries"]
+  (key,) = entries
+  assert key == precision.cache_key(XEON) and "Fake Xeon" in key and "jax" in key
+  assert entries[key]["fp32_gflops"] == 231.0 and entries[key]["bf16_gflops"] == 812.0
+  assert not [f for f in os.listdir(tmp_path) if f != "precision.json"]  # no temp file left
+  # Second time: the cached figures, no probe.
+  again = Probe(1.0, 1.0)
+  p = _detect(XEON, again, tmp_path)
+  assert again.calls == 0 and p.cached and p.dtype == "bfloat16" and "cached" in p.line()
+  # Another machine is another key: probed and added beside the first.
+  other = precision.CpuInfo("Other", XEON.flags)
+  assert _detect(other, Probe(300.0, 200.0), tmp_path).dtype == "float32"
+  assert len(json.loads(path.read_text())["entries"]) == 2
+  # A corrupt file (or one of another shape) is ignored, probed again and rewritten.
+  for junk in ("{not json", '["a list"]', '{"version": 1, "entries": {"%s": 3}}' % key):
+    path.write_text(junk)
+    probe = Probe(231.0, 812.0)
+    assert not _detect(XEON, probe, tmp_path).cached and probe.calls == 1, junk
+    assert json.loads(path.read_text())["entries"][key]["bf16_gflops"] == 812.0
+
+
+def test_cache_file_follows_the_environment(monkeypatch, tmp_path):
+  monkeypatch.delenv("DISTILL_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert precision.cache_file() == str(tmp_path / "xdg" / "distill" / "precision.json")
+  monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "d"))
+  assert precision.cache_file() == str(tmp_path / "d" / "precision.json")
+
+
+def test_cpuinfo_flags_are_read_from_the_file(tmp_path):
+  f = tmp_path / "cpuinfo"
+  f.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 amx_bf16\n\n"
+               "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 amx_bf16\n")
+  info = precision.cpu_info(str(f))
+  if info.known:  # Linux
+    assert info.model == "Some Xeon" and info.flags == {"fpu", "avx2", "amx_bf16"}
+
+
+def _bf16_here():
+  return precision.Precision("bfloat16", "bfloat16", source="auto", reason="faked bf16 cpu")
+
+
+def _fp32_here():
+  return precision.Precision("float32", "float32", source="auto", reason="faked fp32 cpu")
+
+
+def test_resolve_cpu_preset_follows_the_machine_and_explicit_dtypes_win():
+  cpu = presets.get("cpu")
+  for here in (_bf16_here, _fp32_here):
+    p = precision.resolve(cpu, "", "", detect=here)
+    assert (p.dtype, p.teacher_dtype, p.source) == (here().dtype, here().dtype, "auto")
+    assert p.reason == here().reason
+  # An explicit compute dtype wins, and an empty teacher dtype follows it (an all-fp32 run).
+  p = precision.resolve(cpu, "float32", "", detect=_bf16_here)
+  assert (p.dtype, p.teacher_dtype, p.source) == ("float32", "float32", "config")
+  assert p.line() == "precision: float32 matmul inputs (set by compute_dtype=float32)"
+  p = precision.resolve(cpu, "bfloat16", "", detect=_fp32_here)
+  assert (p.dtype, p.teacher_dtype) == ("bfloat16", "bfloat16")
+  # An explicit teacher dtype wins for the teacher; the compute dtype stays the machine's.
+  p = precision.resolve(cpu, "", "float32", detect=_bf16_here)
+  assert (p.dtype, p.teacher_dtype) == ("bfloat16", "float32")
+  assert "teacher held in float32" in p.line() and "teacher.dtype=float32" in p.reason
+  # Nothing auto: the machine is not asked.
+  def never():
+    raise AssertionError("detect() called with every dtype explicit")
+  assert precision.resolve(cpu, "float32", "bfloat16", detect=never).teacher_dtype == "bfloat16"
+
+
+def test_accelerator_presets_and_backends_are_bf16_without_asking_the_cpu():
+  def never():
+    raise AssertionError("an accelerator preset asked the CPU")
+  for name in ("gpu", "tpu_v4", "tpu_v5e", "tpu_v5p", "tpu_v6e"):
+    p = precision.resolve(presets.get(name), "", "", detect=never)
+    assert (p.dtype, p.teacher_dtype, p.source) == ("bfloat16", "bfloat16", "preset"), name
+    assert precision.resolve(presets.get(name), "float32", "", detect=never).dtype == "float32"
+  # `auto` on an accelerator backend (the cpu preset run on a GPU host): bf16, no probe.
+  p = precision.auto("gpu")
+  assert p.dtype == "bfloat16" and p.probe_bf16_gflops is None and "gpu" in p.reason
+
+
+def test_config_fields_reach_the_models(monkeypatch):
+  """settings.precision(config) is what the pipeline's models are built with."""
+  from configs import tiny
+  from distill.run import pipeline, settings
+  monkeypatch.setattr(precision, "auto", lambda backend=None: _fp32_here())
+  c = tiny.get_config("small")
+  assert (c.compute_dtype, c.teacher.dtype) == ("", "")  # the tiny run follows the policy
+  assert pipeline.model_config(c.student.model, 264, c).dtype == "float32"
+  monkeypatch.setattr(precision, "auto", lambda backend=None: _bf16_here())
+  assert settings.precision(c).teacher_dtype == "bfloat16"
+  assert pipeline.model_config(c.student.model, 264, c).dtype == "bfloat16"
+  c.compute_dtype = "float32"
+  teacher = pipeline.read_only_teacher(pipeline.model_config(c.teacher.model, 264, c), c)
+  assert teacher.dtype == "float32" and settings.precision(c).source == "config"

@@ -105,9 +105,10 @@ def teacher_model_config(c):
   """The teacher's ModelConfig (full vocab), without reading any weights."""
   ckpt = c.teacher.checkpoint
   if ckpt.startswith("hf:") and os.path.exists(os.path.join(ckpt[3:], "config.json")):
-    cfg = hf.model_config(hf.read_config(ckpt[3:]), dtype=c.teacher.dtype)
+    cfg = hf.model_config(hf.read_config(ckpt[3:]), dtype=settings.precision(c).teacher_dtype)
   elif ckpt.startswith("gguf:") and os.path.isfile(ckpt[5:]):
-    cfg = hf.model_config(gguf.Checkpoint(ckpt[5:]).config, dtype=c.teacher.dtype)
+    cfg = hf.model_config(gguf.Checkpoint(ckpt[5:]).config,
+                          dtype=settings.precision(c).teacher_dtype)
   elif ckpt and not ckpt.startswith("hf:") and os.path.isdir(ckpt):
     cfg = stage.read_model_config(ckpt)
   else:
@@ -143,7 +144,7 @@ def compile_step(c, mesh, t_cfg, s_cfg):
   t_shard = sharding.param_shardings(teacher, mesh)
   built = step_lib.make_step(loss_fn, tx, student, mesh, teacher_shardings=t_shard,
                              skip_nonfinite=bool(c.train.skip_nonfinite))
-  b_shard, t_dtype = built.batch_sharding, jnp.dtype(c.teacher.dtype)
+  b_shard, t_dtype = built.batch_sharding, jnp.dtype(settings.precision(c).teacher_dtype)
 
   sds = lambda s, sh, dt=None: jax.ShapeDtypeStruct(s.shape, dt or s.dtype, sharding=sh)
   state = jax.tree.map(sds, built.abstract, built.state_shardings)

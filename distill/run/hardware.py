@@ -2,19 +2,24 @@
 
 One row per target (cpu, gpu, tpu_v4, tpu_v5e, tpu_v5p, tpu_v6e). Pure data, no jax import,
 so configs and `distill.run.validate` can read it cheaply; the pipeline reads typed
-attributes (`hardware.get(name).dtype`).
+attributes (`hardware.get(name).dtype`), an "auto" dtype through `distill.run.precision`.
 
 Fields:
-  dtype       compute dtype of the models: matmul inputs and the activations between layers.
-              The rest of the precision policy is fixed (distill/models/transformer.py): matmuls
-              accumulate in fp32 (`preferred_element_type`; bf16 accumulation measured 4-5x
-              slower on this CPU and loses digits), norms, softmax, the losses and the
-              optimizer run in fp32, and the student's weights are fp32 master weights (its
-              `param_dtype`), cast to `dtype` at each matmul. bf16 everywhere that multiplies
-              it fast: accelerators, and CPUs with AVX-512 BF16 / AMX (on this 2-core Xeon a
-              bf16 x bf16 -> fp32 GEMM runs at ~850 GFLOP/s against ~230 for fp32)
+  dtype       compute dtype of the models: matmul inputs and the activations between layers,
+              or "auto" (the cpu preset): bfloat16 only where this CPU multiplies bf16
+              natively and measurably faster than fp32 (its flags, confirmed by a short GEMM
+              probe cached per machine; distill/run/precision.py), float32 otherwise. Which
+              one wins depends on the CPU: on CPUs with AVX-512 BF16 / AMX bf16 x bf16 -> fp32
+              GEMMs have measured 2-4x the fp32 rate, on one without AVX-512 about 0.6x.
+              Accelerator presets use bfloat16. The rest of the policy is fixed
+              (distill/models/transformer.py): matmuls accumulate in fp32
+              (`preferred_element_type`; bf16 accumulation measured 4-5x slower on a CPU and
+              loses digits), norms, softmax, the losses and the optimizer run in fp32, and the
+              student's weights are fp32 master weights (its `param_dtype`), cast to `dtype`
+              at each matmul. `--config.compute_dtype` overrides it
   teacher_dtype  dtype the read-only teacher's weights are held in when the config leaves
-              `teacher.dtype` empty; a non-fp32 teacher also computes in it
+              `teacher.dtype` and `compute_dtype` empty ("auto": the same choice as `dtype`);
+              a non-fp32 teacher also computes in it
   attention   `ModelConfig.attention` default: "xla" (einsum + fp32 softmax, runs
               anywhere), "cudnn" (fused flash attention on NVIDIA), "splash" (TPU; runs the
               "xla" einsum until the Pallas splash kernel is wired: XLA's
@@ -55,8 +60,8 @@ class Hardware:
 
 
 HARDWARE = {h.name: h for h in (
-    # Laptop / CI: fp32, every fake device on the data axis.
-    Hardware("cpu", "bfloat16", "bfloat16", "xla", False, False, (-1, 1, 1), 0.0, "", 1),
+    # Laptop / CI: the dtype this CPU multiplies fastest ("auto"), every device on the data axis.
+    Hardware("cpu", "auto", "auto", "xla", False, False, (-1, 1, 1), 0.0, "", 1),
     # 8 x H100 80 GB per node; FSDP within the node over NVLink, data across nodes.
     Hardware("gpu", "bfloat16", "bfloat16", "cudnn", True, True, (-1, 8, 1), 80.0, "", 8),
     # v4: 32 GiB per chip, 4 chips per host; compile-only topologies list 2 cores per chip.

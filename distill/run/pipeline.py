@@ -50,10 +50,10 @@ def padded_vocab(tokenizer_vocab: int) -> int:
 
 
 def read_only_teacher(cfg: ModelConfig, config) -> ModelConfig:
-  """How the teacher runs once loaded: held and computed in `teacher.dtype` (fp32 keeps the
-  checkpoint's), with the preset's layer scan. Training, teacher cache and distill.aot all
-  build it here, so the AOT check compiles the teacher that trains."""
-  t_dtype = config.teacher.dtype
+  """How the teacher runs once loaded: held and computed in the policy's teacher dtype (fp32
+  keeps the checkpoint's), with the preset's layer scan. Training, teacher cache and
+  distill.aot all build it here, so the AOT check compiles the teacher that trains."""
+  t_dtype = settings.precision(config).teacher_dtype
   return cfg.replace(dtype=t_dtype if t_dtype != "float32" else cfg.dtype,
                      scan_layers=settings.preset(config).scan_layers)
 
@@ -63,7 +63,7 @@ def model_config(model_cfg, vocab_size: int, config, dtype=None) -> ModelConfig:
   fields = dict(model_cfg)
   fields.pop("vocab_size", None)  # the teacher/tokenizer decides
   fields.setdefault("max_len", max(config.data.seq_len, 2048))
-  fields.setdefault("dtype", dtype or config.compute_dtype or hw.dtype)
+  fields.setdefault("dtype", dtype or settings.precision(config).dtype)
   fields.setdefault("attention", hw.attention)
   fields.setdefault("remat", hw.remat)
   fields.setdefault("scan_layers", hw.scan_layers)
@@ -174,7 +174,8 @@ def load_or_train_teacher(ctx: Context):
   path = c.teacher.checkpoint
   if path.startswith(("hf:", "gguf:")):
     loader = hf if path.startswith("hf:") else gguf
-    lm, params, tok = loader.load_teacher(path.split(":", 1)[1], ctx.mesh, dtype=c.teacher.dtype)
+    lm, params, tok = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
+                                          dtype=settings.precision(c).teacher_dtype)
     ctx.use_tokenizer(tok)
     lm = LM(read_only_teacher(lm.cfg, c))  # same params
     return lm, params, sharding.param_shardings(lm, ctx.mesh), {"source": path}
@@ -193,7 +194,8 @@ def load_or_train_teacher(ctx: Context):
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
   lm = LM(read_only_teacher(cfg, c))
   shard = sharding.param_shardings(lm, ctx.mesh)
-  params = stage.load_stage_params(path, lm, shard, dtype=jnp.dtype(c.teacher.dtype))
+  params = stage.load_stage_params(path, lm, shard,
+                                   dtype=jnp.dtype(settings.precision(c).teacher_dtype))
   return lm, params, shard, info
 
 
@@ -226,7 +228,7 @@ def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
   c = ctx.config
   for set_name, (batches, n_bytes) in _eval_sets(ctx).items():
     # The teacher's targets on each eval set are written once per workdir (teacher_eval/).
-    key = json.dumps([c.teacher.checkpoint or "pretrained", c.teacher.dtype,
+    key = json.dumps([c.teacher.checkpoint or "pretrained", settings.precision(c).teacher_dtype,
                       ctx.tokenizer.fingerprint, c.data.seq_len, c.data.batch_size,
                       c.data.eval_batches, set_name, c.eval.heldout, jax.process_count()])
     metrics = evaluate.evaluate_all(
@@ -290,6 +292,9 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
 def run(config, workdir: str) -> dict:
   """Run every stage not yet finished in `workdir`; returns the report dict."""
   validate(config, jax.device_count())
+  policy = settings.precision(config)  # every process at once: a multi-process run agrees here
+  if jax.process_index() == 0:
+    print(policy.line(), flush=True)
   os.makedirs(workdir, exist_ok=True)
   with lock.workdir_lock(workdir, enabled=jax.process_index() == 0):
     return _run(config, workdir)

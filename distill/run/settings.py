@@ -11,7 +11,7 @@ from distill.methods import features
 from distill.models import quant as qat
 from distill.methods.onpolicy import OnPolicyConfig
 from distill.models.sharding import MeshSpec
-from distill.run import hardware
+from distill.run import hardware, precision as precision_lib
 from distill.train.objectives import LossConfig
 
 
@@ -36,6 +36,12 @@ def mesh_spec(m) -> MeshSpec:
 
 def preset(config) -> hardware.Hardware:
   return hardware.get(config.preset)
+
+
+def precision(config) -> precision_lib.Precision:
+  """The run's precision policy: `compute_dtype` and `teacher.dtype` ('' = the preset's,
+  'auto' = this machine's) resolved to dtype names; every model the run builds reads these."""
+  return precision_lib.resolve(preset(config), config.compute_dtype, config.teacher.dtype)
 
 
 def loss_config(d) -> LossConfig:

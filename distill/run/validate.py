@@ -14,10 +14,12 @@ from distill.run.hardware import HARDWARE
 from distill.models import sharding
 from distill.run import settings
 
+# compute_dtype / teacher.dtype: '' = the preset's, 'auto' = distill.run.precision's choice.
+DTYPES = ("", "auto", "float32", "bfloat16", "float16")
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
 
 # Hardware presets: what each sets unless the config says otherwise (dtype, attention, remat,
-# default mesh, HBM per chip, AOT topology); the table lives in distill/presets.py.
+# default mesh, HBM per chip, AOT topology); the table lives in distill/run/hardware.py.
 
 # `vocab_size` is allowed so a config can state a teacher's full shape (what `distill.aot`
 # compiles without weights or tokenizer); at run time the tokenizer's vocab is used.
@@ -217,11 +219,12 @@ def _teacher(c):
       _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
            f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
            "after that run finished, or 'hf:/path' for a Hugging Face directory")
-  _req(_get(c, "compute_dtype") in ("", "float32", "bfloat16", "float16"),
-       f"--config.compute_dtype={c.compute_dtype!r} must be '' (the preset's), float32, "
+  _req(_get(c, "compute_dtype") in DTYPES,
+       f"--config.compute_dtype={c.compute_dtype!r} must be '' (the preset's), auto (this "
+       "machine's: bfloat16 where the CPU multiplies it fast), float32, bfloat16 or float16")
+  _req(_get(c, "teacher.dtype") in DTYPES,
+       f"--config.teacher.dtype={c.teacher.dtype!r} must be '' (the preset's), auto, float32, "
        "bfloat16 or float16")
-  _req(_get(c, "teacher.dtype") in ("float32", "bfloat16", "float16"),
-       f"--config.teacher.dtype={c.teacher.dtype!r} must be float32, bfloat16 or float16")
   _req(_num(c, "teacher.pretrain.steps", int) >= 0, "--config.teacher.pretrain.steps must be >= 0")
   if not ckpt:
     _req(c.teacher.pretrain.steps > 0, "--config.teacher.pretrain.steps must be > 0 when no "

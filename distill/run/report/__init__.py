@@ -19,6 +19,7 @@ import os
 import time
 
 from distill.eval import metrics as evaluate
+from distill.run import settings
 # One module per concern (tables, latency, plots); this package is their public face.
 from distill.run.report.latency import (DECODE_TOKENS, jax_decode_latency, measure_latency,
                                         tflite_decode_latency)
@@ -40,6 +41,8 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       rep["heldout_gap_closed"] = evaluate.gap_closed(
           *(results[m]["heldout"]["val_ce"] for m in ("teacher", "student", "baseline")))
   rep["wall_seconds"] = dict(walls, total=total_seconds)
+  # The dtypes the models multiplied in and why (distill.run.precision; the run's first line).
+  rep["precision"] = settings.precision(config).as_dict()
   rep["setup"] = {
       "data": config.data.name, "seq_len": config.data.seq_len,
       "batch_size": config.data.batch_size, "distill_steps": config.distill.steps,
@@ -95,8 +98,12 @@ def write(workdir, rep: dict, config) -> None:
          f"{teacher}, student/baseline steps {s['distill_steps']} on a "
          f"transfer set of {s['transfer_fraction']:.0%} of the train split, loss "
          f"`{s['loss']}` at T={s['temperature']}, alpha={s['alpha']}, seed {s['seed']}. "
-         f"{s['note']}.", "",
-         "Wall-clock seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["wall_seconds"].items()),
+         f"{s['note']}.", ""]
+  if "precision" in rep:
+    p = rep["precision"]
+    md += [f"Precision: {p['dtype']} matmul inputs, teacher held in {p['teacher_dtype']} "
+           f"({p['reason']}); fp32 accumulation, norms, softmax, losses and master weights.", ""]
+  md += ["Wall-clock seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["wall_seconds"].items()),
          "", "## Samples (greedy)", ""]
   for m in MODELS:
     for prompt, text in rep.get(m, {}).get("samples", {}).items():
