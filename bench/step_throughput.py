@@ -99,6 +99,15 @@ def attention_flops_fwd(cfg, seq_len: int) -> float:
   return cfg.n_layers * 2 * 2 * cfg.n_heads * cfg.k * (seq_len + 1) / 2
 
 
+def bench_loss_config(d):
+  """configs/bench_small.py's `distill` section -> the objective (the fields it states)."""
+  from distill.train import objectives  # pylint: disable=import-outside-toplevel
+  return objectives.LossConfig(kind=d.loss, temperature=float(d.temperature),
+                               alpha=float(d.alpha), beta=float(d.beta), skew=float(d.skew),
+                               scale_by_t2=bool(d.scale_by_t2), chunk_size=int(d.chunk_size),
+                               total_steps=int(d.steps))
+
+
 def model_flops_per_token(t_cfg, s_cfg, seq_len: int) -> dict:
   teacher = 2 * matmul_weights(t_cfg) + attention_flops_fwd(t_cfg, seq_len)
   student = 3 * (2 * matmul_weights(s_cfg) + attention_flops_fwd(s_cfg, seq_len))
@@ -128,7 +137,7 @@ def build(c):
   teacher = LM(model_cfg(c.teacher, t_dtype if t_dtype != "float32" else dtype))
   student = LM(model_cfg(c.student, dtype))
   loss_fn = functools.partial(objectives.distill_loss, student=student, teacher=teacher,
-                              cfg=objectives.LossConfig.from_config(c.distill))
+                              cfg=bench_loss_config(c.distill))
   tx = step.make_optimizer(lr=1e-3, steps=1000, warmup=10)
   t_shard = sharding.param_shardings(teacher, mesh)
   t_params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(t_dtype), teacher.init(k)),
@@ -161,7 +170,7 @@ def breakdown(b, c, step_s: float) -> dict:
   from distill.train import objectives  # pylint: disable=import-outside-toplevel
   student, teacher, tx = b["student"], b["teacher"], b["tx"]
   batch, state, t_params = b["batch"], b["state"], b["t_params"]
-  cfg = objectives.LossConfig.from_config(c.distill)
+  cfg = bench_loss_config(c.distill)
 
   t_logits = jax.jit(teacher.apply)(t_params, batch["inputs"])
 

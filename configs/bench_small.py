@@ -18,8 +18,9 @@ def get_config():
   c = ml_collections.ConfigDict()
   # Seeds the random params and batch.
   c.seed = 0
-  # Mesh over (data, fsdp, tensor) as in the pipeline; -1 = every device on that axis.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Mesh over (data, fsdp, tensor) as in the pipeline; -1 = every device on that axis;
+  # slices: multi-slice TPU count (1 here).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1))
   # Compute dtype of both models (matmul inputs and activations; fp32 accumulation, norms,
   # softmax, loss and the student's master weights + optimizer state whatever it is): the cpu
   # preset's, "auto" = what distill/run/precision.py picks for this CPU (bfloat16 where it
