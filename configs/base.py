@@ -272,6 +272,13 @@ def get_config():
   c.export.litertlm = "false"
   for preset in ("phone", "watch"):
     # Per-preset overrides of distill/export/presets.py; '' / 0 = the preset's own value.
+    # min_agreement: the teacher-forced top-1 agreement with JAX both export gates (the .tflite
+    # check, the .litertlm engine check) need; 0 = the quantization mode's own threshold
+    # (distill/export/verify.py AGREEMENT_THRESHOLD); for fp32 it is needed on top of identical
+    # greedy generations. Values above 1 can never pass (a test makes a gate fail with it).
+    # A failed gate keeps the file (its card and the report mark it failed) and the run exits
+    # 1 after everything is written; re-running with another quant / min_agreement re-exports
+    # without retraining.
     c.export[preset] = ml_collections.ConfigDict(
-        dict(quant="", max_context=0, prefill_len=0, budget_mb=0.0))
+        dict(quant="", max_context=0, prefill_len=0, budget_mb=0.0, min_agreement=0.0))
   return c

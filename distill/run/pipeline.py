@@ -34,7 +34,7 @@ from distill.train import step
 from distill.methods import teacher_cache
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
-from distill.errors import ConfigError
+from distill.errors import ConfigError, GateError
 from distill.methods.prune import vocab_teacher
 from distill.models import gguf, hf
 from distill.run import export_stage, settings, student_init
@@ -442,16 +442,25 @@ def _run(config, workdir: str) -> dict:
   walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
   walls["evaluate"] = time.time() - t_eval
   walls.update(walls_extra)
-  if config.export.enabled:
-    t_exp = time.time()
-    _, s_params, _ = models["student"]
-    results["export"] = export_stage.run(config, workdir, models["student"][0], s_params,
-                                         ctx.tokenizer)
-    walls["export"] = time.time() - t_exp
+  # Results before gates: the report is on disk before any export can fail or take long.
   rep = report.build(config, results, walls, time.time() - t0)
   if ctx.is_main:
     report.write(workdir, rep, config)
+  if config.export.enabled:
+    t_exp = time.time()
+    s_lm, s_params, _ = models["student"]
+    rep["export"] = export_stage.run(config, workdir, s_lm, s_params, ctx.tokenizer)
+    rep["wall_seconds"].update(export=time.time() - t_exp, total=time.time() - t0)
+    if ctx.is_main:  # again, with each file's figures (and verdict)
+      report.write(workdir, rep, config)
+  if ctx.is_main:
     ctx.writer.close()
+  failed = export_stage.failures(rep.get("export"))
+  if failed:  # last: every stage, file, card and the report are written
+    raise GateError(
+        f"export gate failed for {'; '.join(failed)}; report.json and the model card mark it "
+        "failed; re-run the same command with another --config.export.<preset>.quant or "
+        "--config.export.<preset>.min_agreement to re-export without retraining", report=rep)
   return rep
 
 

@@ -22,6 +22,12 @@ def data_spec(d) -> DataSpec:
                   max_documents=None if d.max_documents is None else int(d.max_documents))
 
 
+def gate_threshold(p) -> float | None:
+  """`config.export.<preset>` -> the agreement its export gates need; None (min_agreement 0)
+  = each quantization mode's own threshold (distill.export.verify.AGREEMENT_THRESHOLD)."""
+  return float(p.min_agreement) or None
+
+
 def mesh_spec(m) -> MeshSpec:
   """`config.mesh` -> MeshSpec."""
   return MeshSpec(data=int(m.data), fsdp=int(m.fsdp), tensor=int(m.tensor),

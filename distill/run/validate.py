@@ -374,6 +374,11 @@ def _export(c):
        f"--config.export.verify={c.export.verify!r} must be quick, full or none")
   _req(str(_get(c, "export.litertlm")).lower() in ("true", "false", "auto"),
        f"--config.export.litertlm={c.export.litertlm!r} must be true, false or auto")
+  for p in _get(c, "export.presets"):
+    # Below 2: a percentage typed as 95 or 98 is refused; above 1 only fails a gate on purpose.
+    v = _num(c, f"export.{p}.min_agreement")
+    _req(0.0 <= v < 2.0, f"--config.export.{p}.min_agreement={v} must be a fraction in [0, 1] "
+         "(0.95 = 95%; 0 = the quantization mode's own threshold)")
 
 
 def validate(c, n_devices: int | None = None) -> None:

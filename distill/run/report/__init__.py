@@ -23,9 +23,11 @@ from distill.eval import metrics as evaluate
 from distill.run.report.latency import (DECODE_TOKENS, jax_decode_latency, measure_latency,
                                         tflite_decode_latency)
 from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_compute
-from distill.run.report.tables import COLUMNS, MODELS, cost_table, headline, litertlm_lines, table
+from distill.run.report.tables import (COLUMNS, MODELS, cost_table, export_lines, headline,
+                                       litertlm_lines, table)
 
-__all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table", "headline",
+__all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table", "export_lines",
+           "headline",
            "jax_decode_latency", "litertlm_lines", "measure_latency", "plot_losses",
            "plot_quality_vs_compute", "table", "tflite_decode_latency", "write"]
 
@@ -62,10 +64,14 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
 
 
 def write(workdir, rep: dict, config) -> None:
-  """Measures latency (added to `rep`), draws the plots, writes report.json and report.md."""
+  """Measures latency (added to `rep`), draws the plots, writes report.json and report.md.
+
+  The pipeline calls it as soon as evaluation is done and again after the export (with
+  rep["export"]); the second call measures only the rows the first did not have."""
   t0 = time.time()
-  rep["latency"] = measure_latency(workdir, rep, config)
-  rep["wall_seconds"]["report_latency"] = time.time() - t0
+  rep["latency"] = measure_latency(workdir, rep, config, known=rep.get("latency"))
+  rep["wall_seconds"]["report_latency"] = (rep["wall_seconds"].get("report_latency", 0.0)
+                                           + time.time() - t0)
   plots = [p for p in (plot_quality_vs_compute(workdir, rep), plot_losses(workdir, rep)) if p]
   rep["plots"] = [os.path.basename(p) for p in plots]
   with open(os.path.join(workdir, "report.json"), "w") as f:
@@ -86,6 +92,7 @@ def write(workdir, rep: dict, config) -> None:
          "process CPU time, so they add up the threads used; wall latency on a busy machine "
          "varies more. Files are the exported .tflite sizes; the FLOPs of the exported rows "
          "are the student's (quantization changes bytes, not FLOPs).", ""]
+  md += export_lines(rep)
   md += litertlm_lines(rep)
   s = rep["setup"]
   teacher = (f"teacher from `{s['teacher_checkpoint']}`" if s.get("teacher_checkpoint")

@@ -32,20 +32,45 @@ def table(rep: dict, part: str | None = None) -> str:
   return "\n".join(lines)
 
 
+def _pct(x):
+  return "–" if x is None else f"{x:.1%}"
+
+
+def export_lines(rep: dict) -> list[str]:
+  """One row per exported preset: file, its gate (rule), the figures and the verdict; a failed
+  gate's message below the table. Empty before the export (the report's first write)."""
+  rows = [(p, x) for p, x in (rep.get("export") or {}).items() if isinstance(x, dict)]
+  if not rows:
+    return []
+  lines = ["## Export", "", "| preset | file | quantization | size | greedy identical | "
+           "top-1 agreement | gate | verdict |", "|---|---|---|---|---|---|---|---|"]
+  notes = []
+  for p, x in rows:
+    verdict = {"failed": "**FAILED**", "verified": "passed"}.get(x.get("status"), "not checked")
+    lines.append(f"| {p} | {os.path.basename(x['file'])} | {x.get('quantization')} | "
+                 f"{x['bytes'] / 1e6:.2f} MB | {x.get('greedy_identical') or '–'} | "
+                 f"{_pct(x.get('top1_agreement'))} | {x.get('rule') or '–'} | {verdict} |")
+    if x.get("error"):
+      notes.append(f"- **{p}** failed its gate, the file is kept (its model card says "
+                   f"`status: failed`): {x['error']}")
+  return lines + [""] + (notes + [""] if notes else [])
+
+
 def litertlm_lines(rep: dict) -> list[str]:
   """LiteRT-LM engine rows for the exported .litertlm bundles (measured at export)."""
   rows = [(p, x) for p, x in (rep.get("export") or {}).items()
           if isinstance(x, dict) and x.get("litertlm_file")]
   if not rows:
     return []
-  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | top-1 agreement |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | "
+           "top-1 agreement | engine check |", "|---|---|---|---|---|---|---|"]
   for p, x in rows:
     agree = x.get("litertlm_top1_agreement")
+    check = {True: "passed", False: "**FAILED**"}.get(x.get("litertlm_verified"), "not run")
     lines.append(f"| {p}/{os.path.basename(x['litertlm_file'])} | {x.get('quantization')} | "
                  f"{x['litertlm_bytes'] / 1e6:.2f} MB | {x['litertlm_prefill_tokens_per_s']:,.0f} | "
                  f"{x['litertlm_decode_tokens_per_s']:,.0f} | "
-                 f"{'n/a' if agree is None else f'{agree:.1%}'} |")
+                 f"{'n/a' if agree is None else f'{agree:.1%}'} | {check} |")
   return ["LiteRT-LM (`.litertlm`, Google's on-device LLM runtime): its own benchmark "
           "(`litert_lm.Benchmark`, one prefill chunk, then decode) at export, and teacher-forced "
           "top-1 agreement with the JAX student through its engine.", "", *lines, ""]
