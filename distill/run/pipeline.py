@@ -125,8 +125,8 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
                   skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
                   on_policy=on_policy)
-  info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
-          "final": res.history[-1][1] if res.history else {},
+  info = {"steps": steps, "lr": lr, "wall_seconds": res.wall_seconds,
+          "resumed_from": res.resumed_from, "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction}
   stage.save_stage(stage_dir, saved_lm.cfg, ctx.tokenizer, res.params, info)
   return res.params, info
@@ -395,7 +395,7 @@ def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dic
   models["student"] = (s_lm, s_params, s_info)
   if c.baseline.enabled:
     b_params, b_info = _train_stage(
-        ctx, "baseline", s.lm, steps=c.distill.steps, lr=c.distill.lr,
+        ctx, "baseline", s.lm, steps=c.distill.steps, lr=c.baseline.lr,
         fraction=c.distill.transfer_fraction,
         loss_fn=functools.partial(objectives.ce_loss, student=s.lm),
         init_params=s.init if c.student.init == "prune" else None)  # same pruned start

@@ -193,7 +193,7 @@ def _data(c):
 
 def _optimizer(c):
   """Learning rates, warmup, clipping."""
-  for stage in ("teacher.pretrain.lr", "distill.lr"):
+  for stage in ("teacher.pretrain.lr", "distill.lr", "baseline.lr"):
     _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
   _req(_num(c, "optimizer.warmup_steps", int) >= 0, "--config.optimizer.warmup_steps must be >= 0")
   _req(_num(c, "optimizer.clip_norm") > 0, "--config.optimizer.clip_norm must be > 0")
