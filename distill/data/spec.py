@@ -16,6 +16,8 @@ class DataSpec:
   seq_len: tokens per training window (a window holds seq_len + 1).
   add_bos: the tokenizer's BOS before every document when packing.
   max_documents: read at most this many documents per split (None = all).
+  dev_fraction: share of the train split's windows held out as the dev split (0 = none):
+    no training stage sees them (`windows.dev_window_ids`).
   """
   name: str
   data_dir: str
@@ -23,6 +25,7 @@ class DataSpec:
   seq_len: int
   add_bos: bool
   max_documents: int | None
+  dev_fraction: float
 
   def resolved_data_dir(self, workdir: str) -> str:
     return self.data_dir or os.path.join(workdir, "data")

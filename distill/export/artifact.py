@@ -43,7 +43,7 @@ LEVELS = {"full": dict(prompts=5, new_tokens=64, windows=16, calib=16),
 def default_data_spec(seq_len: int = 128) -> data.DataSpec:
   """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
   return data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=seq_len,
-                       add_bos=False, max_documents=None)
+                       add_bos=False, max_documents=None, dev_fraction=0.0)
 
 
 def train_streams(data_spec, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:

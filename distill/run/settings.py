@@ -19,7 +19,8 @@ def data_spec(d) -> DataSpec:
   """`config.data` -> DataSpec."""
   return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
                   seq_len=int(d.seq_len), add_bos=bool(d.add_bos),
-                  max_documents=None if d.max_documents is None else int(d.max_documents))
+                  max_documents=None if d.max_documents is None else int(d.max_documents),
+                  dev_fraction=float(d.dev_fraction))
 
 
 def gate_threshold(p) -> float | None:

@@ -186,9 +186,24 @@ def _data(c):
        f"--config.data.batch_size={c.data.batch_size} must be > 0")
   _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
   _req(isinstance(_get(c, "data.add_bos"), bool), "--config.data.add_bos must be True or False")
+  _req(0.0 <= _num(c, "data.dev_fraction") <= 0.5, f"--config.data.dev_fraction="
+       f"{c.data.dev_fraction} must be in [0, 0.5] (the train split's share held out; 0 = none)")
   docs = _get(c, "data.max_documents")
   _req(docs is None or (isinstance(docs, int) and docs > 0),
        f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
+
+
+def _selection(c):
+  """Dev-split losses, best-checkpoint selection and the extra baselines."""
+  every = _num(c, "train.dev_every", int)
+  _req(every >= 0, f"--config.train.dev_every={every} must be >= 0 (0 = no dev loss)")
+  for flag in ("train.select_best", "baseline.same_recipe", "baseline.more_labels"):
+    _req(isinstance(_get(c, flag), bool), f"--config.{flag}={_get(c, flag)!r} must be True or "
+         "False")
+  _req(not every or c.data.dev_fraction > 0, f"--config.train.dev_every={every} needs a dev "
+       "split: set --config.data.dev_fraction > 0 (e.g. 0.05), or dev_every=0")
+  _req(not c.train.select_best or every, "--config.train.select_best=True needs dev losses: "
+       "set --config.train.dev_every > 0, or select_best=False")
 
 
 def _optimizer(c):
@@ -385,6 +400,7 @@ def validate(c, n_devices: int | None = None) -> None:
   """Raise ConfigError for the first problem found (sections in the order the run meets them)."""
   _run_fields(c)
   _data(c)
+  _selection(c)
   _optimizer(c)
   _teacher(c)
   _student(c)

@@ -3,8 +3,31 @@ from __future__ import annotations
 
 import os
 
-# student_fp32: the full-precision student a QAD stage (distill.qat_steps) started from.
-MODELS = ("teacher", "student", "student_fp32", "baseline")
+# student_fp32: the full-precision student a QAD stage (distill.qat_steps) started from;
+# baseline_same_recipe: the baseline at the student's learning rate (baseline.same_recipe);
+# baseline_more_labels: the baseline on the whole train split (baseline.more_labels);
+# <name>_best: that stage's best dev-split checkpoint (train.select_best).
+MODELS = ("teacher", "student", "student_best", "student_fp32", "student_fp32_best", "baseline",
+          "baseline_best", "baseline_same_recipe", "baseline_more_labels",
+          "baseline_more_labels_best")
+
+
+def gap_models(rep: dict) -> tuple[str, str]:
+  """(student, baseline) that gap closed compares: the best dev checkpoints when selected
+  (the tuned, early-stopped baseline), else the last steps."""
+  return tuple(f"{m}_best" if f"{m}_best" in rep else m for m in ("student", "baseline"))
+
+
+def same_recipe_models(rep: dict) -> tuple[str, str]:
+  """(student, baseline) of the old same-recipe gap closed: last steps, the baseline at the
+  student's learning rate (baseline_same_recipe when baseline.lr differs, else baseline)."""
+  return "student", ("baseline_same_recipe" if "baseline_same_recipe" in rep else "baseline")
+
+
+def label(rep: dict, m: str) -> str:
+  """A table's row name: a best checkpoint says its step."""
+  step = rep[m].get("step") if m.endswith("_best") else None
+  return f"{m} (step {step})" if step is not None else m
 COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
            ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
            ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
@@ -28,7 +51,7 @@ def table(rep: dict, part: str | None = None) -> str:
     row = rep[m] if part is None else dict(
         {k: v for k, v in rep[m].items() if not k.startswith("sample_")}, **rep[m][part])
     cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label(rep, m)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -107,15 +130,25 @@ def headline(rep: dict) -> list[str]:
   """Plain-language answer to "what did distillation buy me"."""
   if "student" not in rep or "teacher" not in rep:
     return []
-  t, s = rep["teacher"], rep["student"]
+  t = rep["teacher"]
   out = []
   if "baseline" in rep:
-    b = rep["baseline"]
+    sk, bk = gap_models(rep)
+    s, b = rep[sk], rep[bk]
     verdict = "better" if s["val_ce"] < b["val_ce"] else "worse"
     out.append(f"- **Quality**: the distilled student's validation CE is {s['val_ce']:.4f} "
-               f"nats/token vs {b['val_ce']:.4f} for the same-size hard-label baseline "
-               f"({verdict} by {abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has "
-               f"{t['val_ce']:.4f}. Gap closed: {rep.get('gap_closed', float('nan')):.3f}.")
+               f"nats/token ({label(rep, sk)}) vs {b['val_ce']:.4f} for the same-size "
+               f"hard-label baseline ({label(rep, bk)}; {verdict} by "
+               f"{abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has {t['val_ce']:.4f}. "
+               f"Gap closed: {rep.get('gap_closed', float('nan')):.3f} (same recipe, last "
+               f"steps: {rep.get('gap_closed_same_recipe', float('nan')):.3f}).")
+  more = rep.get("more_labels")
+  if more:
+    out.append(f"- **More labels instead**: the baseline trained on the whole train split "
+               f"({label(rep, more['model'])}) reaches {rep[more['model']]['val_ce']:.4f}; "
+               f"the distilled student is {'better' if more['student_minus'] < 0 else 'worse'} "
+               f"by {abs(more['student_minus']):.4f} nats/token.")
+  s = rep["student"]
   flops = _ratio(t.get("flops_per_token"), s.get("flops_per_token"))
   params = _ratio(t.get("params"), s.get("params"))
   if flops and params:
