@@ -124,10 +124,11 @@ def write(workdir, rep: dict, config) -> None:
   s = rep["setup"]
   teacher = (f"teacher from `{s['teacher_checkpoint']}`" if s.get("teacher_checkpoint")
              else f"teacher steps {s['teacher_steps']}")
+  lrs = (f" (peak lr {s['distill_lr']:g} / {s['baseline_lr']:g})" if "baseline_lr" in s
+         else "")
   md += ["## Training", "", "![loss curves](loss_curves.png)", "",
          f"Setup: data `{s['data']}`, seq_len {s['seq_len']}, batch {s['batch_size']}, "
-         f"{teacher}, student/baseline steps {s['distill_steps']} (peak lr "
-         f"{s['distill_lr']:g} / {s['baseline_lr']:g}) on a "
+         f"{teacher}, student/baseline steps {s['distill_steps']}{lrs} on a "
          f"transfer set of {s['transfer_fraction']:.0%} of the train split, loss "
          f"`{s['loss']}` at T={s['temperature']}, alpha={s['alpha']}, seed {s['seed']}. "
          f"{s['note']}.", "",
