@@ -120,7 +120,12 @@ def test_best_checkpoint_is_the_argmin_of_the_logged_dev_losses_and_survives_a_r
   cut = str(tmp_path / "cut")
   with pytest.raises(Interrupt):
     _planted_stage(workdir, cut, spec, kill_after=6)
-  assert selection.read_best(cut) == {"step": 5, "dev_loss": 1.0}
+  best_dir = os.path.join(cut, selection.BEST_DIR)
+  assert selection.read_best(cut) is None  # not finished
+  with open(os.path.join(best_dir, "at-6.json")) as f:
+    assert json.load(f) == {"step": 5, "dev_loss": 1.0}
+  # Pointers only for the checkpoints orbax keeps (4 and 6), params only for bests they name.
+  assert sorted(os.listdir(best_dir)) == ["at-4.json", "at-6.json", "params-4", "params-5"]
   resumed, _, _ = _planted_stage(workdir, cut, spec)
   assert resumed.resumed_from == 6 and resumed.best == res.best
   assert _logged(cut) == (steps, losses)

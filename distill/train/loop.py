@@ -131,7 +131,8 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
   `on_policy` (an `onpolicy.Plan`) interleaves student-sampled steps: `on_policy.use(step)`
   picks the step, each kind compiled once. `dev` logs the dev-split loss (`dev_loss`) of the
   params as saved every `dev.every` steps and, with `keep_best`, keeps the lowest one's params
-  in <stage>/best/ (`distill.train.selection`).
+  in <stage>/best/ (`distill.train.selection`: written with each checkpoint, so a resume
+  continues from the best of the run it resumes).
   """
   t_start = time.time()
   init_rng, step_rng = jax.random.split(jax.random.key(seed))
@@ -145,8 +146,7 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
   else:
     step_fns = {k: built.jit(f) for k, f in on_policy.steps(loss_fn, tx, skip_nonfinite).items()}
   recorder = _Recorder(name, stage_dir, start, writer, is_main)
-  best = (selection.Best(stage_dir, recorder.history, start, is_main)
-          if dev is not None and dev.keep_best else None)
+  best = selection.Best(stage_dir, start, is_main) if dev is not None and dev.keep_best else None
 
   def saved(params):  # what the stage saves (and the dev loss is taken of)
     params = split_features(params)[0]
@@ -179,9 +179,11 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
         pending = []
         progress.update(done, recorder.history[-1][1])
       if save:
+        if best is not None:  # before the checkpoint it belongs to (selection.py)
+          best.before_checkpoint(done)
         ckpt.save(done, state, data_iter.get_state())
-        if best is not None:  # after the checkpoint it belongs to (selection.py)
-          best.write()
+        if best is not None:
+          best.after_checkpoint(ckpt.steps())
         if stop and done < steps:
           raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in "
                           f"{stage_dir}; re-run the same command to resume")
@@ -190,6 +192,8 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     progress.close()
     ckpt.close()
     recorder.close()
+  if best is not None:
+    best.finish()
   return StageResult(saved(state.params), recorder.history, time.time() - t_start, start,
                      best.info() if best is not None else None)
 

@@ -2,7 +2,9 @@
 
 The report answers two questions side by side:
   quality  validation CE / bits per byte / perplexity, KL to the teacher, top-1 agreement,
-           and the share of the teacher-vs-baseline gap the distilled student closed;
+           and the share of the teacher-vs-baseline gap the distilled student closed (between
+           the best dev-split checkpoints, `<stage>_best` rows, when selected; the old
+           same-recipe figure beside it), the more-labels baseline when trained;
   cost     parameters, forward FLOPs per token, per-token decode latency and CPU seconds per
            1,000 generated tokens on this CPU (JAX, and LiteRT for the exported files), and
            the size of each exported .tflite.
@@ -10,7 +12,9 @@ The report answers two questions side by side:
 Latency is measured while writing the report (a few milliseconds per model for tiny: one
 prefill, then `DECODE_TOKENS` timed greedy decode steps at batch 1), so the numbers describe
 the machine the pipeline ran on. Plots: `quality_vs_compute.png` (validation CE against
-forward FLOPs/token) and `loss_curves.png` (training curves of every stage).
+forward FLOPs/token) and `loss_curves.png` (training curves of every stage). The pipeline
+writes the report once evaluation is done and again after the export, which adds the Export
+section: each file, its gate, its figures and its verdict (a failed gate marked FAILED).
 """
 from __future__ import annotations
 
