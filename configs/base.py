@@ -60,6 +60,15 @@ def get_config():
   # On a non-finite loss/gradient: False stops the run (last good checkpoint kept); True skips
   # the batch and goes on.
   c.train.skip_nonfinite = False
+  # Steps between dev-split losses (metrics.jsonl `dev_loss`) in the student and baseline
+  # stages; the last step always has one. The dev split is data.dev_fraction of the train
+  # split, which no stage trains on. 0 = none (then select_best must be False).
+  c.train.dev_every = 25
+  # Keep each of those stages' params at its lowest dev loss (<stage>/best/) and report that
+  # checkpoint beside the last step (report `<stage>_best`, with its step): early stopping,
+  # chosen on the dev split, never on the validation split the report's figures come from.
+  # Gap closed is taken between the best checkpoints; the exported student is the last step.
+  c.train.select_best = True
 
   c.data = ml_collections.ConfigDict()
   # TFDS name ('pydoc_topics' is built from the stdlib docs; 'lm1b' downloads ~1.8 GB), or
@@ -75,8 +84,12 @@ def get_config():
   c.data.seq_len = 128
   # Global batch size in sequences (divisible by the data-parallel size data x fsdp).
   c.data.batch_size = 32
-  # Validation batches for evaluation (0 = the whole validation split).
+  # Validation batches for evaluation, and dev batches per dev loss (0 = the whole split).
   c.data.eval_batches = 0
+  # Share of the train split's windows held out as the dev split (a fixed choice, whatever
+  # the seed): no stage trains on it, not the teacher's pretraining nor baseline.more_labels;
+  # it selects checkpoints (train.select_best) and learning rates. 0 = no dev split.
+  c.data.dev_fraction = 0.05
   # Start-of-sequence convention, kept from data to device: "true" puts BOS before every
   # document when packing (its EOS always follows), and then `distill.load(...).generate`,
   # the model card and the .litertlm bundle (its start token) put BOS before every prompt;
@@ -240,6 +253,19 @@ def get_config():
   # Train a same-size hard-label student with the same data, steps and seed, for the
   # gap-closed figure (doubles the training time).
   c.baseline.enabled = True
+  # Peak learning rate of the hard-label baselines (warmup and cosine decay as every stage):
+  # their own, since a KD gain over a baseline run at the student's rate is no KD gain when
+  # that rate wrecks the baseline. For now the student's value (distill.lr); the default is to
+  # be chosen by a sweep on the dev split (data.dev_fraction), never on validation.
+  c.baseline.lr = 3e-3
+  # When baseline.lr differs from distill.lr: also train the baseline at the student's rate
+  # (stage baseline_same_recipe, last step), so the report keeps the old same-recipe gap
+  # closed beside the tuned one. False saves that stage's training time.
+  c.baseline.same_recipe = True
+  # Also train the "more labels" reference (stage baseline_more_labels): the baseline on the
+  # whole train split (less the dev split) instead of the transfer set, same steps and rate,
+  # so the report shows what distillation buys against simply labelling more data.
+  c.baseline.more_labels = False
 
   c.eval = ml_collections.ConfigDict()
   # Prompts for the sample generations in the report.
@@ -277,6 +303,13 @@ def get_config():
   c.export.litertlm = "false"
   for preset in ("phone", "watch"):
     # Per-preset overrides of distill/export/presets.py; '' / 0 = the preset's own value.
+    # min_agreement: the teacher-forced top-1 agreement with JAX both export gates (the .tflite
+    # check, the .litertlm engine check) need; 0 = the quantization mode's own threshold
+    # (distill/export/verify.py AGREEMENT_THRESHOLD); for fp32 it is needed on top of identical
+    # greedy generations. Values above 1 can never pass (a test makes a gate fail with it).
+    # A failed gate keeps the file (its card and the report mark it failed) and the run exits
+    # 1 after everything is written; re-running with another quant / min_agreement re-exports
+    # without retraining.
     c.export[preset] = ml_collections.ConfigDict(
-        dict(quant="", max_context=0, prefill_len=0, budget_mb=0.0))
+        dict(quant="", max_context=0, prefill_len=0, budget_mb=0.0, min_agreement=0.0))
   return c

@@ -77,6 +77,7 @@ def get_config():
   c.distill.chunk_size = 256
   c.distill.transfer_fraction = 1.0
   c.distill.lr = 6e-4
+  c.baseline.lr = 6e-4  # the student's, until a dev-split sweep chooses its own
 
   c.eval.prompts = ("The capital of France is", "In machine learning, distillation")
   # A 1.2B student is a phone model at most.

@@ -85,6 +85,7 @@ def get_config():
   c.distill.chunk_size = 512
   c.distill.transfer_fraction = 1.0
   c.distill.lr = 1e-3
+  c.baseline.lr = 1e-3  # the student's, until a dev-split sweep chooses its own
 
   c.eval.prompts = ("The capital of France is", "In machine learning, distillation")
   # A 310M student with a 256k vocab is too big for the watch preset.

@@ -6,7 +6,8 @@ The raising modules re-export their own names (`distill.config.ConfigError`, ...
 imports keep working.
 
 Exit codes (`distill.cli.guarded`): `UsageError` (and any ValueError / FileNotFoundError) -> 2,
-`Preempted` -> 0 (a checkpoint was saved), everything else -> 1.
+`Preempted` -> 0 (a checkpoint was saved), `GateError` -> 1 (the file and the report are
+written), everything else -> 1.
 """
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ class LoadError(UsageError):
 
 class BudgetError(UsageError):
   """The exported file does not fit the preset's size budget (a usage error: exit code 2)."""
+
+
+class GateError(RuntimeError):
+  """An exported file failed its verification gate. Raised after the file, its model card
+  (marked failed, with the figures) and the report are written, so the run's results are on
+  disk; exit 1. `report`, when set, is the pipeline's report dict (the CLI prints its table)."""
+
+  def __init__(self, message: str, report: dict | None = None):
+    super().__init__(message)
+    self.report = report
 
 
 class NonFiniteError(RuntimeError):

@@ -212,7 +212,7 @@ def test_transfer_fraction_is_fixed_subset(tmp_path, text_glob):
   index = {w["inputs"].tobytes() + w["mask"].tobytes(): i for i, w in enumerate(windows)}
   n = len(windows)
   assert len(index) == n > 20  # Windows must be told apart by content.
-  keep = data.transfer_window_ids(n, 0.25)
+  keep = data.transfer_window_ids(n, 0.25, 0.0)
   assert len(keep) == round(n * 0.25)
   assert keep.max() > n // 2  # Spans the corpus rather than its head.
 
@@ -235,7 +235,7 @@ def test_training_path_does_not_import_tensorflow(pydoc_workdir):
       import json, sys
       from distill import data
       cfg = data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=64,
-                          add_bos=False, max_documents=None)
+                          add_bos=False, max_documents=None, dev_fraction=0.0)
       it = data.make_train_iterator(cfg, None, {pydoc_workdir!r}, batch_size=8, seed=0)
       batch = next(it)
       data.eval_batches(cfg, None, {pydoc_workdir!r}, batch_size=8, max_batches=1)

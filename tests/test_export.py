@@ -6,6 +6,7 @@ after the prompts) and the tests read the resulting cards and files.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -252,3 +253,34 @@ def test_generate_cli(root):
   assert bad.returncode == 2 and len(_error_lines(bad.stderr)) == 1
   bad = _cli("distill.generate", f"--model={root}/nope", "--prompt=x")
   assert bad.returncode == 2 and len(_error_lines(bad.stderr)) == 1
+
+
+_CONVERT_ONE = """
+import jax
+from distill.export import converter
+from distill.models.model_config import ModelConfig
+from distill.models.transformer import LM
+lm = LM(ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+                    max_len=32))
+lm32, p32 = converter.export_lm(lm, lm.init(jax.random.key(0)))
+converter.save_saved_model(converter.build_module(lm32, p32, vocab=64, max_context=32,
+                                                  prefill_len=8, int8_embedding=False), {sm!r})
+for mode in ("fp32", "dynamic_int8"):
+  assert converter.to_tflite({sm!r}, mode)[0]
+print("converted")
+"""
+
+
+def test_conversion_prints_no_converter_warnings(tmp_path):
+  """A healthy conversion shows no TensorFlow/TFLite warning lines: the converter's absl C++
+  `W0000 ... Ignored output_format.` lines ignore TF_CPP_MIN_LOG_LEVEL (quiet_tf filters them)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-c", _CONVERT_ONE.format(sm=str(tmp_path / "sm"))],
+                     capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  assert r.returncode == 0 and r.stdout.strip() == "converted", r.stderr[-3000:]
+  noisy = [line for line in r.stderr.splitlines()
+           if re.match(r"[WEF]\d{4} ", line) or "Ignored output_format" in line
+           or "Ignored drop_control_dependency" in line]
+  assert not noisy, "\n".join(noisy)

@@ -38,10 +38,18 @@ def test_pipeline_writes_report_and_stage_dirs(finished_run):
   assert saved["teacher"]["top1_agreement"] == pytest.approx(1.0)
   # The formula, or nan when a 2-step teacher is no better than the baseline (both branches
   # are checked: a report that dropped or mis-computed the figure fails either way).
-  t, s, b = (saved[m]["val_ce"] for m in ("teacher", "student", "baseline"))
+  # Between the best dev checkpoints (train.select_best); with 2 steps and dev_every 25 the
+  # only dev loss is the last step's, so the best checkpoint is the last step.
+  assert saved["gap_closed_models"]["gap_closed"] == ["student_best", "baseline_best"]
+  for m in ("student", "baseline"):
+    assert saved[f"{m}_best"]["step"] == 2
+    assert saved[f"{m}_best"]["val_ce"] == pytest.approx(saved[m]["val_ce"], rel=1e-6)
+  t, s, b = (saved[m]["val_ce"] for m in ("teacher", "student_best", "baseline_best"))
   expect_gap = (b - s) / (b - t) if b > t else float("nan")
   assert saved["gap_closed"] == pytest.approx(expect_gap, nan_ok=True)
   assert rep["gap_closed"] == pytest.approx(expect_gap, nan_ok=True)
+  # baseline.lr == distill.lr here: the baseline itself is the same-recipe comparison.
+  assert saved["gap_closed_models"]["gap_closed_same_recipe"] == ["student", "baseline"]
   assert set(saved["wall_seconds"]) >= {"teacher", "student", "baseline", "evaluate", "total"}
   # The precision policy the models ran under, as the run's first line stated it.
   p = saved["precision"]

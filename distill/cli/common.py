@@ -1,7 +1,8 @@
 """Shared CLI error handling: one line naming the problem and the fix, and an exit code.
 
-Exit 2 for usage mistakes (bad config, bad flags, bad paths), 1 for runtime failures. Full
-tracebacks only with --verbose.
+Exit 2 for usage mistakes (bad config, bad flags, bad paths), 1 for runtime failures and for
+an export that failed its verification gate (`errors.GateError`, raised once its file, card
+and the report are written). Full tracebacks only with --verbose.
 """
 from __future__ import annotations
 
@@ -42,13 +43,21 @@ def guarded(fn, *, verbose: bool = False) -> int:
   except errors.Preempted as e:  # SIGTERM with a checkpoint saved: a clean exit
     print(str(e), file=sys.stderr)
     return 0
+  except errors.GateError as e:  # everything else is written; the gate's verdict is the exit
+    if verbose:
+      traceback.print_exc()
+    print(f"error: {_first_line(e)}", file=sys.stderr)
+    return 1
   except Exception as e:  # pylint: disable=broad-except
     if verbose:
       traceback.print_exc()
     usage = isinstance(e, USAGE_ERRORS)
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {_first_line(e)}", file=sys.stderr)
     return 2 if usage else 1
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _config_flag_error(e: Exception, argv) -> str:

@@ -54,7 +54,8 @@ def _run():
     raise ValueError("--start_token is a .litertlm setting: add --format=litertlm")
   stage = _STAGE.value if os.path.isabs(_STAGE.value) else os.path.join(_WORKDIR.value, _STAGE.value)
   data_spec = data.DataSpec(name=_DATA.value, data_dir="", tokenizer="byte",
-                            seq_len=_SEQ_LEN.value, add_bos=None, max_documents=None)
+                            seq_len=_SEQ_LEN.value, add_bos=None, max_documents=None,
+                            dev_fraction=0.0)
   out = _OUT.value
   if out is None:
     p = resolve(_PRESET.value, quant=_QUANT.value)

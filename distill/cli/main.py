@@ -8,6 +8,7 @@ import os
 from absl import app, flags
 
 from distill.cli import common as cli
+from distill.errors import GateError
 from distill.run import pipeline
 from distill.run import report
 
@@ -46,11 +47,20 @@ def _run(workdir):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is a file; give a directory path")
   _init_distributed()
-  rep = pipeline.run(config, workdir)
+  try:
+    rep = pipeline.run(config, workdir)
+  except GateError as e:  # the results are written: show them, then the one error line
+    if e.report:
+      _summary(e.report, workdir)
+    raise
+  _summary(rep, workdir)
+  return 0
+
+
+def _summary(rep: dict, workdir: str) -> None:
   print(report.table(rep))
   if "gap_closed" in rep:
     print(f"gap closed: {rep['gap_closed']:.3f}   report: {os.path.join(workdir, 'report.md')}")
-  return 0
 
 
 def run_cli():

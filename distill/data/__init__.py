@@ -40,10 +40,11 @@ from distill.data.packing import pack, token_stream
 from distill.data.sources import TEXT_PREFIX, text_files, tokenizer_for
 from distill.data.spec import DataSpec
 from distill.data.splits import split_for_key
-from distill.data.windows import (Windows, batched, eval_rows, local_batch, pad_id,
-                                  transfer_window_ids)
+from distill.data.windows import (Windows, batched, dev_window_ids, eval_rows, local_batch,
+                                  pad_id, transfer_window_ids)
 
-__all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "batched", "eval_batches", "heldout_texts",
+__all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "batched", "dev_batches", "dev_window_ids",
+           "eval_batches", "heldout_texts",
            "local_batch", "make_train_iterator", "pad_id", "prepare", "split_for_key", "text_eval_batches",
            "token_stream", "train_windows", "transfer_window_ids"]
 
@@ -73,11 +74,12 @@ def make_train_iterator(spec: DataSpec, tokenizer: Any, workdir: str, *, batch_s
 
   Yields {"inputs": int32 [b, T], "targets": int32 [b, T], "mask": float32 [b, T]},
   b = batch_size // process_count, over the first `fraction` of the train windows (the
-  transfer set). `get_state()` is a JSON-able dict; `set_state` resumes exactly.
+  transfer set; never the dev split). `get_state()` is a JSON-able dict; `set_state` resumes
+  exactly.
   """
   local = local_batch(batch_size, process_index, process_count)
   windows = _windows(spec, tokenizer, workdir, "train")
-  ids = transfer_window_ids(windows.num_windows, fraction).tolist()
+  ids = transfer_window_ids(windows.num_windows, fraction, spec.dev_fraction).tolist()
   lo = process_index * local
   rows = windows.rows_with_ids if with_window_ids else windows.rows
   return batched(ids, rows, batch_size, seed, lo, local)
@@ -86,7 +88,20 @@ def make_train_iterator(spec: DataSpec, tokenizer: Any, workdir: str, *, batch_s
 def train_windows(spec: DataSpec, tokenizer: Any, workdir: str, fraction: float) -> tuple:
   """(window ids of the transfer set, a `rows_with_ids(ids)` function) for offline passes."""
   windows = _windows(spec, tokenizer, workdir, "train")
-  return transfer_window_ids(windows.num_windows, fraction), windows.rows_with_ids
+  return (transfer_window_ids(windows.num_windows, fraction, spec.dev_fraction),
+          windows.rows_with_ids)
+
+
+def dev_batches(spec: DataSpec, tokenizer: Any, workdir: str, *, batch_size: int,
+                max_batches: int | None = None, process_index: int = 0,
+                process_count: int = 1) -> list[dict[str, np.ndarray]]:
+  """The dev split's windows (`spec.dev_fraction` of the train split, held out of training)
+  as eval batches; [] when there is no dev split."""
+  if not spec.dev_fraction:
+    return []
+  windows = _windows(spec, tokenizer, workdir, "train")
+  return eval_rows(windows, batch_size, max_batches, process_index, process_count,
+                   ids=dev_window_ids(windows.num_windows, spec.dev_fraction))
 
 
 def eval_batches(spec: DataSpec, tokenizer: Any, workdir: str, *, split: str = "validation",

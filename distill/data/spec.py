@@ -17,6 +17,8 @@ class DataSpec:
   add_bos: a BOS before every document when packing; None = the tokenizer's own convention
     (`Tokenizer.add_bos`, which is what the run layer sets from config.data.add_bos).
   max_documents: read at most this many documents per split (None = all).
+  dev_fraction: share of the train split's windows held out as the dev split (0 = none):
+    no training stage sees them (`windows.dev_window_ids`).
   """
   name: str
   data_dir: str
@@ -24,6 +26,7 @@ class DataSpec:
   seq_len: int
   add_bos: bool | None
   max_documents: int | None
+  dev_fraction: float
 
   def resolved_data_dir(self, workdir: str) -> str:
     return self.data_dir or os.path.join(workdir, "data")

@@ -62,13 +62,37 @@ def local_batch(batch_size: int, process_index: int, process_count: int) -> int:
   return batch_size // process_count
 
 
-def transfer_window_ids(num_windows: int, fraction: float) -> np.ndarray:
-  """The first `fraction` of a fixed permutation of the windows, in ascending order."""
+def _dev_count(num_windows: int, dev_fraction: float) -> int:
+  if not 0.0 <= dev_fraction < 1.0:
+    raise ValueError(f"data dev fraction must be in [0, 1), got {dev_fraction}")
+  n_dev = max(1, int(round(num_windows * dev_fraction))) if dev_fraction else 0
+  if n_dev >= num_windows:
+    raise ValueError(f"a dev split of {n_dev} of the {num_windows} train windows leaves none to "
+                     "train on; lower data.dev_fraction or add data")
+  return n_dev
+
+
+def _permutation(num_windows: int) -> np.ndarray:
+  return np.random.default_rng(_TRANSFER_PERMUTATION_SEED).permutation(num_windows)
+
+
+def transfer_window_ids(num_windows: int, fraction: float, dev_fraction: float) -> np.ndarray:
+  """The first `fraction` of a fixed permutation of the train windows, in ascending order,
+  after the dev split (its last `dev_fraction`, `dev_window_ids`) is set aside: no stage
+  trains on the dev split, whatever its fraction. dev_fraction 0 keeps every window."""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"data transfer fraction must be in (0, 1], got {fraction}")
-  keep = max(1, int(round(num_windows * fraction)))
-  perm = np.random.default_rng(_TRANSFER_PERMUTATION_SEED).permutation(num_windows)
-  return np.sort(perm[:keep])
+  pool = num_windows - _dev_count(num_windows, dev_fraction)
+  keep = max(1, int(round(pool * fraction)))
+  return np.sort(_permutation(num_windows)[:keep])
+
+
+def dev_window_ids(num_windows: int, dev_fraction: float) -> np.ndarray:
+  """The dev split: the last `dev_fraction` of the same fixed permutation, ascending. Carved
+  from the train split (the validation split stays for the report's figures) and held out of
+  every training stage; it selects checkpoints and learning rates."""
+  n_dev = _dev_count(num_windows, dev_fraction)
+  return np.sort(_permutation(num_windows)[num_windows - n_dev:])
 
 
 def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain.DatasetIterator:
@@ -88,15 +112,18 @@ def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain
 
 
 def eval_rows(windows: Windows, batch_size: int, max_batches: int | None, process_index: int,
-               process_count: int) -> list[dict[str, np.ndarray]]:
+               process_count: int, ids: Sequence[int] | None = None
+               ) -> list[dict[str, np.ndarray]]:
+  """Batches of the windows `ids` (default: all, in stream order); this process's rows of each;
+  the last batch padded with mask-0 rows."""
   local = local_batch(batch_size, process_index, process_count)
-  n = windows.num_windows
+  ids = list(range(windows.num_windows)) if ids is None else [int(i) for i in ids]
+  n = len(ids)
   num = -(-n // batch_size)
   if max_batches is not None:
     num = min(num, int(max_batches))
   out = []
   for b in range(num):
     start = b * batch_size + process_index * local
-    ids = [i if i < n else -1 for i in range(start, start + local)]
-    out.append(windows.rows(ids))
+    out.append(windows.rows([ids[i] if i < n else -1 for i in range(start, start + local)]))
   return out

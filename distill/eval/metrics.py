@@ -28,6 +28,30 @@ def _sums(params, teacher_params, batch, *, lm: LM, teacher: LM):
   return {"ce": ce, "kl": kl, "agree": agree, "n": n}
 
 
+def _ce_sums(params, batch, *, lm: LM):
+  mask = batch["mask"]
+  n = mask.sum()
+  return {"ce": losses.cross_entropy(lm.apply(params, batch["inputs"]), batch["targets"],
+                                     mask=mask) * n, "n": n}
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_ce(lm: LM):
+  # No in_shardings: the params come as the training loop holds them (finalized ones too).
+  return jax.jit(functools.partial(_ce_sums, lm=lm))
+
+
+def mean_ce(lm: LM, params, batches, mesh) -> float:
+  """Mean next-token cross-entropy (nats/token) of `lm` over `batches` (per-process numpy
+  dicts): the dev-split loss that best-checkpoint selection compares."""
+  fn = _compiled_ce(lm)
+  ce = n = 0.0
+  for b in batches:
+    out = jax.device_get(fn(params, sharding.global_batch(b, mesh)))
+    ce, n = ce + float(out["ce"]), n + float(out["n"])
+  return ce / max(n, 1.0)
+
+
 def target_bytes(batches, tokenizer) -> int:
   """UTF-8 bytes of the masked target text, the denominator of bits/byte."""
   total = 0

@@ -1,9 +1,12 @@
 """One export: student -> verified .tflite + model card + tokenizer, published atomically.
 
-Everything is written into a hidden sibling folder first; only when the file fits the
-budget and passes verification is that folder renamed to the output folder (replacing an
-older export). A failure at any step removes the temporary folder, so an output folder
-either holds a complete, verified artifact or is left as it was.
+Everything is written into a hidden sibling folder first, then renamed to the output folder
+(replacing an older export). A file that fails its verification gate (the .tflite check or
+the .litertlm engine check) is still published, its card marked failed with the figures
+(`status: "failed"`), and then `verify.VerificationError` is raised: the user keeps what was
+made and measured, and an app reading the card sees the verdict. Any other failure (a file
+over budget, a conversion error) removes the temporary folder, so the output folder is left
+as it was.
 
 Verification levels: "full" is the acceptance check (greedy parity on prompts of every length
 1 ... 2 x prefill + 1, 16 new tokens each, and 16 validation windows teacher-forced); "quick"
@@ -41,7 +44,7 @@ LEVELS = {"full": dict(every_length=True, new_tokens=16, windows=16, calib=16),
 def default_data_spec(seq_len: int = 128) -> data.DataSpec:
   """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
   return data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=seq_len,
-                       add_bos=None, max_documents=None)
+                       add_bos=None, max_documents=None, dev_fraction=0.0)
 
 
 def train_streams(data_spec, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:
@@ -79,7 +82,8 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
            workdir: str | None = None, level: str = "full", tokenizer_dir: str | None = None,
            source: dict | None = None, num_threads: int | None = None,
            keep_saved_model: bool = False, litertlm: bool = False,
-           start_token: int | None = None, log=print) -> dict:
+           start_token: int | None = None, threshold: float | None = None,
+           log=print) -> dict:
   """Exports, verifies and publishes one preset; returns the model card.
 
   data_spec/workdir: the text calibration and verification read (default: the embedded
@@ -88,8 +92,10 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
   says the model came from; litertlm: also bundle the verified .tflite with the tokenizer and
   metadata into `student.litertlm` for LiteRT-LM, checked through its engine (litertlm.py);
   start_token: the bundle's start token as asked (None: the model's own convention; one that
-  disagrees with it is refused before any conversion, see `litertlm.start_token`).
-  The folder appears complete or not at all (`_publish`).
+  disagrees with it is refused before any conversion, see `litertlm.start_token`);
+  threshold: the agreement both gates need (None = each mode's `verify.AGREEMENT_THRESHOLD`).
+  The folder appears complete or not at all (`_publish`); after a failed gate it appears
+  complete with the card marked failed, and VerificationError is raised.
   """
   t_start = time.time()
   _check(lm, params, tokenizer, preset, level, litertlm, start_token)
@@ -114,20 +120,26 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
                  dict(source or {}, params=count_params(params)), calib_info)
     model = LiteRTModel(path, card=card, num_threads=num_threads)
     ref = verify.reference_params(p32, preset.quant)  # what the file's weights compute
+    failed = None  # the gate's VerificationError, raised once the folder is published
     if level != "none":
       t0 = time.time()
-      card["verification"] = _verification(model, lm32, ref, preset, tokenizer, data_spec,
-                                           workdir, need, level)
+      try:
+        card["verification"] = _verification(model, lm32, ref, preset, tokenizer, data_spec,
+                                             workdir, need, level, threshold)
+      except verify.VerificationError as e:
+        card["verification"] = _failed(e, level=level, text=VERIFY_TEXT)
+        failed = e
       timings["verify_s"] = round(time.time() - t0, 2)
     else:
       card["verification"] = {"level": "none", "passed": None}
     card["latency"] = model.latency()
-    if litertlm:
+    if litertlm and failed is None:  # a bundle wraps a verified .tflite only
       t0 = time.time()
-      card["litertlm"] = _bundle(tmp, path, lm32, ref, tokenizer, preset, lm.cfg, vocab,
-                                 tokenizer_dir, data_spec, workdir, need, level, model,
-                                 start_token)
+      card["litertlm"], failed = _bundle(tmp, path, lm32, ref, tokenizer, preset, lm.cfg, vocab,
+                                         tokenizer_dir, data_spec, workdir, need, level, model,
+                                         start_token, threshold)
       timings["litertlm_s"] = round(time.time() - t0, 2)
+    card["status"] = _status(card, failed)
     timings["total_s"] = round(time.time() - t_start, 2)
     card["export_timings"] = timings
     card_lib.write(tmp, card)
@@ -139,7 +151,21 @@ def export(lm, params, tokenizer, preset: presets.Preset, out_dir: str, *, data_
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   _log_result(log, preset, out_dir, name, flat, card, timings)
+  if failed is not None:
+    raise failed
   return card
+
+
+def _failed(e: verify.VerificationError, **extra) -> dict:
+  """A failed gate's record for the card: its figures, passed False, and the message."""
+  return dict(e.figures, passed=False, error=str(e), **extra)
+
+
+def _status(card: dict, failed) -> str:
+  """The card's one-word verdict: failed (a gate failed), verified, or unverified (level none)."""
+  if failed is not None:
+    return "failed"
+  return "verified" if card["verification"].get("passed") else "unverified"
 
 
 def _check(lm, params, tokenizer, preset: presets.Preset, level: str, litertlm: bool,
@@ -215,11 +241,15 @@ def _card(path, name, flat, preset, detail, cfg, vocab, tokenizer, tok_files, so
   return card
 
 
+VERIFY_TEXT = "validation split (distill.data.eval_batches)"
+
+
 def _lengths(preset, need) -> list[int]:
   return verify.sweep_lengths(preset.prefill_len, need["every_length"])
 
 
-def _verification(model, lm32, p32, preset, tokenizer, data_spec, workdir, need, level) -> dict:
+def _verification(model, lm32, p32, preset, tokenizer, data_spec, workdir, need, level,
+                  threshold) -> dict:
   """The file against the JAX fp32 model on validation windows and the prompt-length sweep."""
   length = min(preset.max_context, data_spec.seq_len)
   windows, masks = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
@@ -227,8 +257,9 @@ def _verification(model, lm32, p32, preset, tokenizer, data_spec, workdir, need,
   prompts = verify.sweep_prompts(tokenizer, windows, _lengths(preset, need),
                                  preset.max_context - 1)
   return dict(verify.verify(model, lm32, p32, preset.quant, prompts=prompts,
-                            new_tokens=need["new_tokens"], windows=windows, masks=masks),
-              level=level, text="validation split (distill.data.eval_batches)")
+                            new_tokens=need["new_tokens"], windows=windows, masks=masks,
+                            threshold=threshold),
+              level=level, text=VERIFY_TEXT)
 
 
 def _log_result(log, preset, out_dir, name, flat, card, timings) -> None:
@@ -237,14 +268,19 @@ def _log_result(log, preset, out_dir, name, flat, card, timings) -> None:
       f"verification {_verdict(card)}, {timings['total_s']:.1f}s")
   if "litertlm" in card:
     b = card["litertlm"]
+    check = b.get("engine_check", {}).get("passed")
+    verdict = "" if check is None else f", engine check {'passed' if check else 'FAILED'}"
     log(f"[export] {preset.name}: {os.path.join(out_dir, b['file'])} {b['bytes'] / 1e6:.2f} MB, "
         f"LiteRT-LM prefill {b['latency']['prefill_tokens_per_s']} tok/s, decode "
-        f"{b['latency']['decode_tokens_per_s']} tok/s")
+        f"{b['latency']['decode_tokens_per_s']} tok/s{verdict}")
 
 
 def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenizer_dir, data_spec,
-            workdir, need, level, model, start_token) -> dict:
-  """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it."""
+            workdir, need, level, model, start_token, threshold):
+  """Builds student.litertlm in `tmp`, checks it in LiteRT-LM's engine, benchmarks it;
+  (card section, the engine check's VerificationError or None). A failed bundle is still
+  benchmarked: the file is kept, and its speed is one of its figures."""
+  failed = None
   out = os.path.join(tmp, litertlm_lib.BUNDLE_NAME)
   info = litertlm_lib.build(tflite_path, out, tokenizer=tokenizer, n_layers=cfg.n_layers,
                             max_context=preset.max_context, tokenizer_dir=tokenizer_dir,
@@ -259,17 +295,20 @@ def _bundle(tmp, tflite_path, lm32, p32, tokenizer, preset, cfg, vocab, tokenize
       length = min(preset.max_context, data_spec.seq_len)
       windows, _ = validation_windows(data_spec, tokenizer, workdir, count=need["windows"],
                                       length=length)
-      info["engine_check"] = verify.bundle_check(
-          engine, lm32, p32, tokenizer, preset.quant, windows=windows,
-          prompt_lengths=_lengths(preset, need), new_tokens=need["new_tokens"], vocab=vocab,
-          max_context=preset.max_context)
+      try:
+        info["engine_check"] = verify.bundle_check(
+            engine, lm32, p32, tokenizer, preset.quant, windows=windows,
+            prompt_lengths=_lengths(preset, need), new_tokens=need["new_tokens"], vocab=vocab,
+            max_context=preset.max_context, threshold=threshold)
+      except verify.VerificationError as e:
+        info["engine_check"], failed = _failed(e), e
   finally:
     engine.close()
   decode = max(1, min(32, preset.max_context - preset.prefill_len - 1))
   # The same thread count as the .tflite figures (the engine's own default oversubscribes).
   info["latency"] = lrt.benchmark(out, prefill_tokens=preset.prefill_len, decode_tokens=decode,
                                   threads=model.num_threads)
-  return info
+  return info, failed
 
 
 def _verdict(card: dict) -> str:
@@ -277,5 +316,5 @@ def _verdict(card: dict) -> str:
   if v.get("passed") is None:
     return "skipped"
   g, t = v["greedy"], v["teacher_forced"]
-  return (f"passed ({g['identical_prompts']}/{g['prompts']} greedy identical, "
-          f"top-1 agreement {t['top1_agreement']:.1%})")
+  return (f"{'passed' if v['passed'] else 'FAILED'} ({g['identical_prompts']}/{g['prompts']} "
+          f"greedy identical, top-1 agreement {t['top1_agreement']:.1%})")

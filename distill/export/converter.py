@@ -125,6 +125,12 @@ def _converter(saved_model_dir: str):
   return conv
 
 
+def _convert(conv) -> bytes:
+  # The converter's C++ warns on every healthy conversion (quiet_tf.HARMLESS): filtered.
+  with quiet_tf.native_stderr():
+    return conv.convert()
+
+
 def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes, str]:
   """(flatbuffer, one-line description of what was quantized) for a quantization mode.
 
@@ -138,7 +144,7 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
     warnings.simplefilter("ignore")
     conv = _converter(saved_model_dir)
     if mode in ("fp32", "int4", "int4_head8", "int8"):
-      flat = conv.convert()
+      flat = _convert(conv)
       if mode == "fp32":
         return flat, "none: fp32 weights and activations"
       if mode in ("int4", "int4_head8"):
@@ -149,9 +155,9 @@ def to_tflite(saved_model_dir: str, mode: str, calibration=None) -> tuple[bytes,
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "fp16":
       conv.target_spec.supported_types = [tf.float16]
-      return conv.convert(), "fp16 weights (dequantized to fp32 at load), fp32 activations"
+      return _convert(conv), "fp16 weights (dequantized to fp32 at load), fp32 activations"
     if mode == "dynamic_int8":
-      return conv.convert(), ("int8 per-channel weights, activations quantized on the fly "
+      return _convert(conv), ("int8 per-channel weights, activations quantized on the fly "
                               "(dynamic range); fp32 interface")
   raise ValueError(f"unknown quantization mode {mode!r}")
 

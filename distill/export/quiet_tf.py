@@ -2,7 +2,9 @@
 
 TensorFlow 2.21 logs "oneDNN custom operations are on" (and, with oneDNN off, a CPU feature
 notice) through absl C++ logging at import, ignoring TF_CPP_MIN_LOG_LEVEL, and the TFLite
-runtime prints "Created TensorFlow Lite XNNPACK delegate" once. `native_stderr` runs such a
+runtime prints "Created TensorFlow Lite XNNPACK delegate" once; the TFLite converter warns
+"Ignored output_format." and "Ignored drop_control_dependency." on every conversion (options
+its own Python wrapper sets). `native_stderr` runs such a
 block with the C-level stderr captured and writes back every line except those known
 notices, so a real error from the same block still reaches the user. TF_CPP_MIN_LOG_LEVEL
 quiets TF's own C++ logger when set before TF loads.
@@ -23,6 +25,9 @@ HARMLESS = tuple(re.compile(p) for p in (
     r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
     r"^To enable the following instructions: .* rebuild TensorFlow",
     r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.",
+    # The TFLite converter (TF 2.21) warns through absl C++ logging, whatever
+    # TF_CPP_MIN_LOG_LEVEL says, that two legacy options of its own Python wrapper are unused.
+    r"tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored (output_format|drop_control_dependency)\.",
 ))
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill.errors import GateError
 from distill.export.runtime import LiteRTModel
 from distill.export import litertlm_runtime as lrt
 
@@ -29,8 +30,15 @@ AGREEMENT_THRESHOLD = {"fp16": 0.98, "dynamic_int8": 0.95, "int8": 0.95, "int4":
                        "int4_head8": 0.90}
 
 
-class VerificationError(RuntimeError):
-  """The .tflite does not reproduce the JAX student within the mode's threshold."""
+class VerificationError(GateError):
+  """The .tflite does not reproduce the JAX student within the mode's threshold.
+
+  `figures` is the result dict the check would have returned (passed False), so a caller can
+  record what was measured beside the file it keeps."""
+
+  def __init__(self, message: str, figures: dict | None = None):
+    super().__init__(message)
+    self.figures = figures or {}
 
 
 def reference_params(params, quant: str):
@@ -134,15 +142,21 @@ def teacher_forced_agreement(model: LiteRTModel, lm, params, windows, masks=None
 
 
 def verify(model: LiteRTModel, lm, params, quant: str, *, prompts, new_tokens, windows,
-           masks=None) -> dict:
-  """Both checks, the verdict for `quant`, and the figures; raises VerificationError."""
+           masks=None, threshold: float | None = None) -> dict:
+  """Both checks, the verdict for `quant`, and the figures; raises VerificationError.
+
+  `threshold` (None = AGREEMENT_THRESHOLD[quant]) replaces the mode's agreement threshold;
+  for fp32 it is required on top of identical greedy generations."""
   parity = greedy_parity(model, lm, params, prompts, new_tokens)
   tf_agree = teacher_forced_agreement(model, lm, params, windows, masks)
   if quant == "fp32":
     passed = parity["all_identical"]
     rule = "greedy generations token-identical to JAX"
+    if threshold is not None:
+      passed = passed and tf_agree["top1_agreement"] >= threshold
+      rule += f" and teacher-forced top-1 agreement >= {threshold:.0%}"
   else:
-    need = AGREEMENT_THRESHOLD[quant]
+    need = AGREEMENT_THRESHOLD[quant] if threshold is None else threshold
     ok = tf_agree["top1_agreement"] >= need
     passed = ok or (quant == "fp16" and parity["all_identical"])
     rule = (f"greedy identical or teacher-forced top-1 agreement >= {need:.0%}" if quant == "fp16"
@@ -152,12 +166,13 @@ def verify(model: LiteRTModel, lm, params, quant: str, *, prompts, new_tokens, w
     raise VerificationError(
         f"{quant} file failed verification ({rule}): {parity['identical_prompts']}/"
         f"{parity['prompts']} greedy generations identical, teacher-forced top-1 agreement "
-        f"{tf_agree['top1_agreement']:.1%}; try a less aggressive --quant")
+        f"{tf_agree['top1_agreement']:.1%}; try a less aggressive --quant", figures=result)
   return result
 
 
 def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompt_lengths,
-                 new_tokens: int, vocab: int, max_context: int, positions: int = 32) -> dict:
+                 new_tokens: int, vocab: int, max_context: int, positions: int = 32,
+                 threshold: float | None = None) -> dict:
   """The .litertlm in LiteRT-LM's engine vs the JAX student; raises VerificationError.
 
   Three figures: the bundled tokenizer's ids equal ours on the validation text; greedy
@@ -166,6 +181,7 @@ def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompt_l
   the bundle's start token first exactly when the model was trained with BOS, so both feed
   the same ids); teacher-forced top-1 agreement through the engine on prefixes of 4 windows.
   fp32 must be token-identical; the other modes need the .tflite's agreement threshold.
+  `threshold` as in `verify`.
   """
   texts = [tokenizer.decode(w) for w in windows]
   tok = lrt.tokenizer_matches(engine, tokenizer, texts)
@@ -198,8 +214,11 @@ def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompt_l
   if quant == "fp32":
     passed = tok["all_identical"] and greedy["all_identical"]
     rule = "tokenizer ids and greedy generations identical to JAX through LiteRT-LM"
+    if threshold is not None:
+      passed = passed and rate >= threshold
+      rule += f" and teacher-forced top-1 agreement >= {threshold:.0%}"
   else:
-    need = AGREEMENT_THRESHOLD[quant]
+    need = AGREEMENT_THRESHOLD[quant] if threshold is None else threshold
     passed = tok["all_identical"] and rate >= need
     rule = f"tokenizer ids identical, teacher-forced top-1 agreement >= {need:.0%} in LiteRT-LM"
   result = {"passed": bool(passed), "rule": rule, "tokenizer": tok, "greedy": greedy,
@@ -209,5 +228,5 @@ def bundle_check(engine, lm, params, tokenizer, quant: str, *, windows, prompt_l
     raise VerificationError(
         f".litertlm failed its LiteRT-LM check ({rule}): tokenizer {tok['identical']}/"
         f"{tok['texts']} texts identical, {greedy['identical_prompts']}/{greedy['prompts']} "
-        f"greedy generations identical, top-1 agreement {rate:.1%}")
+        f"greedy generations identical, top-1 agreement {rate:.1%}", figures=result)
   return result

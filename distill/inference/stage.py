@@ -14,6 +14,7 @@ from distill.errors import LoadError
 from distill.models.transformer import LM
 from distill.models.model_config import ModelConfig
 from distill.train import checkpoint
+from distill.train import selection
 
 
 def save_stage(directory, model_cfg: ModelConfig, tokenizer, params, info: dict | None = None):
@@ -44,7 +45,9 @@ def read_model_config(directory) -> ModelConfig:
     raise LoadError(f"{path} is corrupt ({e}); re-run the stage that wrote it") from None
 
 
-def load_stage_params(directory, lm: LM, shardings=None, dtype=None):
+def load_stage_params(directory, lm: LM, shardings=None, dtype=None, best: bool = False):
+  """The stage's final params, or with `best` those of its best dev checkpoint (`best/`,
+  distill.train.selection), in `shardings` (default: the first device)."""
   if not is_stage(directory):
     raise LoadError(f"{directory!r} has no finished stage (stage.json missing); finish the run "
                     "with `python -m distill.main` first")
@@ -52,9 +55,9 @@ def load_stage_params(directory, lm: LM, shardings=None, dtype=None):
   if shardings is None:
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: dev, shapes)
+  where = selection.best_params_dir(directory) if best else os.path.join(directory, "params")
   try:
-    return checkpoint.load_params(os.path.join(directory, "params"),
-                                  checkpoint.abstract_like(shapes, shardings, dtype))
+    return checkpoint.load_params(where, checkpoint.abstract_like(shapes, shardings, dtype))
   except Exception as e:  # pylint: disable=broad-except
-    raise LoadError(f"parameters in {directory}/params are unreadable or do not match "
+    raise LoadError(f"parameters in {where} are unreadable or do not match "
                     f"model_config.json ({str(e).splitlines()[0][:160]}); re-run the stage") from None

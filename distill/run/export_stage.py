@@ -12,8 +12,14 @@ Config fields (stated with their meaning in configs/base.py):
       litert-lm-builder and litert-lm-api are installed (requirements-edge.txt) and logs one
       line otherwise, True requires them (exit 2 without them).
 
+  config.export.<preset>.min_agreement   0 = each mode's threshold (verify.AGREEMENT_THRESHOLD)
+
 Like the other stages it is skipped when its output exists: a preset folder whose card was
-made from the same student stage with the same settings is reused.
+made from the same student stage with the same settings, and passed its gates, is reused. A
+preset whose gate fails keeps its file (the card marked failed, with the figures), the other
+presets still export, and `run` reports the failure in its summary ("error"); the pipeline
+raises it once the report is written. A failed export is redone on the next run, so re-running
+with another quant or min_agreement re-exports without retraining.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import logging
 import os
 
 from distill.export import artifact, presets
+from distill.export.verify import VerificationError
 from distill.run import settings
 from distill.export.runtime import CARD_NAME
 
@@ -42,7 +49,8 @@ def _want_litertlm(value) -> bool:
   return have
 
 
-def _key(preset: presets.Preset, student_dir: str, level: str, litertlm: bool = False) -> str:
+def _key(preset: presets.Preset, student_dir: str, level: str, litertlm: bool = False,
+         threshold: float | None = None) -> str:
   info = ""
   path = os.path.join(student_dir, "stage.json")
   if os.path.exists(path):
@@ -51,13 +59,28 @@ def _key(preset: presets.Preset, student_dir: str, level: str, litertlm: bool = 
   raw = {"preset": preset.__dict__, "stage": info, "level": level}
   if litertlm:  # only then, so exports made before the bundle existed stay reusable
     raw["litertlm"] = True
+  if threshold is not None:  # likewise: the mode's own threshold keeps the old keys
+    raw["min_agreement"] = threshold
   raw = json.dumps(raw, sort_keys=True)
   return hashlib.md5(raw.encode()).hexdigest()[:16]
 
 
+def gates_failed(card: dict) -> bool:
+  """Whether the card records a failed gate (the .tflite check or the bundle's engine check)."""
+  check = (card.get("litertlm") or {}).get("engine_check", {})
+  return (card.get("status") == "failed" or card.get("verification", {}).get("passed") is False
+          or check.get("passed") is False)
+
+
 def summary(card: dict, out_dir: str) -> dict:
   v = card.get("verification", {})
+  errors = [x["error"] for x in (v, (card.get("litertlm") or {}).get("engine_check", {}))
+            if x.get("error")]
   return {
+      "status": card.get("status") or ("failed" if gates_failed(card) else
+                                       "verified" if v.get("passed") else "unverified"),
+      "rule": v.get("rule"),
+      **({"error": "; ".join(errors)} if errors else {}),
       "file": os.path.join(out_dir, card["model_file"]), "quantization": card["quantization"],
       "bytes": card["bytes"], "budget_bytes": card["budget_bytes"],
       "max_context": card["max_context"], "prefill_len": card["prefill_len"],
@@ -80,11 +103,20 @@ def _bundle_summary(card: dict, out_dir: str) -> dict:
   return {"litertlm_file": os.path.join(out_dir, b["file"]), "litertlm_bytes": b["bytes"],
           "litertlm_prefill_tokens_per_s": b["latency"]["prefill_tokens_per_s"],
           "litertlm_decode_tokens_per_s": b["latency"]["decode_tokens_per_s"],
-          "litertlm_top1_agreement": check.get("teacher_forced", {}).get("top1_agreement")}
+          "litertlm_top1_agreement": check.get("teacher_forced", {}).get("top1_agreement"),
+          "litertlm_verified": check.get("passed"), "litertlm_rule": check.get("rule")}
+
+
+def failures(results: dict | None) -> list[str]:
+  """'<preset>: <message>' for each preset in `run`'s results whose gate failed."""
+  return [f"{name}: {x.get('error') or 'verification failed'} (kept in "
+          f"{os.path.dirname(x['file'])})"
+          for name, x in (results or {}).items() if x.get("status") == "failed"]
 
 
 def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
-  """Exports every preset in config.export.presets; returns {preset: summary}."""
+  """Exports every preset in config.export.presets; returns {preset: summary}. A preset that
+  fails its gate is in the results with status "failed" and its error; see `failures`."""
   c = config.export
   level = c.verify
   # Off unless asked: the bundle's engine check gates on teacher-forced agreement, which a
@@ -96,19 +128,27 @@ def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
     # '' / 0 in configs/base.py: keep the preset's own value.
     preset = presets.resolve(name, **{k: c[name][k] or None for k in _OVERRIDES})
     out_dir = os.path.join(workdir, "export", name)
-    key = _key(preset, student_dir, level, litertlm)
+    threshold = settings.gate_threshold(c[name])
+    key = _key(preset, student_dir, level, litertlm, threshold)
     card_file = os.path.join(out_dir, CARD_NAME)
     if os.path.exists(card_file):
       with open(card_file) as f:
         card = json.load(f)
-      if card.get("source", {}).get("export_key") == key:
+      # A failed gate is redone: the same settings may pass against another student, and a
+      # user re-running after a failure means to try again.
+      if card.get("source", {}).get("export_key") == key and not gates_failed(card):
         logging.info("[export] %s: finished export found in %s: skipped", name, out_dir)
         results[name] = summary(card, out_dir)
         continue
     source = {"stage_dir": os.path.abspath(student_dir), "export_key": key}
-    card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
-                           data_spec=settings.data_spec(config.data), workdir=workdir, level=level,
-                           tokenizer_dir=os.path.join(student_dir, "tokenizer"), source=source,
-                           litertlm=litertlm, log=lambda msg: print(msg, flush=True))
+    try:
+      card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
+                             data_spec=settings.data_spec(config.data), workdir=workdir,
+                             level=level, tokenizer_dir=os.path.join(student_dir, "tokenizer"),
+                             source=source, litertlm=litertlm, threshold=threshold,
+                             log=lambda msg: print(msg, flush=True))
+    except VerificationError:  # published with its card marked failed; the next preset goes on
+      with open(card_file) as f:
+        card = json.load(f)
     results[name] = summary(card, out_dir)
   return results

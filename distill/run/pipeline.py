@@ -34,7 +34,8 @@ from distill.train import step
 from distill.methods import teacher_cache
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
-from distill.errors import ConfigError
+from distill.train import selection
+from distill.errors import ConfigError, GateError
 from distill.methods.prune import vocab_teacher
 from distill.models import gguf, hf
 from distill.run import export_stage, settings, student_init
@@ -83,6 +84,7 @@ class Context:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
     self.tokenizer = None
+    self._dev = None
 
   def use_tokenizer(self, tok) -> None:
     """The run's tokenizer, with the run's start-of-sequence convention (config.data.add_bos,
@@ -108,21 +110,42 @@ class Context:
         with_window_ids=cache is not None)
     return it if cache is None else teacher_cache.CachedIterator(it, cache)
 
+  def dev_check(self, lm: LM) -> selection.DevCheck | None:
+    """The dev-split loss (and best-checkpoint selection) for a stage saving model `lm`, or
+    None when `train.dev_every` is 0."""
+    t = self.config.train
+    if not t.dev_every:
+      return None
+    if self._dev is None:  # the dev windows, read once per run
+      c = self.config
+      self._dev = data.dev_batches(
+          self.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size,
+          max_batches=c.data.eval_batches or None, process_index=jax.process_index(),
+          process_count=jax.process_count())
+    batches, mesh = self._dev, self.mesh
+    return selection.DevCheck(every=int(t.dev_every), keep_best=bool(t.select_best),
+                              loss=lambda params: evaluate.mean_ce(lm, params, batches, mesh))
+
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
-                 finalize=None, saved_lm=None, on_policy=None, data_iter=None):
-  """Train (or resume, or skip) one stage; returns (params, info).
+                 finalize=None, saved_lm=None, on_policy=None, data_iter=None, dev=False):
+  """Train (or resume, or skip) one stage; returns (params, info, best params or None).
 
   `finalize` maps the trained params to the saved ones, of model `saved_lm` (default `lm`).
+  `dev`: log the dev-split loss and keep the best checkpoint (train.dev_every,
+  train.select_best); its params are the third value, its step and loss info["best"].
   """
   c, stage_dir = ctx.config, os.path.join(ctx.workdir, name)
   saved_lm = saved_lm or lm
+  shardings = sharding.param_shardings(saved_lm, ctx.mesh)
   if stage.is_stage(stage_dir):
     logging.info("[%s] finished stage found in %s: skipped", name, stage_dir)
     with open(os.path.join(stage_dir, "stage.json")) as f:
-      return (stage.load_stage_params(stage_dir, saved_lm,
-                                    sharding.param_shardings(saved_lm, ctx.mesh)), json.load(f))
+      info = json.load(f)
+    best = (stage.load_stage_params(stage_dir, saved_lm, shardings, best=True)
+            if info.get("best") else None)
+    return stage.load_stage_params(stage_dir, saved_lm, shardings), info, best
   os.makedirs(stage_dir, exist_ok=True)
   tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
@@ -133,12 +156,13 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
                   skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
-                  on_policy=on_policy)
-  info = {"steps": steps, "wall_seconds": res.wall_seconds, "resumed_from": res.resumed_from,
-          "final": res.history[-1][1] if res.history else {},
-          "transfer_fraction": fraction}
+                  on_policy=on_policy, dev=ctx.dev_check(saved_lm) if dev else None)
+  info = {"steps": steps, "lr": lr, "wall_seconds": res.wall_seconds,
+          "resumed_from": res.resumed_from, "final": res.history[-1][1] if res.history else {},
+          "transfer_fraction": fraction, "best": res.best}
   stage.save_stage(stage_dir, saved_lm.cfg, ctx.tokenizer, res.params, info)
-  return res.params, info
+  best = stage.load_stage_params(stage_dir, saved_lm, shardings, best=True) if res.best else None
+  return res.params, info, best
 
 
 def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfig):
@@ -157,15 +181,15 @@ def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfi
     outliers = qad.outlier_channels(student, fp32_params, batches, c.distill.qat_outliers)
   q_lm = LM(student.cfg.replace(outlier_channels=outliers))
   cfg = dataclasses.replace(cfg, qat_outliers=outliers)
-  params, info = _train_stage(
+  params, info, best = _train_stage(
       ctx, "student", q_lm, steps=c.distill.qat_steps, lr=c.distill.qat_lr,
       fraction=c.distill.transfer_fraction, teacher_params=fp32_params,
       teacher_shardings=sharding.param_shardings(student, ctx.mesh),
       init_params=lambda _: fp32_params,
       loss_fn=functools.partial(objectives.distill_loss, student=q_lm, teacher=student,
                                 cfg=cfg),
-      finalize=cfg.final_params, saved_lm=cfg.final_lm(q_lm))
-  return cfg.final_lm(q_lm), params, info
+      finalize=cfg.final_params, saved_lm=cfg.final_lm(q_lm), dev=True)
+  return cfg.final_lm(q_lm), params, info, best
 
 
 def load_or_train_teacher(ctx: Context):
@@ -187,9 +211,9 @@ def load_or_train_teacher(ctx: Context):
     ctx.use_tokenizer(tokenizers.from_config(c.data.tokenizer))
     cfg = model_config(c.teacher.model, padded_vocab(ctx.tokenizer.vocab_size), c)
     lm = LM(cfg)
-    _, info = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
-                           lr=c.teacher.pretrain.lr, fraction=1.0,
-                           loss_fn=functools.partial(objectives.ce_loss, student=lm))
+    _, info, _ = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
+                              lr=c.teacher.pretrain.lr, fraction=1.0,
+                              loss_fn=functools.partial(objectives.ce_loss, student=lm))
     path = os.path.join(ctx.workdir, "teacher")
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
   lm = LM(read_only_teacher(cfg, c))
@@ -391,30 +415,57 @@ def _soft_targets(ctx: Context, t: _Teacher, s: _Student, walls: dict):
                            cfg=s.loss_cfg), None
 
 
+def _add(models: dict, name: str, lm: LM, trained) -> None:
+  """models[name] = (lm, params, info), and models[name + "_best"] for its best checkpoint
+  (evaluated beside the last step; its info names the step and dev loss)."""
+  params, info, best = trained
+  models[name] = (lm, params, info)
+  if best is not None:
+    models[f"{name}{BEST_SUFFIX}"] = (lm, best, dict(info["best"], best_of=name))
+
+
+BEST_SUFFIX = "_best"
+
+
+def _baselines(ctx: Context, s: _Student, models: dict) -> None:
+  """The hard-label baselines, same shape, init, order and steps as the student: `baseline`
+  at baseline.lr on the transfer set; `baseline_same_recipe` at the student's distill.lr (only
+  when baseline.lr differs, with baseline.same_recipe: the old comparison); and
+  `baseline_more_labels` on the whole train split (baseline.more_labels: what more labelled
+  data buys, against what the teacher buys)."""
+  c = ctx.config
+  kw = dict(steps=c.distill.steps, loss_fn=functools.partial(objectives.ce_loss, student=s.lm),
+            init_params=s.init if c.student.init == "prune" else None)  # same pruned start
+  frac = c.distill.transfer_fraction
+  _add(models, "baseline", s.lm, _train_stage(ctx, "baseline", s.lm, lr=c.baseline.lr,
+                                              fraction=frac, dev=True, **kw))
+  if c.baseline.same_recipe and c.baseline.lr != c.distill.lr:
+    _add(models, "baseline_same_recipe", s.lm, _train_stage(
+        ctx, "baseline_same_recipe", s.lm, lr=c.distill.lr, fraction=frac, **kw))
+  if c.baseline.more_labels:
+    _add(models, "baseline_more_labels", s.lm, _train_stage(
+        ctx, "baseline_more_labels", s.lm, lr=c.baseline.lr, fraction=1.0, dev=True, **kw))
+
+
 def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dict:
   """{name: (LM, params, stage info)}: teacher, student (and its fp32 stage before QAD),
-  baseline."""
+  the baselines, and `<name>_best` for each stage's best dev checkpoint."""
   c = ctx.config
   plan = _on_policy_plan(ctx, s.lm, t.view, s.loss_cfg)
   s_lm = s.loss_cfg.final_lm(s.lm)  # the saved student's model (untied after in-stage QAD)
-  s_params, s_info = _train_stage(
+  trained = _train_stage(
       ctx, "student_fp32" if s.qad_cfg else "student", s.lm, steps=c.distill.steps,
       lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t.params,
       teacher_shardings=t.shardings, init_params=s.init_with_features, loss_fn=loss_fn,
       cache=cache, finalize=s.loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
-      data_iter=_generated_iter(ctx))
+      data_iter=_generated_iter(ctx), dev=True)
   models = {"teacher": (t.lm, t.params, t.info)}
   if s.qad_cfg:
-    models["student_fp32"] = (s_lm, s_params, s_info)
-    s_lm, s_params, s_info = _qad_stage(ctx, s.lm, s_params, s.qad_cfg)
-  models["student"] = (s_lm, s_params, s_info)
+    _add(models, "student_fp32", s_lm, trained)
+    s_lm, *trained = _qad_stage(ctx, s.lm, trained[0], s.qad_cfg)
+  _add(models, "student", s_lm, trained)
   if c.baseline.enabled:
-    b_params, b_info = _train_stage(
-        ctx, "baseline", s.lm, steps=c.distill.steps, lr=c.distill.lr,
-        fraction=c.distill.transfer_fraction,
-        loss_fn=functools.partial(objectives.ce_loss, student=s.lm),
-        init_params=s.init if c.student.init == "prune" else None)  # same pruned start
-    models["baseline"] = (s.lm, b_params, b_info)
+    _baselines(ctx, s, models)
   return models
 
 
@@ -425,7 +476,11 @@ def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
   prompts, s_cfg = sample_eval.prompts(
       ctx.data, ctx.tokenizer, ctx.workdir, t.view, count=e.sample_prompts,
       prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
-  for name, (lm, params, _) in models.items():
+  for name, (lm, params, info) in models.items():
+    if "best_of" in info:  # a best checkpoint: validation figures, its step, its size
+      results[name].update(step=info["step"], dev_loss=info["dev_loss"],
+                           params=count_params(params))
+      continue
     if prompts is not None:  # same prompts, settings and key for every model
       scorer, rows, cfg = t.view, prompts, s_cfg
       if t.trim is not None and name == "teacher":  # the teacher samples in its own vocabulary
@@ -454,19 +509,28 @@ def _run(config, workdir: str) -> dict:
   models = _train_models(ctx, teacher, student, loss_fn, cache)
   t_eval = time.time()
   results = _evaluate(ctx, teacher, models)
-  walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items()}
+  walls = {k: v[2].get("wall_seconds", 0.0) for k, v in models.items() if "best_of" not in v[2]}
   walls["evaluate"] = time.time() - t_eval
   walls.update(walls_extra)
-  if config.export.enabled:
-    t_exp = time.time()
-    _, s_params, _ = models["student"]
-    results["export"] = export_stage.run(config, workdir, models["student"][0], s_params,
-                                         ctx.tokenizer)
-    walls["export"] = time.time() - t_exp
+  # Results before gates: the report is on disk before any export can fail or take long.
   rep = report.build(config, results, walls, time.time() - t0)
   if ctx.is_main:
     report.write(workdir, rep, config)
+  if config.export.enabled:
+    t_exp = time.time()
+    s_lm, s_params, _ = models["student"]
+    rep["export"] = export_stage.run(config, workdir, s_lm, s_params, ctx.tokenizer)
+    rep["wall_seconds"].update(export=time.time() - t_exp, total=time.time() - t0)
+    if ctx.is_main:  # again, with each file's figures (and verdict)
+      report.write(workdir, rep, config)
+  if ctx.is_main:
     ctx.writer.close()
+  failed = export_stage.failures(rep.get("export"))
+  if failed:  # last: every stage, file, card and the report are written
+    raise GateError(
+        f"export gate failed for {'; '.join(failed)}; report.json and the model card mark it "
+        "failed; re-run the same command with another --config.export.<preset>.quant or "
+        "--config.export.<preset>.min_agreement to re-export without retraining", report=rep)
   return rep
 
 

@@ -19,7 +19,14 @@ def data_spec(d) -> DataSpec:
   """`config.data` -> DataSpec."""
   return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
                   seq_len=int(d.seq_len), add_bos=add_bos(d),
-                  max_documents=None if d.max_documents is None else int(d.max_documents))
+                  max_documents=None if d.max_documents is None else int(d.max_documents),
+                  dev_fraction=float(d.dev_fraction))
+
+
+def gate_threshold(p) -> float | None:
+  """`config.export.<preset>` -> the agreement its export gates need; None (min_agreement 0)
+  = each quantization mode's own threshold (distill.export.verify.AGREEMENT_THRESHOLD)."""
+  return float(p.min_agreement) or None
 
 
 def add_bos(d) -> bool | None:

@@ -189,14 +189,29 @@ def _data(c):
   _req(_num(c, "data.eval_batches", int) >= 0, "--config.data.eval_batches must be >= 0")
   _req(str(_get(c, "data.add_bos")).lower() in ("auto", "true", "false"),
        "--config.data.add_bos must be auto, true or false")
+  _req(0.0 <= _num(c, "data.dev_fraction") <= 0.5, f"--config.data.dev_fraction="
+       f"{c.data.dev_fraction} must be in [0, 0.5] (the train split's share held out; 0 = none)")
   docs = _get(c, "data.max_documents")
   _req(docs is None or (isinstance(docs, int) and docs > 0),
        f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
 
 
+def _selection(c):
+  """Dev-split losses, best-checkpoint selection and the extra baselines."""
+  every = _num(c, "train.dev_every", int)
+  _req(every >= 0, f"--config.train.dev_every={every} must be >= 0 (0 = no dev loss)")
+  for flag in ("train.select_best", "baseline.same_recipe", "baseline.more_labels"):
+    _req(isinstance(_get(c, flag), bool), f"--config.{flag}={_get(c, flag)!r} must be True or "
+         "False")
+  _req(not every or c.data.dev_fraction > 0, f"--config.train.dev_every={every} needs a dev "
+       "split: set --config.data.dev_fraction > 0 (e.g. 0.05), or dev_every=0")
+  _req(not c.train.select_best or every, "--config.train.select_best=True needs dev losses: "
+       "set --config.train.dev_every > 0, or select_best=False")
+
+
 def _optimizer(c):
   """Learning rates, warmup, clipping."""
-  for stage in ("teacher.pretrain.lr", "distill.lr"):
+  for stage in ("teacher.pretrain.lr", "distill.lr", "baseline.lr"):
     _req(_num(c, stage) > 0, f"--config.{stage}={_get(c, stage)} must be > 0")
   _req(_num(c, "optimizer.warmup_steps", int) >= 0, "--config.optimizer.warmup_steps must be >= 0")
   _req(_num(c, "optimizer.clip_norm") > 0, "--config.optimizer.clip_norm must be > 0")
@@ -378,12 +393,18 @@ def _export(c):
        f"--config.export.verify={c.export.verify!r} must be quick, full or none")
   _req(str(_get(c, "export.litertlm")).lower() in ("true", "false", "auto"),
        f"--config.export.litertlm={c.export.litertlm!r} must be true, false or auto")
+  for p in _get(c, "export.presets"):
+    # Below 2: a percentage typed as 95 or 98 is refused; above 1 only fails a gate on purpose.
+    v = _num(c, f"export.{p}.min_agreement")
+    _req(0.0 <= v < 2.0, f"--config.export.{p}.min_agreement={v} must be a fraction in [0, 1] "
+         "(0.95 = 95%; 0 = the quantization mode's own threshold)")
 
 
 def validate(c, n_devices: int | None = None) -> None:
   """Raise ConfigError for the first problem found (sections in the order the run meets them)."""
   _run_fields(c)
   _data(c)
+  _selection(c)
   _optimizer(c)
   _teacher(c)
   _student(c)

@@ -36,6 +36,10 @@ class Checkpointer:
   def latest_step(self):
     return self.mngr.latest_step()
 
+  def steps(self) -> list[int]:
+    """The steps of the checkpoints kept on disk (orbax drops older ones past max_to_keep)."""
+    return list(self.mngr.all_steps())
+
   def should_save(self, step: int, last: int) -> bool:
     return step % self.every == 0 or step == last
 

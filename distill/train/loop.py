@@ -23,6 +23,7 @@ import tqdm
 
 from distill.train import checkpoint
 from distill.train import preemption
+from distill.train import selection
 from distill.models import sharding
 from distill.train import step as step_lib
 from distill.errors import NonFiniteError, Preempted
@@ -40,6 +41,7 @@ class StageResult:
   history: list  # [(step, {metric: value})]
   wall_seconds: float
   resumed_from: int
+  best: dict | None = None  # {"step", "dev_loss"} of <stage>/best/ (a DevCheck with keep_best)
 
 
 def _fmt_time(s):
@@ -121,12 +123,16 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
         tx: optax.GradientTransformation, seed: int, checkpoint_every: int, log_every: int = 25,
         teacher_params=None, teacher_shardings=None, init_params: Callable | None = None,
         writer=None, is_main: bool = True, skip_nonfinite: bool = False,
-        finalize: Callable | None = None, on_policy=None) -> StageResult:
+        finalize: Callable | None = None, on_policy=None,
+        dev: selection.DevCheck | None = None) -> StageResult:
   """Train `lm` for `steps` steps, resuming from `stage_dir/checkpoints` when present.
 
   `finalize(params)` maps the trained params to those returned (LossConfig.final_params).
   `on_policy` (an `onpolicy.Plan`) interleaves student-sampled steps: `on_policy.use(step)`
-  picks the step, each kind compiled once.
+  picks the step, each kind compiled once. `dev` logs the dev-split loss (`dev_loss`) of the
+  params as saved every `dev.every` steps and, with `keep_best`, keeps the lowest one's params
+  in <stage>/best/ (`distill.train.selection`: written with each checkpoint, so a resume
+  continues from the best of the run it resumes).
   """
   t_start = time.time()
   init_rng, step_rng = jax.random.split(jax.random.key(seed))
@@ -140,6 +146,11 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
   else:
     step_fns = {k: built.jit(f) for k, f in on_policy.steps(loss_fn, tx, skip_nonfinite).items()}
   recorder = _Recorder(name, stage_dir, start, writer, is_main)
+  best = selection.Best(stage_dir, start, is_main) if dev is not None and dev.keep_best else None
+
+  def saved(params):  # what the stage saves (and the dev loss is taken of)
+    params = split_features(params)[0]
+    return finalize(params) if finalize is not None else params
   progress = Progress(name, steps, 0, enabled=is_main)
   preempt = preemption.StopFlag()
   pending = []
@@ -151,8 +162,14 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
       step_fn = step_fns[on_policy is not None and on_policy.use(step)]
       state, metrics = step_fn(state, sharding.global_batch(local, mesh),
                                jax.random.fold_in(step_rng, step), teacher_params)
-      pending.append((step + 1, metrics))
       done = step + 1
+      if dev is not None and dev.due(done, steps):
+        params = saved(state.params)
+        loss = float(dev.loss(params))
+        metrics = dict(metrics, dev_loss=loss)
+        if best is not None:
+          best.offer(done, loss, params)
+      pending.append((done, metrics))
       # Every process stops at the same step: the flag is agreed on across processes.
       stop = preempt.agreed()
       # Metrics are checked (and logged) before any state is saved, a preemption save included.
@@ -162,7 +179,11 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
         pending = []
         progress.update(done, recorder.history[-1][1])
       if save:
+        if best is not None:  # before the checkpoint it belongs to (selection.py)
+          best.before_checkpoint(done)
         ckpt.save(done, state, data_iter.get_state())
+        if best is not None:
+          best.after_checkpoint(ckpt.steps())
         if stop and done < steps:
           raise Preempted(f"[{name}] preempted: checkpoint saved at step {done} in "
                           f"{stage_dir}; re-run the same command to resume")
@@ -171,9 +192,10 @@ def run(*, name: str, lm: LM, mesh, stage_dir: str, data_iter, steps: int, loss_
     progress.close()
     ckpt.close()
     recorder.close()
-  params = split_features(state.params)[0]
-  params = finalize(params) if finalize is not None else params
-  return StageResult(params, recorder.history, time.time() - t_start, start)
+  if best is not None:
+    best.finish()
+  return StageResult(saved(state.params), recorder.history, time.time() - t_start, start,
+                     best.info() if best is not None else None)
 
 
 def _restore_or_init(name: str, built, ckpt, data_iter, init_rng):

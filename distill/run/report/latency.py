@@ -73,12 +73,14 @@ def tflite_decode_latency(path: str, tokens: int = DECODE_TOKENS) -> dict:
           "num_threads": m.num_threads}
 
 
-def measure_latency(workdir: str, rep: dict, config) -> dict:
-  """{row name: latency dict}; rows that cannot be measured are left out (logged)."""
-  out = {}
+def measure_latency(workdir: str, rep: dict, config, known: dict | None = None) -> dict:
+  """{row name: latency dict}; rows that cannot be measured are left out (logged). Rows in
+  `known` are kept as they are, not measured again (the report is written once before the
+  export and again after it)."""
+  out = dict(known or {})
   prompts = tuple(config.eval.prompts) if "eval" in config else ()
   for name in ("teacher", "student"):
-    if name not in rep:
+    if name not in rep or name in out:
       continue
     try:
       model = inference.load(_model_dir(workdir, config, name))
@@ -90,7 +92,7 @@ def measure_latency(workdir: str, rep: dict, config) -> dict:
       logging.warning("[report] JAX latency of %s not measured: %s", name, e)
   for preset, summary in (rep.get("export") or {}).items():
     path = summary.get("file") if isinstance(summary, dict) else None
-    if not path or not os.path.exists(path):
+    if not path or not os.path.exists(path) or f"student/{preset}" in out:
       continue
     try:
       lat = tflite_decode_latency(path)

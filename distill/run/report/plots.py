@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-from distill.run.report.tables import MODELS
+from distill.run.report.tables import MODELS, gap_models
 
 COLORS = {"teacher": "tab:blue", "student": "tab:orange", "student_fp32": "tab:purple",
-          "baseline": "tab:gray"}
+          "baseline": "tab:gray", "baseline_same_recipe": "tab:brown",
+          "baseline_more_labels": "tab:olive"}
+COLORS.update({f"{m}_best": c for m, c in list(COLORS.items()) if m != "teacher"})
 
 
 def _history(workdir, stage):
@@ -106,6 +108,7 @@ def plot_losses(workdir, rep: dict | None = None) -> str | None:
 
 def plot_quality_vs_compute(workdir, rep: dict) -> str | None:
   """Validation CE (lower is better) against forward FLOPs/token (log scale), one point each."""
+  # Best checkpoints have no FLOPs entry: the same model as their stage, one point each.
   names = [m for m in MODELS if m in rep and rep[m].get("flops_per_token")]
   if not names:
     return None
@@ -117,9 +120,10 @@ def plot_quality_vs_compute(workdir, rep: dict) -> str | None:
     ax.annotate(f"{m}\n{y:.3f} nats, {_count(rep[m]['params'])} params", (x, y),
                 textcoords="offset points", xytext=(8, 6), fontsize=8)
   if "student" in rep and "baseline" in rep:
-    # Same FLOPs: the vertical arrow is exactly what distillation bought at this size.
+    # Same FLOPs: the vertical arrow is exactly what distillation bought at this size (between
+    # the models gap closed compares: the best checkpoints when selected).
     x = rep["student"]["flops_per_token"]
-    s_ce, b_ce = rep["student"]["val_ce"], rep["baseline"]["val_ce"]
+    s_ce, b_ce = (rep[m]["val_ce"] for m in gap_models(rep))
     ax.annotate("", xy=(x, s_ce), xytext=(x, b_ce),
                 arrowprops=dict(arrowstyle="->", color="tab:green", lw=1.5))
     ax.annotate(f"distillation\n{s_ce - b_ce:+.3f} nats", (x, (s_ce + b_ce) / 2),

@@ -3,8 +3,31 @@ from __future__ import annotations
 
 import os
 
-# student_fp32: the full-precision student a QAD stage (distill.qat_steps) started from.
-MODELS = ("teacher", "student", "student_fp32", "baseline")
+# student_fp32: the full-precision student a QAD stage (distill.qat_steps) started from;
+# baseline_same_recipe: the baseline at the student's learning rate (baseline.same_recipe);
+# baseline_more_labels: the baseline on the whole train split (baseline.more_labels);
+# <name>_best: that stage's best dev-split checkpoint (train.select_best).
+MODELS = ("teacher", "student", "student_best", "student_fp32", "student_fp32_best", "baseline",
+          "baseline_best", "baseline_same_recipe", "baseline_more_labels",
+          "baseline_more_labels_best")
+
+
+def gap_models(rep: dict) -> tuple[str, str]:
+  """(student, baseline) that gap closed compares: the best dev checkpoints when selected
+  (the tuned, early-stopped baseline), else the last steps."""
+  return tuple(f"{m}_best" if f"{m}_best" in rep else m for m in ("student", "baseline"))
+
+
+def same_recipe_models(rep: dict) -> tuple[str, str]:
+  """(student, baseline) of the old same-recipe gap closed: last steps, the baseline at the
+  student's learning rate (baseline_same_recipe when baseline.lr differs, else baseline)."""
+  return "student", ("baseline_same_recipe" if "baseline_same_recipe" in rep else "baseline")
+
+
+def label(rep: dict, m: str) -> str:
+  """A table's row name: a best checkpoint says its step."""
+  step = rep[m].get("step") if m.endswith("_best") else None
+  return f"{m} (step {step})" if step is not None else m
 COLUMNS = (("val_ce", "val CE (nats/tok)", "{:.4f}"), ("bits_per_byte", "bits/byte", "{:.4f}"),
            ("val_ppl", "ppl", "{:.3f}"), ("kl_to_teacher", "KL(teacher‖model)", "{:.4f}"),
            ("top1_agreement", "top-1 agree", "{:.4f}"), ("params", "params", "{:,}"),
@@ -28,8 +51,32 @@ def table(rep: dict, part: str | None = None) -> str:
     row = rep[m] if part is None else dict(
         {k: v for k, v in rep[m].items() if not k.startswith("sample_")}, **rep[m][part])
     cells = [_fmt(row.get(k), fmt) for k, _, fmt in COLUMNS]
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label(rep, m)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _pct(x):
+  return "–" if x is None else f"{x:.1%}"
+
+
+def export_lines(rep: dict) -> list[str]:
+  """One row per exported preset: file, its gate (rule), the figures and the verdict; a failed
+  gate's message below the table. Empty before the export (the report's first write)."""
+  rows = [(p, x) for p, x in (rep.get("export") or {}).items() if isinstance(x, dict)]
+  if not rows:
+    return []
+  lines = ["## Export", "", "| preset | file | quantization | size | greedy identical | "
+           "top-1 agreement | gate | verdict |", "|---|---|---|---|---|---|---|---|"]
+  notes = []
+  for p, x in rows:
+    verdict = {"failed": "**FAILED**", "verified": "passed"}.get(x.get("status"), "not checked")
+    lines.append(f"| {p} | {os.path.basename(x['file'])} | {x.get('quantization')} | "
+                 f"{x['bytes'] / 1e6:.2f} MB | {x.get('greedy_identical') or '–'} | "
+                 f"{_pct(x.get('top1_agreement'))} | {x.get('rule') or '–'} | {verdict} |")
+    if x.get("error"):
+      notes.append(f"- **{p}** failed its gate, the file is kept (its model card says "
+                   f"`status: failed`): {x['error']}")
+  return lines + [""] + (notes + [""] if notes else [])
 
 
 def litertlm_lines(rep: dict) -> list[str]:
@@ -38,14 +85,15 @@ def litertlm_lines(rep: dict) -> list[str]:
           if isinstance(x, dict) and x.get("litertlm_file")]
   if not rows:
     return []
-  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | top-1 agreement |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| bundle | quantization | file | LiteRT-LM prefill tok/s | decode tok/s | "
+           "top-1 agreement | engine check |", "|---|---|---|---|---|---|---|"]
   for p, x in rows:
     agree = x.get("litertlm_top1_agreement")
+    check = {True: "passed", False: "**FAILED**"}.get(x.get("litertlm_verified"), "not run")
     lines.append(f"| {p}/{os.path.basename(x['litertlm_file'])} | {x.get('quantization')} | "
                  f"{x['litertlm_bytes'] / 1e6:.2f} MB | {x['litertlm_prefill_tokens_per_s']:,.0f} | "
                  f"{x['litertlm_decode_tokens_per_s']:,.0f} | "
-                 f"{'n/a' if agree is None else f'{agree:.1%}'} |")
+                 f"{'n/a' if agree is None else f'{agree:.1%}'} | {check} |")
   return ["LiteRT-LM (`.litertlm`, Google's on-device LLM runtime): its own benchmark "
           "(`litert_lm.Benchmark`, one prefill chunk, then decode) at export, and teacher-forced "
           "top-1 agreement with the JAX student through its engine.", "", *lines, ""]
@@ -82,15 +130,25 @@ def headline(rep: dict) -> list[str]:
   """Plain-language answer to "what did distillation buy me"."""
   if "student" not in rep or "teacher" not in rep:
     return []
-  t, s = rep["teacher"], rep["student"]
+  t = rep["teacher"]
   out = []
   if "baseline" in rep:
-    b = rep["baseline"]
+    sk, bk = gap_models(rep)
+    s, b = rep[sk], rep[bk]
     verdict = "better" if s["val_ce"] < b["val_ce"] else "worse"
     out.append(f"- **Quality**: the distilled student's validation CE is {s['val_ce']:.4f} "
-               f"nats/token vs {b['val_ce']:.4f} for the same-size hard-label baseline "
-               f"({verdict} by {abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has "
-               f"{t['val_ce']:.4f}. Gap closed: {rep.get('gap_closed', float('nan')):.3f}.")
+               f"nats/token ({label(rep, sk)}) vs {b['val_ce']:.4f} for the same-size "
+               f"hard-label baseline ({label(rep, bk)}; {verdict} by "
+               f"{abs(b['val_ce'] - s['val_ce']):.4f}); the teacher has {t['val_ce']:.4f}. "
+               f"Gap closed: {rep.get('gap_closed', float('nan')):.3f} (same recipe, last "
+               f"steps: {rep.get('gap_closed_same_recipe', float('nan')):.3f}).")
+  more = rep.get("more_labels")
+  if more:
+    out.append(f"- **More labels instead**: the baseline trained on the whole train split "
+               f"({label(rep, more['model'])}) reaches {rep[more['model']]['val_ce']:.4f}; "
+               f"the distilled student is {'better' if more['student_minus'] < 0 else 'worse'} "
+               f"by {abs(more['student_minus']):.4f} nats/token.")
+  s = rep["student"]
   flops = _ratio(t.get("flops_per_token"), s.get("flops_per_token"))
   params = _ratio(t.get("params"), s.get("params"))
   if flops and params:
