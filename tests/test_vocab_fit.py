@@ -276,3 +276,41 @@ def test_gemma_style_trim_to_512_keeps_only_used_specials_and_round_trips(tmp_pa
   assert vocab_lib.required_ids(tok).size == 256 + 1 + 6
   with pytest.raises(ConfigError, match="--vocab=200 is smaller than the 263 special"):
     vocab_lib.check_k(tok, 200)
+
+
+@pytest.mark.slow  # about 50 s here: a brief fit, the .tflite export and the engine's check
+def test_trimmed_gemma_style_student_runs_in_litertlm(tmp_path):
+  """The K = 512 student (random init, briefly fitted so greedy text is real text) exports,
+  its bundle's tokenizer gives our trimmed ids, and the engine's greedy run is JAX's."""
+  pytest.importorskip("litert_lm")
+  pytest.importorskip("litert_lm_builder")
+  import jax  # pylint: disable=import-outside-toplevel
+  from distill import data  # pylint: disable=import-outside-toplevel
+  from distill.export import export_stage  # pylint: disable=import-outside-toplevel
+  from distill.inference import stage  # pylint: disable=import-outside-toplevel
+  from distill.models.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  from tests.helpers import data_spec, fit_ce  # pylint: disable=import-outside-toplevel
+  tok = gemma_style_tokenizer(str(tmp_path / "gemma"))
+  counts = np.bincount(tok.encode(GEMMA_TEXT), minlength=tok.vocab_size)
+  tr = vocab_lib.trim(tok, counts, 512, str(tmp_path / "w"))
+  text = tmp_path / "text"
+  text.mkdir()
+  lines = GEMMA_TEXT.splitlines(keepends=True)
+  for i in range(8):  # several files: one of them goes to validation by its name's md5
+    (text / f"doc{i}.txt").write_text("".join(lines[i::8]))
+  spec = data_spec(f"text:{text}/*.txt", seq_len=64, data_dir=str(tmp_path / "data"),
+                   add_bos=True)
+  cfg = ModelConfig(vocab_size=int(tr.rows.size), d_model=32, n_layers=2, n_heads=4,
+                    n_kv_heads=2, d_ff=96, max_len=256)
+  lm = LM(cfg)
+  it = data.make_train_iterator(spec, tr.tokenizer, str(tmp_path), batch_size=16, seed=0)
+  params = fit_ce(lm, lm.init(jax.random.key(0)), it, 60, lr=1e-2)
+  stage.save_stage(str(tmp_path / "student"), cfg, tr.tokenizer, params, {})
+  card = export_stage(str(tmp_path / "student"), "phone", str(tmp_path / "exp"), quant="fp32",
+                      max_context=64, prefill_len=8, data_spec=spec, workdir=str(tmp_path),
+                      level="quick", num_threads=1, litertlm=True, log=lambda _: None)
+  check = card["litertlm"]["engine_check"]
+  assert card["vocab_size"] == tr.kept.size
+  assert check["passed"] and check["tokenizer"]["all_identical"], check
+  assert check["greedy"]["all_identical"], check["greedy"]
