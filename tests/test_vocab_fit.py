@@ -23,9 +23,8 @@ from distill.data import tokenizer as tokenizers  # noqa: E402
 from distill.errors import ConfigError, LoadError  # noqa: E402
 from distill.methods.prune import vocab as vocab_lib  # noqa: E402
 from distill.models import gguf as dgguf  # noqa: E402
-from distill.models import hf  # noqa: E402
 from tests import test_gguf  # noqa: E402
-from tests.test_prune import CORPUS, OUTSIDE, _byte_level_bpe  # noqa: E402
+from tests.test_prune import CORPUS, OUTSIDE, _byte_level_bpe, hf_llama_teacher  # noqa: E402
 
 # Runs of spaces spelled with real spaces past the embedding, as Gemma-family GGUFs list them
 # (262,174 tokens for 262,144 rows): respelled "▁▁"..., they shadow the in-vocabulary ones.
@@ -153,18 +152,8 @@ def test_pipeline_on_that_gguf_is_finite(gemma_files, tmp_path):
 
 def _hf_dir(tmp_path, vocab_size):
   """A tiny transformers Llama whose embedding has `vocab_size` rows, its tokenizer 320."""
-  torch = pytest.importorskip("torch")
-  d = tmp_path / "hf"
-  tok = _byte_level_bpe(str(d), vocab_size=320)
-  cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
-                                 tie_word_embeddings=True, eos_token_id=tok.eos_id)
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
-  with open(d / "tokenizer_config.json", "w") as f:
-    json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>"}, f)
-  return d, tok
+  d = hf_llama_teacher(tmp_path, tie=True, vocab_size=vocab_size)
+  return d, tokenizers.load(str(d / "tokenizer.json"))
 
 
 def test_hf_checkpoint_tokenizer_is_cut_to_its_embedding(tmp_path):
