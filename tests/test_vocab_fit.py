@@ -65,7 +65,14 @@ def gemma_files(tmp_path_factory):
   test_gguf._write_model(model, "gemma3", a, (pieces + EXTRA, types + [1] * len(EXTRA)),  # pylint: disable=protected-access
                          add_tokenizer=add)
   test_gguf._write_model(model, "gemma3", b, (pieces, types), add_tokenizer=add)  # pylint: disable=protected-access
-  return a, b, len(pieces)
+  # A metadata vocab_size that counts the token list, not the embedding: the rows still decide.
+  c = str(d / "key_counts_tokens.gguf")
+  w = gguf.GGUFWriter(c, "llama")
+  test_gguf._meta_llama(w, vocab=len(pieces) + len(EXTRA))  # pylint: disable=protected-access
+  add(w, (pieces + EXTRA, types + [1] * len(EXTRA)))
+  w.add_tensor("token_embd.weight", np.zeros((len(pieces), 32), np.float32))
+  test_gguf._close(w)  # pylint: disable=protected-access
+  return a, b, len(pieces), c
 
 
 def _transformers_tok(path):
@@ -78,7 +85,7 @@ def _texts():
 
 
 def test_gguf_tokenizer_drops_the_tokens_its_embedding_lacks(gemma_files):
-  a, b, rows = gemma_files
+  a, b, rows, c = gemma_files
   ours, fits, longer = dgguf.load_tokenizer(a), _transformers_tok(b), _transformers_tok(a)
   assert ours.vocab_size == rows and ours.dropped_tokens == len(EXTRA)
   # transformers reads the longer list as is: ordinary code gets ids the model cannot embed.
@@ -88,6 +95,9 @@ def test_gguf_tokenizer_drops_the_tokens_its_embedding_lacks(gemma_files):
     assert ids == fits(text, add_special_tokens=False).input_ids, text
     assert max(ids) < rows
   assert ours.decode(ours.encode(CODE)) == CODE
+  assert dgguf.Checkpoint(c).config["vocab_size"] == rows
+  keyed = dgguf.load_tokenizer(c)
+  assert keyed.vocab_size == rows and max(keyed.encode(CODE + "  x   y")) < rows
   # The model: embedding rows decide its vocabulary; finite logits, the same as the fitting file.
   m, ref = distill.load("gguf:" + a, dtype="float32"), distill.load("gguf:" + b, dtype="float32")
   assert m.config.vocab_size == rows and m.tokenizer.vocab_size == rows
@@ -115,7 +125,7 @@ def test_teacher_cache_on_that_gguf_is_finite(gemma_files, tmp_path):
   from distill import data  # pylint: disable=import-outside-toplevel
   from distill.methods import teacher_cache  # pylint: disable=import-outside-toplevel
   from distill.run import pipeline  # pylint: disable=import-outside-toplevel
-  a, _, rows = gemma_files
+  a, _, rows, _ = gemma_files
   ctx = pipeline.Context(_gguf_run_config(a, tmp_path), str(tmp_path / "w"))
   t_lm, t_params, _, _ = pipeline.load_or_train_teacher(ctx)
   assert t_lm.cfg.vocab_size == rows and ctx.tokenizer.vocab_size == rows
@@ -135,7 +145,7 @@ def test_teacher_cache_on_that_gguf_is_finite(gemma_files, tmp_path):
 @pytest.mark.slow  # about a minute here: a gemma3 teacher's cache, 3 steps, evaluation
 def test_pipeline_on_that_gguf_is_finite(gemma_files, tmp_path):
   from distill.run import pipeline  # pylint: disable=import-outside-toplevel
-  a, _, rows = gemma_files
+  a, _, rows, _ = gemma_files
   workdir = tmp_path / "run"
   rep = pipeline.run(_gguf_run_config(a, tmp_path), str(workdir))
   cache = workdir / "teacher_cache"
