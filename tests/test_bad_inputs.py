@@ -101,6 +101,9 @@ CASES = [
      ["config.json is corrupt", "re-download"]),
     ("hf_vocab_mismatch", ("generate", ["--model=hf:{hf_vocab}", "--prompt=x"]), USAGE,
      ["has shape (100, 16), config.json implies (264, 16)", "do not match the weights"]),
+    ("hf_sentencepiece_past_embedding", ("generate", ["--model=hf:{hf_sp_vocab}", "--prompt=x"]),
+     USAGE, ["SentencePieceTokenizer lists 300 tokens but the model embeds only 264",
+             "give the model's tokenizer.json"]),
     ("teacher_cache_without_top_k", _main("--config.distill.teacher_source=cache"), USAGE,
      ["teacher_source='cache' needs --config.distill.top_k > 0", "e.g. 64"]),
     # --- on-policy distillation and SeqKD
@@ -230,6 +233,20 @@ def _safetensors(rows, truncate=False):
   return write
 
 
+def _sentencepiece(pieces):
+  """A SentencePiece tokenizer.model of `pieces` pieces (more than the embedding's rows)."""
+  def write(path):
+    import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+    from pydoc_data.topics import topics  # pylint: disable=import-outside-toplevel
+    corpus = path + ".txt"
+    with open(corpus, "w") as f:
+      f.write("\n".join(topics[k] for k in sorted(topics)[:20]))
+    spm.SentencePieceTrainer.train(input=corpus, model_prefix=path[:-len(".model")],
+                                   vocab_size=pieces, model_type="bpe", minloglevel=2)
+    os.remove(corpus)
+  return write
+
+
 def _no_special_tokens_run(path):
   import jax  # pylint: disable=import-outside-toplevel
   import tokenizers as hf  # pylint: disable=import-outside-toplevel
@@ -289,6 +306,8 @@ def world(tmp_path_factory, small_run):
       ("hf_bad_config", "{not json", {}),
       ("hf_truncated", llama, {"model.safetensors": _safetensors(264, truncate=True)}),
       ("hf_vocab", llama, {"model.safetensors": _safetensors(100)}),
+      ("hf_sp_vocab", llama, {"model.safetensors": _safetensors(264),
+                              "tokenizer.model": _sentencepiece(300)}),
   ]:
     p[name] = str(tmp / name)
     _hf_dir(p[name], cfg, files)

@@ -196,7 +196,8 @@ def _permute(w, heads):
       w.shape)
 
 
-def _write_model(model, arch, path, vocab, f16=False, rope_freqs=None):
+def _write_model(model, arch, path, vocab, f16=False, rope_freqs=None,
+                 add_tokenizer=_add_bpe_tokenizer):
   cfg = model.config
   gemma = arch.startswith("gemma")
   w = gguf.GGUFWriter(path, arch)
@@ -221,7 +222,7 @@ def _write_model(model, arch, path, vocab, f16=False, rope_freqs=None):
   if arch == "gemma2":
     w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     w.add_final_logit_softcapping(cfg.final_logit_softcapping)
-  _add_bpe_tokenizer(w, vocab)
+  add_tokenizer(w, vocab)
   if rope_freqs is not None:
     w.add_tensor("rope_freqs.weight", rope_freqs)
   names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items()

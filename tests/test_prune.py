@@ -303,13 +303,16 @@ def test_pruned_stage_loads_and_keeps_logits(tmp_path):
   assert json.load(open(tmp_path / "small" / "stage.json"))["plan"]["layers"] in ([0], [1])
 
 
-def hf_llama_teacher(tmp_path, *, tie: bool, tokenizer_config: dict | None = None):
-  """A 2-layer transformers Llama with a byte-level BPE tokenizer, saved as an HF directory."""
+def hf_llama_teacher(tmp_path, *, tie: bool, tokenizer_config: dict | None = None,
+                     vocab_size: int | None = None):
+  """A 2-layer transformers Llama with a byte-level BPE tokenizer (320 tokens), saved as an HF
+  directory; its embedding has `vocab_size` rows (default: the tokenizer's)."""
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
   hf_dir = tmp_path / "hf"
   tok = _byte_level_bpe(str(hf_dir), vocab_size=320)
-  cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48,
+  cfg = transformers.LlamaConfig(vocab_size=vocab_size or tok.vocab_size, hidden_size=32,
+                                 intermediate_size=48,
                                  num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
                                  tie_word_embeddings=tie, eos_token_id=tok.eos_id)

@@ -26,11 +26,14 @@ import abc
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
 from typing import Any, Iterable
 
 import numpy as np
+
+from distill.errors import ConfigError, LoadError
 
 DESCRIPTOR_NAME = "distill_tokenizer.json"
 _SP_FILE = "tokenizer.model"
@@ -41,6 +44,8 @@ class Tokenizer(abc.ABC):
   """The interface data, evaluation and export code rely on."""
 
   add_bos: bool = False  # the start-of-sequence convention (module doc)
+  # Tokens a loader removed because the model's embedding has no row for them (`fit_vocab`).
+  dropped_tokens: int = 0
 
   @property
   @abc.abstractmethod
@@ -354,6 +359,78 @@ def load(path: str) -> Tokenizer:
       return _from_descriptor(data, os.path.dirname(os.path.abspath(path)))
     return HFTokenizer(path)
   return SentencePieceTokenizer(path)
+
+
+def check_fits(tok: Tokenizer, vocab: int, what: str) -> None:
+  """One line when `tok` can produce ids the model (`vocab` embedding rows) cannot embed:
+  such ids read past the embedding (NaN in JAX) instead of failing."""
+  if tok.vocab_size > vocab:
+    raise ConfigError(f"the tokenizer has {tok.vocab_size} tokens but {what} embeds only "
+                      f"{vocab}: ids >= {vocab} cannot be read; use the model's own tokenizer "
+                      "(a loader drops the tokens its embedding lacks)")
+
+
+def bpe_merges(model: dict[str, Any]) -> list[tuple[str, str]]:
+  """A tokenizer.json BPE model's merges as pairs (written "a b" in older files, [a, b] in
+  newer ones)."""
+  return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
+def bpe_joined(model: dict[str, Any], a: str, b: str) -> str:
+  """The token a BPE merge of `a` and `b` makes (`continuing_subword_prefix` dropped from b)."""
+  prefix = model.get("continuing_subword_prefix") or ""
+  return a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+
+
+def drop_ids(j: dict[str, Any], vocab: int) -> dict[str, Any]:
+  """A tokenizer.json dict without the ids >= `vocab`: model entries, the BPE merges that use or
+  make them, added tokens. Text those tokens covered falls back to the tokens that remain (the
+  pieces they merged from, else byte fallback), as when the file never had them."""
+  model = dict(j["model"])
+  kind = model.get("type")
+  if kind == "Unigram":
+    model["vocab"] = model["vocab"][:vocab]  # ids are positions
+  elif isinstance(model.get("vocab"), dict):
+    model["vocab"] = {s: i for s, i in model["vocab"].items() if i < vocab}
+  else:
+    raise ValueError(f"cannot drop ids from a {kind} tokenizer.json model")
+  if kind == "BPE":
+    kept = set(model["vocab"])
+    model["merges"] = [m for m, (a, b) in zip(model["merges"], bpe_merges(model))
+                       if a in kept and b in kept and bpe_joined(model, a, b) in kept]
+  added = [a for a in j.get("added_tokens", []) if a["id"] < vocab]
+  return dict(j, model=model, added_tokens=added)
+
+
+def fit_vocab(tok: Tokenizer, vocab: int, directory: str) -> Tokenizer:
+  """`tok` restricted to ids < `vocab` (the model's embedding rows), written under `directory`;
+  `tok` itself when it already fits. Sets `dropped_tokens`. What llama.cpp does with a GGUF
+  whose token list outruns its embedding: the model's vocabulary is the embedding's."""
+  if tok.vocab_size <= vocab:
+    return tok
+  if not isinstance(tok, HFTokenizer):
+    raise LoadError(f"the {type(tok).__name__} lists {tok.vocab_size} tokens but the model "
+                    f"embeds only {vocab}; give the model's tokenizer.json instead")
+  with open(tok._model_path()) as f:  # pylint: disable=protected-access
+    j = drop_ids(json.load(f), vocab)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, _HF_FILE)
+  with open(path, "w") as f:
+    json.dump(j, f, ensure_ascii=False)
+  config = _read_hf_config(os.path.dirname(tok._model_path()))  # pylint: disable=protected-access
+  if config:
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+      json.dump(config, f, indent=2)
+  names = {f"{k}_token": tok._token(k) for k in ("bos", "eos", "pad")  # pylint: disable=protected-access
+           if tok._ids[k] is not None and tok._ids[k] < vocab}  # pylint: disable=protected-access
+  out = HFTokenizer(path, **names)
+  out.chat_template = getattr(tok, "chat_template", None)
+  out = out.with_add_bos(tok.add_bos and out.bos_id is not None)
+  out.dropped_tokens = tok.vocab_size - out.vocab_size
+  logging.warning("[tokenizer] %d tokens (ids >= %d) have no embedding row and were dropped "
+                  "from the tokenizer; text they covered encodes to the tokens that remain",
+                  out.dropped_tokens, vocab)
+  return out
 
 
 def render_chat(tok: Tokenizer, prompt: str) -> str:

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from distill import data, losses
+from distill.data import tokenizer as tokenizers
 from distill.inference import sampling
 from distill.models import sharding
 from distill.train import loop as train
@@ -76,6 +77,7 @@ def write(teacher, t_params, out_dir: str, top_k: int, ts: TransferSet, mesh, *,
   """Run `teacher` over the transfer set and write the cache to `out_dir` atomically."""
   if not 0 < top_k <= teacher.cfg.vocab_size:
     raise CacheError(f"--top_k={top_k} must be in [1, vocab {teacher.cfg.vocab_size}]")
+  tokenizers.check_fits(ts.tokenizer, teacher.cfg.vocab_size, "the teacher")
   ids, rows = data.train_windows(ts.data, ts.tokenizer, ts.workdir, ts.fraction)
   tmp = out_dir.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)

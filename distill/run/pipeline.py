@@ -354,6 +354,9 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
   if c.data.tokenizer:  # before any training: a data mistake fails first
     data.prepare(ctx.data, ctx.workdir)
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
+  tokenizers.check_fits(ctx.tokenizer, teacher.cfg.vocab_size, "the teacher")
+  if ctx.tokenizer.dropped_tokens:  # the loader dropped tokens its embedding has no row for
+    t_info = dict(t_info, dropped_tokens=ctx.tokenizer.dropped_tokens)
   if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
     data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
   t = _Teacher(teacher, teacher, t_params, t_shard, t_info, ctx.tokenizer, None)

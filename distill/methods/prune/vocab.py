@@ -1,9 +1,13 @@
 """Vocabulary trimming: keep the K most frequent ids of the transfer set, and what text needs.
 
-Kept always: every special/added token, and the tokens that let any text still encode --
-the 256 byte-level characters (GPT-2/Llama-3/SmolLM-style ByteLevel BPE), the `<0xNN>` tokens
-of byte-fallback BPE, else every single-character token (then text outside the teacher's own
-alphabet maps to its unk, as it did for the teacher). K counts all kept tokens.
+Kept always (`required_ids`): the specials something uses -- BOS/EOS/PAD/UNK, the added tokens
+the chat template writes, the added tokens the data contain -- and the tokens that let any text
+still encode: the 256 byte-level characters (GPT-2/Llama-3/SmolLM-style ByteLevel BPE), else
+the 256 `<0xNN>` tokens of byte-fallback BPE (Llama/Gemma SentencePiece) with the characters
+its normalizer and decoder write ("▁"), else every single-character token (then text outside
+the teacher's own alphabet maps to its unk, as it did for the teacher). Reserved specials
+nothing emits (Gemma's thousands of `<unusedN>`, markers of other modalities) are dropped like
+any rare token, so a Gemma-family vocabulary trims to K = 512. K counts all kept tokens.
 
 The student's ids are the kept teacher ids in ascending order. For an HF tokenizer.json BPE
 the trimmed tokenizer is rebuilt: the kept vocab with new ids and the merges whose parts and
@@ -77,8 +81,39 @@ def _byte_level_alphabet() -> set[str]:
   return set(out)
 
 
-def required_ids(tok) -> np.ndarray:
-  """Ids no trim may drop: specials, and byte fallback (or the alphabet) so text encodes."""
+def _written(node) -> set[str]:
+  """The strings a tokenizer.json component writes or looks for (Replace pattern and content,
+  Metaspace replacement, Prepend), e.g. Gemma's and Llama's "▁"."""
+  if isinstance(node, list):
+    return set().union(*map(_written, node))
+  if not isinstance(node, dict):
+    return set()
+  out = {v for k, v in node.items()
+         if k in ("content", "String", "replacement", "prepend") and isinstance(v, str)}
+  return out.union(*map(_written, node.values()))
+
+
+def _used_specials(tok, j: dict, counts: np.ndarray | None) -> set[int]:
+  """The added tokens something emits: BOS/EOS/PAD/UNK, the ones the chat template writes, the
+  ones the data contain (`counts` > 0). Reserved ones (Gemma's `<unusedN>`, markers of other
+  modalities) that nothing emits are not among them."""
+  ids = {i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None}
+  unk = j["model"].get("unk_token")
+  if unk in j["model"]["vocab"]:
+    ids.add(j["model"]["vocab"][unk])
+  template = getattr(tok, "chat_template", None) or ""
+  for a in j.get("added_tokens", []):
+    seen = counts is not None and a["id"] < counts.size and counts[a["id"]] > 0
+    if (template and a["content"] in template) or seen:
+      ids.add(a["id"])
+  return ids
+
+
+def required_ids(tok, counts: np.ndarray | None = None) -> np.ndarray:
+  """Ids no trim may drop: the used specials (`_used_specials`; with `counts`, the data's too),
+  and what lets any text encode: the `<0xNN>` byte fallbacks with the characters the
+  normalizer and decoder write (SentencePiece's "▁"), the byte-level alphabet, else every
+  single-character token."""
   if isinstance(tok, tokenizers.ByteTokenizer):
     return np.arange(tok.vocab_size)  # every id is a byte or a special
   if not isinstance(tok, tokenizers.HFTokenizer):
@@ -90,21 +125,22 @@ def required_ids(tok) -> np.ndarray:
     raise ConfigError(f"--vocab trimming supports HF BPE tokenizers, not {model.get('type')}; "
                       "leave --vocab unset")
   vocab = model["vocab"]
-  ids = {a["id"] for a in j.get("added_tokens", [])}
-  ids |= {i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None}
-  if model.get("unk_token") in vocab:
-    ids.add(vocab[model["unk_token"]])
-  if model.get("byte_fallback"):
-    ids |= {vocab[s] for s in (f"<0x{b:02X}>" for b in range(256)) if s in vocab}
+  ids = _used_specials(tok, j, counts)
+  fallback = {f"<0x{b:02X}>" for b in range(256)}
   if _byte_level(j):
     ids |= {vocab[s] for s in _byte_level_alphabet() if s in vocab}
+  elif model.get("byte_fallback") and fallback <= set(vocab):
+    written = set().union(*(_written(j.get(k)) for k in ("normalizer", "pre_tokenizer",
+                                                            "decoder")))
+    ids |= {vocab[s] for s in fallback | written if s in vocab}
   else:
+    ids |= {vocab[s] for s in fallback if s in vocab}
     ids |= {i for s, i in vocab.items() if len(s) == 1}
   return np.asarray(sorted(ids), np.int64)
 
 
-def check_k(tok, k: int) -> None:
-  n = required_ids(tok).size
+def check_k(tok, k: int, counts: np.ndarray | None = None) -> None:
+  n = required_ids(tok, counts).size
   if k < n:
     raise ConfigError(f"--vocab={k} is smaller than the {n} special and byte-fallback tokens "
                       f"that must stay; give --vocab >= {n}")
@@ -119,26 +155,16 @@ def count_ids(window_ids, rows, vocab: int, chunk: int = 256) -> np.ndarray:
   return counts
 
 
-def _merges(model: dict) -> list[tuple[str, str]]:
-  # tokenizer.json writes merges as "a b" strings (older) or [a, b] pairs (newer).
-  return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-
-
-def _joined(model: dict, a: str, b: str) -> str:
-  prefix = model.get("continuing_subword_prefix") or ""
-  return a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
-
-
 def select(tok, counts: np.ndarray, k: int) -> np.ndarray:
   """Kept teacher ids: required ones, then the most frequent with their merge parts, <= k."""
-  check_k(tok, k)
-  kept = set(required_ids(tok).tolist())
+  check_k(tok, k, counts)
+  kept = set(required_ids(tok, counts).tolist())
   parents = {}
   if isinstance(tok, tokenizers.HFTokenizer):
     model = _hf_json(tok)["model"]
     vocab = model["vocab"]
-    for a, b in _merges(model):
-      r = vocab.get(_joined(model, a, b))
+    for a, b in tokenizers.bpe_merges(model):
+      r = vocab.get(tokenizers.bpe_joined(model, a, b))
       if r is not None and r not in parents and a in vocab and b in vocab:
         parents[r] = (vocab[a], vocab[b])
 
@@ -183,10 +209,10 @@ def _trimmed_hf(tok, kept: np.ndarray, directory: str) -> tokenizers.HFTokenizer
   new_id = {int(t): s for s, t in enumerate(kept.tolist())}
   vocab = {s: new_id[i] for s, i in model["vocab"].items() if i in new_id}
   strings = set(vocab)
-  merges = [m for m, (a, b) in zip(model["merges"], _merges(model))
-            if a in strings and b in strings and _joined(model, a, b) in strings]
+  merges = [m for m, (a, b) in zip(model["merges"], tokenizers.bpe_merges(model))
+            if a in strings and b in strings and tokenizers.bpe_joined(model, a, b) in strings]
   model = dict(model, vocab=vocab, merges=merges)
-  added = [dict(a, id=new_id[a["id"]]) for a in j.get("added_tokens", [])]
+  added = [dict(a, id=new_id[a["id"]]) for a in j.get("added_tokens", []) if a["id"] in new_id]
   j = dict(j, model=model, added_tokens=added,
            post_processor=_remap_ids(j.get("post_processor"), new_id))
   os.makedirs(directory, exist_ok=True)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill import data
+from distill.data import tokenizer as tokenizers
 from distill.models.transformer import LM
 from distill.methods.prune import vocab as vocab_lib
 
@@ -80,6 +81,7 @@ def make_trim(teacher: LM, tokenizer, data_cfg, workdir: str, k: int,
   """Count the transfer set's ids (teacher tokenization) and trim to `k` tokens; the trimmed
   tokenizer is written to `<workdir>/trimmed_tokenizer` (deterministic: a resumed run gets the
   same ids)."""
+  tokenizers.check_fits(tokenizer, teacher.cfg.vocab_size, "the teacher")
   vocab_lib.check_k(tokenizer, k)
   ids, rows = data.train_windows(data_cfg, tokenizer, workdir, fraction)
   counts = vocab_lib.count_ids(ids, rows, teacher.cfg.vocab_size)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from distill.models import hf, sharding
 from distill.models.gguf import tokenizer as gguf_tokenizer
 from distill.models.gguf.reader import metadata, open_reader
-from distill.models.gguf.weights import ARCHITECTURES, Checkpoint
+from distill.models.gguf.weights import ARCHITECTURES, Checkpoint, embedding_rows
 from distill.models.transformer import LM
 
 __all__ = ["ARCHITECTURES", "Checkpoint", "load", "load_teacher", "load_tokenizer"]
@@ -44,17 +44,19 @@ def load(path: str, mesh, dtype: str = "bfloat16", *, with_tokenizer: bool = Tru
   ckpt = Checkpoint(path)
   cfg = hf.model_config(ckpt.config, jnp.dtype(dtype).name)
   # Tokenizer before weights: a file without one fails in seconds, not after the weights.
-  tok = gguf_tokenizer.load(ckpt.reader, ckpt.meta, ckpt.path) if with_tokenizer else None
+  tok = (gguf_tokenizer.load(ckpt.reader, ckpt.meta, ckpt.path, cfg.vocab_size)
+         if with_tokenizer else None)
   lm = LM(cfg)
   params = hf.load_params(ckpt, lm, "llama", sharding.param_shardings(lm, mesh))
   return lm, params, tok
 
 
 def load_tokenizer(path: str):
-  """The tokenizer of a GGUF file alone (an HFTokenizer over a generated tokenizer.json)."""
+  """The tokenizer of a GGUF file alone (an HFTokenizer over a generated tokenizer.json), without
+  the tokens its embedding has no row for."""
   path = os.path.abspath(os.path.expanduser(path))
   reader = open_reader(path)
-  return gguf_tokenizer.load(reader, metadata(reader), path)
+  return gguf_tokenizer.load(reader, metadata(reader), path, embedding_rows(reader))
 
 
 def load_teacher(path: str, mesh, dtype: str = "bfloat16"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -51,14 +52,24 @@ def _array(reader, key: str):
   return None if field is None else field_value(field)
 
 
-def load(reader, meta: dict, path: str) -> tokenizers.HFTokenizer:
-  """The tokenizer the GGUF describes, as a tokenizer.json in a temporary directory."""
+def load(reader, meta: dict, path: str, vocab: int | None = None) -> tokenizers.HFTokenizer:
+  """The tokenizer the GGUF describes, as a tokenizer.json in a temporary directory.
+
+  With `vocab` (the embedding's rows) smaller than the token list, the tokenizer is built from
+  the first `vocab` tokens only, as if the file listed no more (`dropped_tokens` says how many
+  were not): the model cannot embed the rest, so text falls back to the tokens it has.
+  Gemma-family files list 262,174 tokens for 262,144 rows; the extra are runs of spaces, which
+  the respelling below would otherwise let shadow the in-vocabulary "▁▁" ... tokens.
+  """
   model = meta.get("tokenizer.ggml.model")
   tokens = _array(reader, "tokenizer.ggml.tokens")
   if model is None or not tokens:
     raise LoadError(f"{path} has no tokenizer (no tokenizer.ggml.* metadata); use a GGUF "
                     "converted with its tokenizer, e.g. by llama.cpp's convert_hf_to_gguf.py")
   types = _array(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+  dropped = max(len(tokens) - vocab, 0) if vocab is not None else 0
+  if dropped:  # as if the file listed only the tokens the embedding has
+    tokens, types = tokens[:vocab], types[:vocab]
   if model == "gpt2":
     tok, alphabet = _byte_level(tokens, _array(reader, "tokenizer.ggml.merges") or [],
                                 meta.get("tokenizer.ggml.pre", "default"), path)
@@ -86,6 +97,11 @@ def load(reader, meta: dict, path: str) -> tokenizers.HFTokenizer:
   out = tokenizers.HFTokenizer(file, bos_token=names["bos"], eos_token=names["eos"],
                                pad_token=names["pad"])
   out.chat_template = template or None
+  out.dropped_tokens = dropped
+  if dropped:
+    logging.warning("[gguf] %s lists %d tokens for %d embedding rows: the %d past them are "
+                    "dropped from the tokenizer (as llama.cpp reads it)", path,
+                    len(tokens) + dropped, vocab, dropped)
   return out
 
 
@@ -118,7 +134,7 @@ def _byte_level(tokens, merges, pre: str, path: str):
   # A token written outside the byte alphabet (rare converter output) is respelled into it.
   vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()): i
            for i, t in enumerate(tokens)}
-  pairs = [tuple(m.split(" ", 1)) for m in merges]
+  pairs = _known([tuple(m.split(" ", 1)) for m in merges], vocab)
   tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
   split, digits = _PRE[pre]
   steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
@@ -141,11 +157,11 @@ def _sentencepiece(reader, meta: dict, tokens):
   vocab = {t: i for i, t in enumerate(tokens)}
   merges = _array(reader, "tokenizer.ggml.merges")
   if merges:
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    pairs = _known([tuple(m.split(" ", 1)) for m in merges], vocab)
   else:
     # Gemma's scores do not follow its merge order; its file order does.
     scores = ([-i for i in range(len(tokens))] if gemma else
-              _array(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens))
+              (_array(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens))[:len(tokens)])
     pairs = _merges_from_scores(tokens, vocab, scores)
   unk = _name(tokens, meta.get("tokenizer.ggml.unknown_token_id"))
   tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=True, byte_fallback=True,
@@ -163,6 +179,11 @@ def _sentencepiece(reader, meta: dict, tokens):
     steps.append(decoders.Strip(content=" ", left=1, right=0))
   tok.decoder = decoders.Sequence(steps)
   return tok
+
+
+def _known(pairs, vocab: dict) -> list[tuple[str, str]]:
+  """The merges whose parts and result are tokens (all of them, unless the list was cut)."""
+  return [(a, b) for a, b in pairs if a in vocab and b in vocab and a + b in vocab]
 
 
 def _merges_from_scores(tokens, vocab: dict, scores) -> list[tuple[str, str]]:

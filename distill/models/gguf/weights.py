@@ -123,6 +123,9 @@ class Checkpoint:
       self.meta["tokenizer.ggml.tokens_count"] = len(tokens.data)
     names = {t.name for t in self.reader.tensors}
     self.config = hf_config(self.meta, names, self.path)
+    rows = embedding_rows(self.reader)
+    if rows is not None:  # the weights decide: a token list may outrun the embedding
+      self.config["vocab_size"] = rows
     self.arch = self.meta["general.architecture"]
     block = _BLOCK_GEMMA2 if self.arch in ("gemma2", "gemma3") else _BLOCK
     self.where = {}
@@ -192,6 +195,14 @@ class Checkpoint:
     w = gguf.quants.dequantize(raw, tensor.tensor_type)
     shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists the fastest axis first
     return np.asarray(w, np.float32).reshape(shape)
+
+
+def embedding_rows(reader) -> int | None:
+  """Rows of `token_embd.weight` (the model's vocabulary size), None without that tensor."""
+  for t in reader.tensors:
+    if t.name == "token_embd.weight":
+      return int(t.shape[-1])  # GGUF lists the fastest axis (d_model) first
+  return None
 
 
 def _hf_name(name: str, block: dict) -> str | None:

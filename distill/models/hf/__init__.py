@@ -45,7 +45,7 @@ def load(path: str, mesh, dtype: str = "bfloat16", *, with_tokenizer: bool = Tru
   hf = read_config(path)
   ckpt = Checkpoint(path)  # first: refusing pickles beats complaining about their config
   cfg = model_config(hf, jnp.dtype(dtype).name)
-  tok = load_tokenizer(path, hf) if with_tokenizer else None
+  tok = load_tokenizer(path, hf, vocab=cfg.vocab_size) if with_tokenizer else None
   lm = LM(cfg)
   params = load_params(ckpt, lm, "gpt2" if hf["model_type"] == "gpt2" else "llama",
                        sharding.param_shardings(lm, mesh))

@@ -1,16 +1,23 @@
 """The checkpoint's tokenizer: tokenizer.json / tokenizer.model, BOS/EOS, chat template."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 
 from distill.data import tokenizer as tokenizers
 from distill.errors import LoadError
 from distill.models.hf.config import read_config
 
 
-def load_tokenizer(path: str, hf: dict | None = None) -> tokenizers.Tokenizer:
+def load_tokenizer(path: str, hf: dict | None = None,
+                   vocab: int | None = None) -> tokenizers.Tokenizer:
   """tokenizer.json, tokenizer.model or distill's descriptor, with BOS/EOS and `chat_template`.
+
+  With `vocab` (the model's embedding rows) below the tokenizer's size, the tokens past it are
+  dropped (`tokenizers.fit_vocab`, a copy in a temporary directory): the model cannot embed them.
 
   BOS/EOS come from tokenizer_config.json when it names them, else from the ids in
   generation_config.json / config.json. `tok.chat_template` is the Jinja template string from
@@ -52,6 +59,10 @@ def load_tokenizer(path: str, hf: dict | None = None) -> tokenizers.Tokenizer:
     with open(jinja) as f:
       template = f.read()
   tok.chat_template = template
+  if vocab is not None and tok.vocab_size > vocab:
+    directory = tempfile.mkdtemp(prefix="distill_hf_tokenizer_")
+    atexit.register(shutil.rmtree, directory, True)
+    tok = tokenizers.fit_vocab(tok, vocab, directory)
   return tok
 
 
