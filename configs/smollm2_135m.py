@@ -62,6 +62,10 @@ def get_config(variant: str = "phone"):
   c.distill.temperature = 1.0
   c.distill.steps = 200
   c.distill.lr = 3e-3
+  # The baseline's rate: on :watch the dev-split sweep (3e-4 ... 1e-2) chose the student's own
+  # 3e-3, the baseline early-stopped at step 50 (docs/results/baselines.md); :phone and :random
+  # are not swept yet and keep it too.
+  c.baseline.lr = 3e-3
   c.checkpoint_every = 100
   c.log_every = 25
   c.eval.prompts = ("The for statement", "Exceptions are")
