@@ -32,6 +32,7 @@ from distill.eval import samples as sample_eval
 from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
+from distill.data import chat
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
 from distill.train import selection
@@ -277,7 +278,7 @@ def _samples(ctx: Context, model: inference.Model) -> dict:
   template = getattr(model.tokenizer, "chat_template", None)
   if template and c.eval.chat_prompts:
     # The template writes its own specials (add_bos=False, as transformers tokenizes it).
-    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(model.tokenizer, p),
+    out["chat_samples"] = {p: model.generate(chat.render_prompt(model.tokenizer, p),
                                              c.eval.sample_tokens, add_bos=False)
                            for p in c.eval.chat_prompts}
   return out

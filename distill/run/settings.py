@@ -20,7 +20,9 @@ def data_spec(d) -> DataSpec:
   return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
                   seq_len=int(d.seq_len), add_bos=add_bos(d),
                   max_documents=None if d.max_documents is None else int(d.max_documents),
-                  dev_fraction=float(d.dev_fraction))
+                  dev_fraction=float(d.dev_fraction),
+                  columns=tuple((k, str(v)) for k, v in sorted(d.columns.items()) if v),
+                  validation_name=d.validation_name.strip())
 
 
 def gate_threshold(p) -> float | None:
