@@ -212,7 +212,7 @@ def test_completion_only_losses_equal_their_numpy_reference(tmp_path):
 
 
 def test_pipeline_runs_on_a_chat_table(chat_tokenizer, tmp_path):
-  rows = [{"messages": [{"role": "user", "content": f"what is {i} + {i}?"},
+  rows = [{"messages": [{"role": "user", "content": f"{i}+{i}"},
                         {"role": "assistant", "content": str(2 * i)}]} for i in range(40)]
   name = _write("json", str(tmp_path / "t"), rows)
   work = str(tmp_path / "run")
@@ -220,7 +220,7 @@ def test_pipeline_runs_on_a_chat_table(chat_tokenizer, tmp_path):
           f"--workdir={work}", f"--config.data.name={name}",
           f"--config.data.tokenizer={chat_tokenizer}", "--config.export.enabled=False",
           "--config.eval.heldout=", "--config.data.dev_fraction=0.1",
-          "--config.train.dev_every=2"]
+          "--config.train.dev_every=2", "--config.data.seq_len=48"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
