@@ -81,6 +81,9 @@ CASES = [
     ("text_file_binary", _main("--config.data.name=text:{binary_text}/*.txt"), USAGE,
      ["is not text", "NUL bytes", "convert it to UTF-8"]),
     # tables of examples (json: / parquet: / hf_disk:)
+    ("table_glob_matches_nothing", _main("--config.data.name=json:{tmp}/no_such/*.jsonl"),
+     USAGE, ["--config.data.name='json:", "the glob matched no files",
+             "give a glob of json files"]),
     ("jsonl_line_not_json", _main("--config.data.name=json:{bad_jsonl}/*.jsonl"), USAGE,
      ["rows.jsonl:3: not JSON", "each line of a JSONL file must be one JSON object"]),
     ("table_missing_columns", _main("--config.data.name=json:{qa_jsonl}/*.jsonl"), USAGE,

@@ -18,6 +18,7 @@ from distill.data import tokenizer as tokenizers
 from distill.models import sharding
 from distill.models.transformer import LM
 from distill.eval import metrics as evaluate
+from distill.methods import teacher_cache
 from distill.train import objectives
 from tests.helpers import data_spec, tiny_model_config
 
@@ -169,13 +170,14 @@ def test_over_long_completion_is_cut_at_the_context(tmp_path):
 
 
 def _lm_batch(tmp_path):
+  """(a batch of 8 byte-level examples, their DataSpec)."""
   rows = [{"prompt": "a" * n, "completion": "b" * (9 - n)} for n in range(1, 9)]
   spec = _spec(_write("json", str(tmp_path / "t"), rows), tmp_path, seq_len=16)
-  return data.eval_batches(spec, tokenizers.ByteTokenizer(), str(tmp_path), batch_size=8)[0]
+  return data.eval_batches(spec, tokenizers.ByteTokenizer(), str(tmp_path), batch_size=8)[0], spec
 
 
 def test_padded_examples_do_not_interact(tmp_path):
-  batch = _lm_batch(tmp_path)
+  batch, _ = _lm_batch(tmp_path)
   lm = LM(tiny_model_config(vocab_size=264))
   params = lm.init(jax.random.key(0))
   together = np.asarray(lm.apply(params, batch["inputs"]))
@@ -192,7 +194,7 @@ def _log_softmax(x):
 
 
 def test_completion_only_losses_equal_their_numpy_reference(tmp_path):
-  batch = _lm_batch(tmp_path)
+  batch, spec = _lm_batch(tmp_path)
   m = batch["mask"].astype(bool)
   assert 0 < m.sum() < m.size  # prompts and pads are really masked out
   student = LM(tiny_model_config(vocab_size=264, d_model=16, n_heads=2, n_kv_heads=1))
@@ -204,10 +206,25 @@ def test_completion_only_losses_equal_their_numpy_reference(tmp_path):
   kl_ref = (np.exp(logp) * (logp - logq)).sum(-1)[m].mean()
   ce, _ = objectives.ce_loss(s_p, batch, None, 0, student=student)
   np.testing.assert_allclose(float(ce), ce_ref, rtol=1e-4)
-  kd, _ = objectives.distill_loss(s_p, batch, t_p, 0, student=student, teacher=teacher,
-                                  cfg=objectives.LossConfig(kind="forward_kl"))
-  np.testing.assert_allclose(float(kd), kl_ref, rtol=1e-4)
+  for chunk in (0, 4):  # dense, and chunked over the sequence (fused with the unembedding)
+    kd, _ = objectives.distill_loss(s_p, batch, t_p, 0, student=student, teacher=teacher,
+                                    cfg=objectives.LossConfig(kind="forward_kl",
+                                                              chunk_size=chunk))
+    np.testing.assert_allclose(float(kd), kl_ref, rtol=1e-4)
+  # The offline teacher cache over the same table rows (top-k = the whole vocabulary, so the
+  # renormalized sparse KL is the dense one), looked up by row id as training does.
+  ts = teacher_cache.TransferSet(data=spec, tokenizer=tokenizers.ByteTokenizer(),
+                                 workdir=str(tmp_path), fraction=1.0, teacher="t", seed=0)
   mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1, slices=1))
+  out = str(tmp_path / "cache_out")
+  teacher_cache.write(teacher, t_p, out, 264, ts, mesh, batch_size=8, show_progress=False)
+  cached = dict(batch)
+  cached["teacher_ids"], cached["teacher_logprobs"] = teacher_cache.Cache(out).lookup(
+      np.arange(8))
+  kd, _ = objectives.cached_distill_loss(s_p, cached, None, 0, student=student,
+                                         cfg=objectives.LossConfig(kind="forward_kl",
+                                                                   top_k=264))
+  np.testing.assert_allclose(float(kd), kl_ref, rtol=1e-4)
   np.testing.assert_allclose(evaluate.mean_ce(student, s_p, [batch], mesh), ce_ref, rtol=1e-4)
 
 
