@@ -247,3 +247,27 @@ def test_pipeline_runs_on_a_chat_table(chat_tokenizer, tmp_path):
   assert np.isfinite(rep["student"]["val_ce"]) and np.isfinite(rep["baseline"]["val_ce"])
   # The stage carries the chat template (the student and its exports render with it).
   assert tokenizers.load(os.path.join(work, "student", "tokenizer")).chat_template == TEMPLATE
+
+
+def test_seqkd_answers_each_examples_own_prompt(tmp_path):
+  _, spec = _lm_batch(tmp_path)  # prompts "a" * n, n = 1..8, in a 16-token context
+  lm = LM(tiny_model_config(vocab_size=264))
+  params = lm.init(jax.random.key(0))
+  params["embed"] = params["embed"] * 4.0  # peaked logits: no near-ties in argmax
+  ts = teacher_cache.TransferSet(data=spec, tokenizer=tokenizers.ByteTokenizer(),
+                                 workdir=str(tmp_path), fraction=1.0, teacher="t", seed=0)
+  out = str(tmp_path / "seqkd")
+  teacher_cache.generate(lm, params, out, ts, prompt_len=4, temperature=0.0, batch_size=4,
+                         show_progress=False)
+  seqs, mask = np.load(f"{out}/sequences.npy"), np.load(f"{out}/mask.npy")
+  assert seqs.shape == (8, 17) and mask.shape == (8, 16)
+  greedy = np.asarray(lm.apply(params, seqs[:, :-1])).argmax(-1)
+  for r, n in enumerate(range(1, 9)):
+    np.testing.assert_array_equal(seqs[r, :n], [ord("a") + 3] * n)  # its prompt, kept
+    assert not mask[r, :n - 1].any() and mask[r, n - 1] == 1  # only the answer is trained
+    on = mask[r] > 0
+    np.testing.assert_array_equal(seqs[r, 1:][on], greedy[r][on])  # the teacher's own answer
+    # Trained up to EOS or the context's end, nothing after.
+    stop = np.flatnonzero(seqs[r, n:] == 2)
+    end = n + stop[0] + 1 if stop.size else 17
+    assert on.sum() == end - n

@@ -44,7 +44,7 @@ import grain
 import numpy as np
 
 from distill.data import tokenizer as tok_lib
-from distill.data.examples import Prompt, example_rows, prompts
+from distill.data.examples import Prompt, example_rows, prompt_lengths, prompts
 from distill.data.packing import pack, token_stream
 from distill.data.sources import TEXT_PREFIX, text_files, tokenizer_for
 from distill.data.spec import DataSpec
@@ -54,7 +54,7 @@ from distill.data.windows import (RowSource, Windows, batched, dev_window_ids, e
                                   local_batch, pad_id, transfer_window_ids)
 
 __all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "Prompt", "batched", "dev_batches",
-           "dev_window_ids", "eval_batches", "heldout_texts", "is_table", "local_batch", "make_train_iterator", "pad_id", "prepare", "prompts",
+           "dev_window_ids", "eval_batches", "heldout_texts", "is_table", "local_batch", "make_train_iterator", "pad_id", "prepare", "prompt_lengths", "prompts",
            "split_for_key", "text_eval_batches",
            "token_stream", "train_windows", "transfer_window_ids"]
 

@@ -206,6 +206,12 @@ def example_rows(spec: DataSpec, tokenizer: Any, workdir: str, split: str) -> Ex
                      np.load(base + ".trained.npy", mmap_mode="r"), pad_id(tok))
 
 
+def prompt_lengths(mask):
+  """[B] tokens before each row's first trained token, from a batch's mask [B, T] (numpy or
+  jax): a table example's prompt length (a row without trained tokens gives 1)."""
+  return (mask > 0).argmax(-1) + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   """A held-out prompt as the model sees it (`ids`, its text `rendered`) and the reference
