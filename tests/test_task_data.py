@@ -18,7 +18,8 @@ from distill.data import tokenizer as tokenizers
 from distill.models import sharding
 from distill.models.transformer import LM
 from distill.eval import metrics as evaluate
-from distill.methods import teacher_cache
+from distill.inference import sampling
+from distill.methods import onpolicy, teacher_cache
 from distill.train import objectives
 from tests.helpers import data_spec, tiny_model_config
 
@@ -237,7 +238,8 @@ def test_pipeline_runs_on_a_chat_table(chat_tokenizer, tmp_path):
           f"--workdir={work}", f"--config.data.name={name}",
           f"--config.data.tokenizer={chat_tokenizer}", "--config.export.enabled=False",
           "--config.eval.heldout=", "--config.data.dev_fraction=0.1",
-          "--config.train.dev_every=2", "--config.data.seq_len=48"]
+          "--config.train.dev_every=2", "--config.data.seq_len=48",
+          "--config.distill.on_policy.fraction=1.0"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -245,6 +247,10 @@ def test_pipeline_runs_on_a_chat_table(chat_tokenizer, tmp_path):
   with open(os.path.join(work, "report.json")) as f:
     rep = json.load(f)
   assert np.isfinite(rep["student"]["val_ce"]) and np.isfinite(rep["baseline"]["val_ce"])
+  # Every student step was on-policy: the student answered the examples' prompts.
+  with open(os.path.join(work, "student", "metrics.jsonl")) as f:
+    steps = [json.loads(line) for line in f]
+  assert steps and all(m["on_policy"] == 1.0 and m["sample_len"] > 0 for m in steps)
   # The stage carries the chat template (the student and its exports render with it).
   assert tokenizers.load(os.path.join(work, "student", "tokenizer")).chat_template == TEMPLATE
 
@@ -271,3 +277,23 @@ def test_seqkd_answers_each_examples_own_prompt(tmp_path):
     stop = np.flatnonzero(seqs[r, n:] == 2)
     end = n + stop[0] + 1 if stop.size else 17
     assert on.sum() == end - n
+
+
+def test_on_policy_samples_answer_each_examples_own_prompt(tmp_path):
+  batch, _ = _lm_batch(tmp_path)  # prompts "a" * n, n = 1..8
+  lm = LM(tiny_model_config(vocab_size=264))
+  params = lm.init(jax.random.key(0))
+  params["embed"] = params["embed"] * 4.0  # peaked logits: no near-ties in argmax
+  cfg = onpolicy.OnPolicyConfig(
+      fraction=1.0, prompt_len=8, divergence="reverse_kl", example_prompts=True, prefill=1,
+      sample=sampling.SampleConfig(gen_len=9, temperature=0.0, eos_id=2, vocab=259))
+  new, _ = onpolicy.sampled_batch(lm, params, batch, jax.random.key(1), cfg)
+  inputs, mask = np.asarray(new["inputs"]), np.asarray(new["mask"])
+  greedy = np.asarray(lm.apply(params, inputs)).argmax(-1)
+  for r, n in enumerate(range(1, 9)):
+    np.testing.assert_array_equal(inputs[r, :n], [ord("a") + 3] * n)  # its own prompt
+    assert not mask[r, :n - 1].any() and mask[r, n - 1] == 1  # sampled from its end on
+    on = mask[r] > 0
+    np.testing.assert_array_equal(np.asarray(new["targets"])[r][on], greedy[r][on])
+    stop = np.flatnonzero(np.asarray(new["targets"])[r, n - 1:] == 2)
+    assert on.sum() == (stop[0] + 1 if stop.size else 9)  # to EOS or gen_len

@@ -296,6 +296,17 @@ def _generated_iter(ctx: Context):
       process_count=jax.process_count())
 
 
+def _prompt_range(ctx: Context) -> tuple[int, int] | None:
+  """(shortest, longest) prompt of a table's transfer-set examples; None for a corpus."""
+  if not data.is_table(ctx.data.name):
+    return None
+  ids, rows = data.train_windows(ctx.data, ctx.tokenizer, ctx.workdir,
+                                 ctx.config.distill.transfer_fraction)
+  lens = np.concatenate([data.prompt_lengths(rows(list(ids[i:i + 4096]))["mask"])
+                         for i in range(0, len(ids), 4096)])
+  return int(lens.min()), int(lens.max())
+
+
 def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   """The on-policy plan for the student stage, or None when on_policy.fraction is 0."""
   c = ctx.config
@@ -305,7 +316,8 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   tok = ctx.tokenizer
   cfg = settings.on_policy_config(o, steps=int(c.distill.steps), seq_len=c.data.seq_len,
                                   vocab=min(tok.vocab_size, student.cfg.vocab_size),
-                                  eos_id=tok.eos_id, pad_id=data.pad_id(tok))
+                                  eos_id=tok.eos_id, pad_id=data.pad_id(tok),
+                                  example_prompts=_prompt_range(ctx))
   total = cfg.prompt_len + cfg.sample.gen_len
   context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
   if total > context:
