@@ -71,9 +71,20 @@ def get_config():
   c.train.select_best = True
 
   c.data = ml_collections.ConfigDict()
-  # TFDS name ('pydoc_topics' is built from the stdlib docs; 'lm1b' downloads ~1.8 GB), or
-  # 'text:/path/*.txt'.
+  # TFDS name ('pydoc_topics' is built from the stdlib docs; 'lm1b' downloads ~1.8 GB),
+  # 'text:/path/*.txt' (one document per file, packed), or a table of examples read with
+  # `datasets` (local files only; one example per row, never packed): 'json:/path/*.jsonl',
+  # 'parquet:/path/*.parquet' or 'hf_disk:/path/dir' (a save_to_disk directory). A table's
+  # columns give its form: text | prompt + completion | messages | prompt (prompt-only); only
+  # completions and assistant turns are trained (docs/guides/your_data.md).
   c.data.name = "pydoc_topics"
+  # A table's validation split as another table of the same kind ('json:/path/dev.jsonl');
+  # '' = rows whose md5(JSON) % 10 == 0 (or a save_to_disk DatasetDict's own split).
+  c.data.validation_name = ""
+  # A table's column names for the form fields, where they differ ('' = the field's own name),
+  # e.g. --config.data.columns.prompt=question --config.data.columns.completion=answer.
+  c.data.columns = ml_collections.ConfigDict(dict(text="", prompt="", completion="",
+                                                  messages=""))
   # Where TFDS files and token caches go; '' = <workdir>/data (never inside the repo; a shared
   # disk or GCS for multi-host runs).
   c.data.data_dir = ""

@@ -137,6 +137,7 @@ def data_spec(name="pydoc_topics", **kw):
   """A DataSpec with the tiny configs' values for the fields a test leaves out."""
   from distill.data import DataSpec  # pylint: disable=import-outside-toplevel
   base = dict(name=name, data_dir="", tokenizer="byte", seq_len=128, add_bos=False,
-              max_documents=None, dev_fraction=0.0)
+              max_documents=None, dev_fraction=0.0, columns=(),
+              validation_name="")
   base.update(kw)
   return DataSpec(**base)

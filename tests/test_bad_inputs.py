@@ -80,6 +80,25 @@ CASES = [
      ["has no non-empty document", "add text"]),
     ("text_file_binary", _main("--config.data.name=text:{binary_text}/*.txt"), USAGE,
      ["is not text", "NUL bytes", "convert it to UTF-8"]),
+    # tables of examples (json: / parquet: / hf_disk:)
+    ("table_glob_matches_nothing", _main("--config.data.name=json:{tmp}/no_such/*.jsonl"),
+     USAGE, ["--config.data.name='json:", "the glob matched no files",
+             "give a glob of json files"]),
+    ("jsonl_line_not_json", _main("--config.data.name=json:{bad_jsonl}/*.jsonl"), USAGE,
+     ["rows.jsonl:3: not JSON", "each line of a JSONL file must be one JSON object"]),
+    ("table_missing_columns", _main("--config.data.name=json:{qa_jsonl}/*.jsonl"), USAGE,
+     ["has columns ['answer', 'question']", "--config.data.columns.prompt=question"]),
+    ("messages_without_assistant", _main("--config.data.name=json:{no_assistant}/*.jsonl"),
+     USAGE, ["`messages` has no assistant turn", "add the assistant's answer"]),
+    ("chat_rows_without_chat_template", _main("--config.data.name=json:{chat_rows}/*.jsonl"),
+     USAGE, ["holds conversations but the tokenizer (ByteTokenizer) has no chat template",
+             "whose tokenizer_config.json has a chat_template"]),
+    ("prompt_longer_than_context", _main("--config.data.name=json:{long_prompt}/*.jsonl"),
+     USAGE, ["have a prompt that fills the context", "data.seq_len=32",
+             "raise --config.data.seq_len"]),
+    ("table_split_empty", _main("--config.data.name=json:{no_validation}/*.jsonl"), USAGE,
+     ["split 'validation' of data.name=", "has no rows",
+      "--config.data.validation_name=json:/path/dev.jsonl"]),
     ("unknown_tfds_name", _main("--config.data.name=no_such_corpus_xyz"), USAGE,
      ["unknown TFDS dataset 'no_such_corpus_xyz'", "text:/path/*.txt"]),
     ("add_bos_not_a_choice", _main("--config.data.add_bos=maybe"), USAGE,
@@ -213,6 +232,33 @@ def _text_dir(path, content: bytes):
       f.write(content)
 
 
+def _jsonl(path, lines):
+  os.makedirs(path)
+  with open(os.path.join(path, "rows.jsonl"), "w") as f:
+    f.writelines(line + "\n" for line in lines)
+  return str(path)
+
+
+def _tables(tmp, p):
+  """The table rows' inputs: one JSONL directory each."""
+  pc = [json.dumps({"prompt": f"{i} + 1 =", "completion": str(i + 1)}) for i in range(20)]
+  chat = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                   {"role": "assistant", "content": f"a{i}"}]})
+          for i in range(20)]
+  p["bad_jsonl"] = _jsonl(tmp / "bad_jsonl", pc[:2] + ['{"prompt": "x", "completion"'] + pc[2:])
+  p["qa_jsonl"] = _jsonl(tmp / "qa_jsonl", [json.dumps({"question": "q", "answer": "a"})] * 20)
+  p["no_assistant"] = _jsonl(tmp / "no_assistant", chat[:3] + [json.dumps(
+      {"messages": [{"role": "user", "content": "and no answer"}]})] + chat[3:])
+  p["chat_rows"] = _jsonl(tmp / "chat_rows", chat)
+  p["long_prompt"] = _jsonl(tmp / "long_prompt", pc + [json.dumps(
+      {"prompt": "x" * 100, "completion": "y"})])
+  # Rows that all fall in the train split by the md5 rule: the validation split is empty.
+  train_only = [line for line in pc if data.split_for_key(
+      json.dumps(json.loads(line), sort_keys=True)) == "train"]
+  assert len(train_only) >= 10
+  p["no_validation"] = _jsonl(tmp / "no_validation", train_only)
+
+
 def _hf_dir(path, config, files):
   os.makedirs(path)
   if config is not None:
@@ -292,6 +338,7 @@ def world(tmp_path_factory, small_run):
   _text_dir(p["empty_text"], b"  \n")
   p["binary_text"] = str(tmp / "binary_text")
   _text_dir(p["binary_text"], b"\x1f\x8b\x08\x00\x00\x00\x00\x00PK\x00\x00 gzip-ish")
+  _tables(tmp, p)
   p["empty_dir"] = str(tmp / "empty_dir")
   os.makedirs(p["empty_dir"])
   p["a_file"] = str(tmp / "a_file")

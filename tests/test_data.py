@@ -235,7 +235,8 @@ def test_training_path_does_not_import_tensorflow(pydoc_workdir):
       import json, sys
       from distill import data
       cfg = data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=64,
-                          add_bos=False, max_documents=None, dev_fraction=0.0)
+                          add_bos=False, max_documents=None, dev_fraction=0.0,
+                          columns=(), validation_name='')
       it = data.make_train_iterator(cfg, None, {pydoc_workdir!r}, batch_size=8, seed=0)
       batch = next(it)
       data.eval_batches(cfg, None, {pydoc_workdir!r}, batch_size=8, max_batches=1)

@@ -20,6 +20,7 @@ spm = pytest.importorskip("sentencepiece")
 
 import distill  # noqa: E402
 from distill.data import tokenizer as tokenizers  # noqa: E402
+from distill.data import chat as chat_lib  # noqa: E402
 from distill.errors import ConfigError, LoadError  # noqa: E402
 from distill.methods.prune import vocab as vocab_lib  # noqa: E402
 from distill.models import gguf as dgguf  # noqa: E402
@@ -267,7 +268,7 @@ def test_gemma_style_trim_to_512_keeps_only_used_specials_and_round_trips(tmp_pa
     if "<" not in text:  # the teacher reads the student's tokens as the same text
       assert tok.decode(np.asarray(tr.teacher_ids(np.asarray(ids))).tolist()) == text
   # The used specials still match whole, and the chat turn encodes to them.
-  chat = tokenizers.render_chat(new, "hi")
+  chat = chat_lib.render_prompt(new, "hi")
   turn = new.encode(chat)
   assert turn[:2] == [new.bos_id, *new.encode("<start_of_turn>")]
   # Without the data's counts, 256 bytes, "▁" and the six named specials must stay: K can be

@@ -55,7 +55,7 @@ def _run():
   stage = _STAGE.value if os.path.isabs(_STAGE.value) else os.path.join(_WORKDIR.value, _STAGE.value)
   data_spec = data.DataSpec(name=_DATA.value, data_dir="", tokenizer="byte",
                             seq_len=_SEQ_LEN.value, add_bos=None, max_documents=None,
-                            dev_fraction=0.0)
+                            dev_fraction=0.0, columns=(), validation_name="")
   out = _OUT.value
   if out is None:
     p = resolve(_PRESET.value, quant=_QUANT.value)

@@ -6,6 +6,11 @@ Sources (`DataSpec.name`):
   * "text:<glob>": the user's own UTF-8 files, one document per file. A file belongs to
     validation when `split_for_key(basename)` says so (md5 of the name mod 10 == 0), the
     same rule the pydoc builder applies to topic keys.
+  * "json:<glob>", "parquet:<glob>", "hf_disk:<dir>": tables of examples read with the
+    `datasets` library (distill/data/tables.py: the row forms text, prompt + completion,
+    messages, prompt-only); one example per row, never packed, with a loss mask on the
+    completion / assistant turns only (distill/data/examples.py: rendering, truncation,
+    splits). `prompts` lists a split's prompts and references.
 
 Packing: each document of a split is tokenized (BOS first when `DataSpec.add_bos`), followed
 by EOS, and all of them are concatenated in a fixed order (TFDS's stored order, file paths
@@ -22,10 +27,13 @@ every epoch) -> global batches of window ids -> process `p` gathers rows
 `[p * b, (p + 1) * b)` of each, so the processes' rows together are the one-process batch.
 The iterator's state is grain's `{"next_index": n}`.
 
+Packed windows and table rows are both a `windows.RowSource`, so everything below (the
+transfer set, the dev split, eval batches, the teacher cache by row id) treats them alike.
+
 Every function takes a `DataSpec` (distill/data/spec.py), built and checked from the run
 config by `distill.run.settings`. Modules: spec, splits (the md5 split rule), sources (text
 globs, TFDS), packing (the cached stream), windows (rows, batching), tokenizer, pydoc_topics
-(the embedded corpus's TFDS builder).
+(the embedded corpus's TFDS builder), tables and examples, chat (chat templates).
 """
 from __future__ import annotations
 
@@ -36,31 +44,39 @@ import grain
 import numpy as np
 
 from distill.data import tokenizer as tok_lib
+from distill.data.examples import Prompt, example_rows, prompt_lengths, prompts
 from distill.data.packing import pack, token_stream
 from distill.data.sources import TEXT_PREFIX, text_files, tokenizer_for
 from distill.data.spec import DataSpec
 from distill.data.splits import split_for_key
-from distill.data.windows import (Windows, batched, dev_window_ids, eval_rows, local_batch,
-                                  pad_id, transfer_window_ids)
+from distill.data.tables import is_table
+from distill.data.windows import (RowSource, Windows, batched, dev_window_ids, eval_rows,
+                                  local_batch, pad_id, transfer_window_ids)
 
-__all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "batched", "dev_batches", "dev_window_ids",
-           "eval_batches", "heldout_texts",
-           "local_batch", "make_train_iterator", "pad_id", "prepare", "split_for_key", "text_eval_batches",
+__all__ = ["DataSpec", "TEXT_PREFIX", "HELDOUT_DOCS", "Prompt", "batched", "dev_batches",
+           "dev_window_ids", "eval_batches", "heldout_texts", "is_table", "local_batch", "make_train_iterator", "pad_id", "prepare", "prompt_lengths", "prompts",
+           "split_for_key", "text_eval_batches",
            "token_stream", "train_windows", "transfer_window_ids"]
 
 
 def prepare(spec: DataSpec, workdir: str, tokenizer: Any = None) -> None:
-  """Builds the TFDS dataset (if needed) and the packed train/validation streams.
+  """Builds the TFDS dataset (if needed) and the packed train/validation streams, or a
+  table's train/validation example rows.
 
   When both streams are cached already, this touches neither TFDS nor TensorFlow.
   """
   tokenizer = tokenizer_for(tokenizer, spec)
   for split in ("train", "validation"):
-    token_stream(spec, tokenizer, workdir, split)
+    if is_table(spec.name):
+      example_rows(spec, tokenizer, workdir, split)
+    else:
+      token_stream(spec, tokenizer, workdir, split)
 
 
-def _windows(spec: DataSpec, tokenizer, workdir, split) -> Windows:
+def _windows(spec: DataSpec, tokenizer, workdir, split) -> RowSource:
   tokenizer = tokenizer_for(tokenizer, spec)
+  if is_table(spec.name):
+    return example_rows(spec, tokenizer, workdir, split)
   stream = token_stream(spec, tokenizer, workdir, split)
   return Windows(stream, spec.seq_len, pad_id(tokenizer),
                  f"split {split!r} of data.name={spec.name!r}")

@@ -10,7 +10,8 @@ import os
 class DataSpec:
   """Where documents come from and how they become token windows.
 
-  name: 'pydoc_topics' (the embedded corpus), a TFDS name, or 'text:<glob>'.
+  name: 'pydoc_topics' (the embedded corpus), a TFDS name, 'text:<glob>', or a table of
+    examples: 'json:<glob>', 'parquet:<glob>', 'hf_disk:<dir>' (distill/data/tables.py).
   data_dir: TFDS files and packed streams; '' = <workdir>/data.
   tokenizer: 'byte', a tokenizer path, or '' = the teacher's (then the caller passes it).
   seq_len: tokens per training window (a window holds seq_len + 1).
@@ -19,6 +20,10 @@ class DataSpec:
   max_documents: read at most this many documents per split (None = all).
   dev_fraction: share of the train split's windows held out as the dev split (0 = none):
     no training stage sees them (`windows.dev_window_ids`).
+  columns: for tables, ((form field, the table's column), ...) for fields named otherwise
+    (form fields: messages, prompt, completion, text); () = every field its own name.
+  validation_name: for tables, the validation split as another table ('' = the md5 rule, or
+    a save_to_disk DatasetDict's own split).
   """
   name: str
   data_dir: str
@@ -27,6 +32,8 @@ class DataSpec:
   add_bos: bool | None
   max_documents: int | None
   dev_fraction: float
+  columns: tuple
+  validation_name: str
 
   def resolved_data_dir(self, workdir: str) -> str:
     return self.data_dir or os.path.join(workdir, "data")

@@ -433,22 +433,6 @@ def fit_vocab(tok: Tokenizer, vocab: int, directory: str) -> Tokenizer:
   return out
 
 
-def render_chat(tok: Tokenizer, prompt: str) -> str:
-  """`prompt` as one user turn through the tokenizer's Jinja chat template, ready for the
-  assistant's answer (what transformers' `apply_chat_template(add_generation_prompt=True)`
-  renders: same sandbox and whitespace rules)."""
-  from jinja2 import sandbox  # pylint: disable=import-outside-toplevel
-  env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-  def fail(msg):
-    raise ValueError(f"chat template: {msg}")
-  env.globals["raise_exception"] = fail
-  tokens = {f"{k}_token": tok._token(k) if hasattr(tok, "_token") else None  # pylint: disable=protected-access
-            for k in ("bos", "eos", "pad")}
-  return env.from_string(tok.chat_template).render(
-      messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, **tokens)
-
-
 def from_config(cfg: Any) -> Tokenizer:
   """`"byte"`, or a path accepted by `load`; a Tokenizer passes through unchanged."""
   if isinstance(cfg, Tokenizer):

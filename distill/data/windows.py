@@ -12,7 +12,21 @@ from distill.data import tokenizer as tok_lib
 _TRANSFER_PERMUTATION_SEED = 20240501
 
 
-class Windows:
+class RowSource:
+  """Training rows by id: `num_windows` of them, `rows(ids)` a batch ({"inputs", "targets",
+  "mask"}; id -1 a mask-0 padding row). Packed windows and table examples are both one."""
+
+  num_windows: int
+
+  def rows(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def rows_with_ids(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    # The window id keys per-window side data such as an offline teacher cache.
+    return dict(self.rows(ids), window=np.asarray(ids, np.int32))
+
+
+class Windows(RowSource):
   """Row `i` of the stream cut into windows of seq_len + 1 tokens, as a batch element."""
 
   def __init__(self, stream: np.ndarray, seq_len: int, pad_id: int, what: str):
@@ -39,11 +53,6 @@ class Windows:
       real[r, :chunk.size] = True
     return {"inputs": win[:, :-1], "targets": win[:, 1:],
             "mask": real[:, 1:].astype(np.float32)}
-
-  def rows_with_ids(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
-    # The window id keys per-window side data such as an offline teacher cache.
-    return dict(self.rows(ids), window=np.asarray(ids, np.int32))
-
 
 def pad_id(tokenizer: tok_lib.Tokenizer) -> int:
   """The id written into padded positions (samplers pad with it too). Padded positions carry
@@ -111,7 +120,7 @@ def batched(ids, rows, batch_size: int, seed: int, lo: int, local: int) -> grain
   return iter(ds.to_iter_dataset(options))
 
 
-def eval_rows(windows: Windows, batch_size: int, max_batches: int | None, process_index: int,
+def eval_rows(windows: RowSource, batch_size: int, max_batches: int | None, process_index: int,
                process_count: int, ids: Sequence[int] | None = None
                ) -> list[dict[str, np.ndarray]]:
   """Batches of the windows `ids` (default: all, in stream order); this process's rows of each;

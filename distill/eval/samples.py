@@ -15,8 +15,8 @@ from distill.models.transformer import LM
 
 def prompts(data_cfg, tokenizer, workdir: str, teacher: LM, *, count: int, prompt_len: int,
             gen_len: int, temperature: float):
-  """(prompts [N, prompt_len] from the first `count` validation windows, full-length rows
-  only; the SampleConfig the teacher speaks), or (None, None) when `count` is 0."""
+  """(prompts [N, prompt_len] from the first `count` validation rows, those real through
+  prompt_len only; the SampleConfig the teacher speaks), or (None, None) when `count` is 0."""
   if not count:
     return None, None
   if prompt_len + gen_len > teacher.cfg.max_len:
@@ -25,7 +25,9 @@ def prompts(data_cfg, tokenizer, workdir: str, teacher: LM, *, count: int, promp
                       f"{teacher.cfg.max_len} positions")
   rows = data.eval_batches(data_cfg, tokenizer, workdir, split="validation",
                            batch_size=count)[0]
-  chosen = rows["inputs"][rows["mask"][:, prompt_len - 1] > 0][:, :prompt_len]
+  # Rows real through the prompt: a trained target at or after it (padding only ever ends a
+  # row: the last packed window, or a table example's pad).
+  chosen = rows["inputs"][rows["mask"][:, prompt_len - 1:].any(-1)][:, :prompt_len]
   cfg = sampling.SampleConfig(gen_len=gen_len, temperature=float(temperature))
   return chosen, speaking(cfg, tokenizer, teacher)
 

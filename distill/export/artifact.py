@@ -44,7 +44,8 @@ LEVELS = {"full": dict(every_length=True, new_tokens=16, windows=16, calib=16),
 def default_data_spec(seq_len: int = 128) -> data.DataSpec:
   """The embedded corpus under <workdir>/data, as the tiny pipeline prepared it."""
   return data.DataSpec(name="pydoc_topics", data_dir="", tokenizer="byte", seq_len=seq_len,
-                       add_bos=None, max_documents=None, dev_fraction=0.0)
+                       add_bos=None, max_documents=None, dev_fraction=0.0,
+                       columns=(), validation_name="")
 
 
 def train_streams(data_spec, tokenizer, workdir, *, count: int, length: int) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 With `distill.on_policy.fraction = λ`, each step is decided on the host, deterministically from
 `fold_in(key, step)`: with probability λ the step is *on-policy* and the student continues
-the first `prompt_len` tokens of each row of the dataset batch with its own samples (current
+the first `prompt_len` tokens of each row of the dataset batch (of a table of examples: each
+example's own prompt, `OnPolicyConfig.example_prompts`) with its own samples (current
 parameters, the jitted KV-cache sampler of `distill.inference.sampling`, no host round-trip per token);
 the teacher scores those sequences in the same jitted step (online teacher) and the student
 minimises `on_policy.divergence` (reverse KL or JSD(β) as GKD recommends; any kind of the loss
@@ -22,6 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from distill import data
 from distill.train import objectives
 from distill.inference import sampling
 from distill.train import step as step_lib
@@ -39,6 +41,11 @@ class OnPolicyConfig:
   start_step: int = 0
   # Temperature of the divergence on sampled positions; 0 = the dataset steps' schedule.
   loss_temperature: float = 0.0
+  # Table examples: each row's prompt is its own (the tokens before its first trained one, at
+  # most prompt_len, the prompt buffer), answered from there; `prefill` (static, <= every
+  # row's prompt length) positions are prefilled at once. Windows: the first prompt_len tokens.
+  example_prompts: bool = False
+  prefill: int = 0
 
 
 def use_on_policy(key, step: int, fraction: float, start_step: int = 0) -> bool:
@@ -58,8 +65,12 @@ def sampled_batch(student: LM, params, batch, key, cfg: OnPolicyConfig):
   sampled token (up to and including EOS), so the loss sees generated positions only.
   """
   prompts = batch["inputs"][:, :cfg.prompt_len]
+  lens = None
+  if cfg.example_prompts:
+    lens = jnp.minimum(data.prompt_lengths(batch["mask"]), cfg.prompt_len).astype(jnp.int32)
   # Row ids are global batch rows: the same draws whatever the mesh.
-  out = sampling.sample(student, jax.lax.stop_gradient(params), prompts, key, cfg.sample)
+  out = sampling.sample(student, jax.lax.stop_gradient(params), prompts, key, cfg.sample,
+                        prompt_lens=lens, prefill=cfg.prefill or None)
   tokens, gen = out["tokens"], out["gen_mask"]
   new = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": gen[:, 1:]}
   # Positions weighted by 1..L so a reordering would change it too: a cheap fingerprint of the

@@ -23,7 +23,8 @@ Sequence-level KD (SeqKD, Kim & Rush 2016): `--generate` writes teacher *generat
 Each transfer-set window's first `prompt_len` tokens are continued by the teacher to a full
 window (batched, jitted, KV cache: `distill.inference.sampling`); `sequences.npy` int32 [N, T+1],
 `mask.npy` float32 [N, T] (1 on the prompt's real tokens and the generation up to its EOS) and
-`meta.json`. The student (not the baseline) then trains on these rows.
+`meta.json`. For a table of examples (`json:` ...) the teacher answers each example's own
+prompt instead, and the mask covers its answer only (completion-only SeqKD). The student (not the baseline) then trains on these rows.
 """
 from __future__ import annotations
 
@@ -169,9 +170,12 @@ GENERATED_PREFIX = "generated:"
 
 def write_generations(teacher, t_params, windows, out_dir: str, cfg: sampling.SampleConfig, *,
                       prompt_len: int, key, batch_size: int = 32, meta: dict | None = None,
-                      progress=None) -> dict:
+                      progress=None, prompt_lens=None) -> dict:
   """Teacher continuations of `windows` [N, T+1] (their first prompt_len tokens) -> out_dir.
 
+  prompt_lens [N]: each row's own prompt length (<= prompt_len, the prompt buffer), for table
+  examples; the rows are then cut to T+1 tokens and only the generated tokens are trained
+  (completion-only), where windows also train their prompt's tokens.
   Row r draws with row id r, so the set does not depend on batch_size.
   """
   n, width = windows.shape
@@ -187,15 +191,18 @@ def write_generations(teacher, t_params, windows, out_dir: str, cfg: sampling.Sa
       progress.update(start, {})
     rows = np.asarray(windows[start:start + batch_size, :prompt_len], np.int32)
     real = len(rows)
-    rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - real, 0)])  # one shape
-    out = jax.device_get(sampling.run(teacher, t_params, rows, key, cfg,
-                                      row_ids=np.arange(start, start + batch_size)))
-    toks, gen = out["tokens"][:real], out["gen_mask"][:real]
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - real, 0)])  # one shape
+    lens = None if prompt_lens is None else pad(np.asarray(prompt_lens[start:start + real]))
+    out = jax.device_get(sampling.run(
+        teacher, t_params, pad(rows), key, cfg, row_ids=np.arange(start, start + batch_size),
+        prompt_lens=lens, prefill=None if lens is None else int(np.min(prompt_lens))))
+    toks, gen = out["tokens"][:real, :width], out["gen_mask"][:real, :width]
     seqs[start:start + real] = toks
-    # Targets that are real text: the prompt's (from position 1) and the generation's.
-    real_prompt = np.zeros_like(gen)
-    real_prompt[:, 1:prompt_len] = 1.0
-    mask[start:start + real] = np.maximum(real_prompt, gen)[:, 1:]
+    if prompt_lens is None:  # targets that are real text: the prompt's (from 1) and generated
+      real_prompt = np.zeros_like(gen)
+      real_prompt[:, 1:prompt_len] = 1.0
+      gen = np.maximum(real_prompt, gen)
+    mask[start:start + real] = gen[:, 1:]
     lengths.extend(out["lengths"][:real].tolist())
   if progress is not None:
     progress.close()
@@ -214,7 +221,9 @@ def write_generations(teacher, t_params, windows, out_dir: str, cfg: sampling.Sa
 def generate(teacher, t_params, out_dir: str, ts: TransferSet, *, prompt_len: int,
              temperature: float, top_k: int = 0, top_p: float = 1.0, batch_size: int = 32,
              show_progress: bool = True) -> dict:
-  """SeqKD transfer set from the run's transfer set (windows in window-id order)."""
+  """SeqKD transfer set from the run's transfer set (windows in window-id order). For a
+  table of examples the teacher answers each example's own prompt (`prompt_len` unused) and
+  the student trains on its answers only."""
   tok, seq_len = ts.tokenizer, ts.data.seq_len
   if not 1 <= prompt_len <= seq_len:
     raise CacheError(f"--prompt_len={prompt_len} must be in [1, data.seq_len={seq_len}]")
@@ -222,21 +231,31 @@ def generate(teacher, t_params, out_dir: str, ts: TransferSet, *, prompt_len: in
     raise CacheError(f"data.seq_len + 1 = {seq_len + 1} exceeds the teacher's context "
                      f"of {teacher.cfg.max_len} positions")
   ids, rows = data.train_windows(ts.data, tok, ts.workdir, ts.fraction)
-  full = np.concatenate([rows(list(ids[i:i + 256]))["inputs"] for i in range(0, len(ids), 256)])
-  last = np.concatenate([rows(list(ids[i:i + 256]))["targets"][:, -1:]
-                         for i in range(0, len(ids), 256)])
-  windows = np.concatenate([full, last], axis=1)
-  cfg = sampling.SampleConfig(gen_len=seq_len + 1 - prompt_len,
+  parts = [rows(list(ids[i:i + 256])) for i in range(0, len(ids), 256)]
+  windows = np.concatenate([np.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1)
+                            for b in parts])
+  prompt_lens = None
+  if data.is_table(ts.data.name):  # the examples' own prompts, answered to EOS or the context
+    prompt_lens = data.prompt_lengths(np.concatenate([b["mask"] for b in parts]))
+    prompt_len = int(prompt_lens.max())
+    gen_len = seq_len + 1 - int(prompt_lens.min())
+    if prompt_len + gen_len > teacher.cfg.max_len:
+      gen_len = seq_len + 1 - prompt_len
+  else:
+    gen_len = seq_len + 1 - prompt_len
+  cfg = sampling.SampleConfig(gen_len=gen_len,
                               temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                               eos_id=-1 if tok.eos_id is None else tok.eos_id,
                               pad_id=data.pad_id(tok),
                               vocab=min(tok.vocab_size, teacher.cfg.vocab_size))
   meta = {"data": ts.data.name, "tokenizer": tok.fingerprint, "transfer_fraction": ts.fraction,
-          "teacher": ts.teacher, "seed": ts.seed}
+          "teacher": ts.teacher, "seed": ts.seed,
+          "prompts": "window prefixes" if prompt_lens is None else "the examples' prompts"}
   return write_generations(teacher, t_params, windows, out_dir, cfg, prompt_len=prompt_len,
                            key=jax.random.key(ts.seed), batch_size=batch_size, meta=meta,
                            progress=train.Progress("seqkd", len(ids), seq_len,
-                                                   enabled=show_progress))
+                                                   enabled=show_progress),
+                           prompt_lens=prompt_lens)
 
 
 def generated_iterator(path: str, *, seq_len: int, tokenizer, batch_size: int, seed: int,

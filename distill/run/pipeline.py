@@ -32,6 +32,7 @@ from distill.eval import samples as sample_eval
 from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
+from distill.data import chat
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
 from distill.train import selection
@@ -277,7 +278,7 @@ def _samples(ctx: Context, model: inference.Model) -> dict:
   template = getattr(model.tokenizer, "chat_template", None)
   if template and c.eval.chat_prompts:
     # The template writes its own specials (add_bos=False, as transformers tokenizes it).
-    out["chat_samples"] = {p: model.generate(tokenizers.render_chat(model.tokenizer, p),
+    out["chat_samples"] = {p: model.generate(chat.render_prompt(model.tokenizer, p),
                                              c.eval.sample_tokens, add_bos=False)
                            for p in c.eval.chat_prompts}
   return out
@@ -295,6 +296,17 @@ def _generated_iter(ctx: Context):
       process_count=jax.process_count())
 
 
+def _prompt_range(ctx: Context) -> tuple[int, int] | None:
+  """(shortest, longest) prompt of a table's transfer-set examples; None for a corpus."""
+  if not data.is_table(ctx.data.name):
+    return None
+  ids, rows = data.train_windows(ctx.data, ctx.tokenizer, ctx.workdir,
+                                 ctx.config.distill.transfer_fraction)
+  lens = np.concatenate([data.prompt_lengths(rows(list(ids[i:i + 4096]))["mask"])
+                         for i in range(0, len(ids), 4096)])
+  return int(lens.min()), int(lens.max())
+
+
 def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   """The on-policy plan for the student stage, or None when on_policy.fraction is 0."""
   c = ctx.config
@@ -304,7 +316,8 @@ def _on_policy_plan(ctx: Context, student: LM, teacher: LM, loss_cfg):
   tok = ctx.tokenizer
   cfg = settings.on_policy_config(o, steps=int(c.distill.steps), seq_len=c.data.seq_len,
                                   vocab=min(tok.vocab_size, student.cfg.vocab_size),
-                                  eos_id=tok.eos_id, pad_id=data.pad_id(tok))
+                                  eos_id=tok.eos_id, pad_id=data.pad_id(tok),
+                                  example_prompts=_prompt_range(ctx))
   total = cfg.prompt_len + cfg.sample.gen_len
   context = min(student.cfg.max_len, teacher.cfg.max_len)  # a loaded teacher's is known now
   if total > context:

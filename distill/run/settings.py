@@ -20,7 +20,9 @@ def data_spec(d) -> DataSpec:
   return DataSpec(name=d.name.strip(), data_dir=d.data_dir, tokenizer=d.tokenizer,
                   seq_len=int(d.seq_len), add_bos=add_bos(d),
                   max_documents=None if d.max_documents is None else int(d.max_documents),
-                  dev_fraction=float(d.dev_fraction))
+                  dev_fraction=float(d.dev_fraction),
+                  columns=tuple((k, str(v)) for k, v in sorted(d.columns.items()) if v),
+                  validation_name=d.validation_name.strip())
 
 
 def gate_threshold(p) -> float | None:
@@ -71,12 +73,17 @@ def feature_spec(h) -> features.FeatureSpec:
                               attention_weight=float(h.attention_weight))
 
 
-def on_policy_config(o, *, steps: int, seq_len: int, vocab: int, eos_id, pad_id) -> OnPolicyConfig:
+def on_policy_config(o, *, steps: int, seq_len: int, vocab: int, eos_id, pad_id,
+                     example_prompts: tuple[int, int] | None = None) -> OnPolicyConfig:
   """`config.distill.on_policy` -> OnPolicyConfig; gen_len 0 fills the training window and
-  `start` is a fraction of the `steps` distill steps."""
-  p = int(o.prompt_len)
+  `start` is a fraction of the `steps` distill steps. example_prompts: (shortest, longest)
+  prompt of a table's training examples, which then replace the first prompt_len tokens (the
+  prompt buffer is the longest)."""
+  p = int(o.prompt_len) if example_prompts is None else int(example_prompts[1])
   gen = int(o.gen_len) or seq_len + 1 - p
   return OnPolicyConfig(fraction=float(o.fraction), prompt_len=p, divergence=o.divergence,
+                        example_prompts=example_prompts is not None,
+                        prefill=0 if example_prompts is None else int(example_prompts[0]),
                         start_step=int(round(float(o.start) * steps)),
                         loss_temperature=float(o.loss_temperature),
                         sample=sampling.SampleConfig(

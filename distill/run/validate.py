@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 
+from distill.data import tables
 from distill.errors import ConfigError, MeshError
 from distill.models.model_config import ModelConfig
 from distill.run.hardware import HARDWARE
@@ -171,7 +172,8 @@ def _run_fields(c):
 def _data(c):
   """config.data: the corpus exists, the tokenizer exists, sizes are positive."""
   _req(isinstance(_get(c, "data.name"), str) and c.data.name,
-       "--config.data.name must be a TFDS name or 'text:/path/*.txt'")
+       "--config.data.name must be a TFDS name, 'text:/path/*.txt' or a table "
+       "('json:/path/*.jsonl', 'parquet:/path/*.parquet', 'hf_disk:/path/dir')")
   if c.data.name.startswith("text:"):
     import glob  # pylint: disable=import-outside-toplevel
     # Checked here, before the workdir is touched, rather than when the data is packed.
@@ -179,6 +181,7 @@ def _data(c):
     _req(any(os.path.isfile(p) for p in glob.glob(pattern, recursive=True)),
          f"--config.data.name={c.data.name!r} matches no files; give a glob of UTF-8 text "
          "files, e.g. 'text:/path/*.txt'")
+  _tables(c)
   tok = _get(c, "data.tokenizer")
   if isinstance(tok, str) and tok not in ("", "byte"):
     _req(os.path.exists(os.path.expanduser(tok)), f"--config.data.tokenizer={tok!r} does not "
@@ -194,6 +197,26 @@ def _data(c):
   docs = _get(c, "data.max_documents")
   _req(docs is None or (isinstance(docs, int) and docs > 0),
        f"--config.data.max_documents={docs!r} must be > 0 (leave it unset for all documents)")
+
+
+def _tables(c):
+  """A table's files exist (checked before the workdir is touched); its split and columns."""
+  val, columns = _get(c, "data.validation_name"), _get(c, "data.columns")
+  _req(isinstance(val, str), "--config.data.validation_name must be a string")
+  for field, col in columns.items():
+    _req(field in tables.FIELDS and isinstance(col, str),
+         f"--config.data.columns.{field}={col!r}: the fields are {', '.join(tables.FIELDS)}, "
+         "each the name of a column (a string)")
+  if val:
+    _req(tables.is_table(c.data.name) and tables.is_table(val),
+         f"--config.data.validation_name={val!r} is a table's validation split: give it and "
+         "data.name as 'json:', 'parquet:' or 'hf_disk:' tables")
+  for field, name in (("name", c.data.name), ("validation_name", val)):
+    if name and tables.is_table(name):
+      try:
+        tables.table_files(name)
+      except ValueError as e:
+        raise ConfigError(f"--config.data.{field}={name!r}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def _selection(c):
