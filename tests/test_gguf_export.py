@@ -305,3 +305,29 @@ def test_refusals_name_the_problem(student, tmp_path):
     gguf_writer.write(str(tmp_path), CFG.replace(sliding_window=8), student["params"],
                       tokenizers.ByteTokenizer(), "f16")
   assert os.listdir(tmp_path) == []  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline's export stage: config.export.gguf
+
+def test_pipeline_stage_writes_each_preset_and_quant(student, tmp_path):
+  from configs import base  # pylint: disable=import-outside-toplevel
+  from distill.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from distill.run import export_stage, validate  # pylint: disable=import-outside-toplevel
+  config = base.get_config()
+  config.export.gguf = "f16, q8_0"
+  config.export.watch.max_context = 128
+  validate.validate(config)
+  work = str(tmp_path)
+  out = export_stage.run_gguf(config, work, LM(CFG), student["params"], student["tok"])
+  assert sorted(out) == ["phone/f16", "phone/q8_0", "watch/f16", "watch/q8_0"]
+  assert out["watch/f16"]["file"] == os.path.join(work, "export", "watch-gguf", "student-f16.gguf")
+  assert _fields(out["watch/f16"]["file"])[1]["llama.context_length"] == 128
+  assert _fields(out["phone/f16"]["file"])[1]["llama.context_length"] == 256  # the model's max
+  # the same tensors, bit for bit, as the stage's export of the same student
+  mine = {t.name: bytes(t.data) for t in gguf.GGUFReader(out["phone/q8_0"]["file"]).tensors}
+  assert mine == {t.name: bytes(t.data)
+                  for t in gguf.GGUFReader(student["files"]["q8_0"]).tensors}
+  config.export.gguf = "q3_x"
+  with pytest.raises(ConfigError, match="export.gguf has 'q3_x'"):
+    validate.validate(config)

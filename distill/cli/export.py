@@ -23,13 +23,14 @@ from distill.cli import common as cli
 from distill.export import default_dirname, resolve
 from distill.export import export_stage
 from distill.export import gguf_writer
+from distill.export.presets import GGUF_QUANTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding the stage to export.")
 _PRESET = flags.DEFINE_enum("preset", None, ["phone", "watch"], "Edge preset.")
 _TFLITE_QUANTS = ["fp32", "fp16", "dynamic_int8", "int8", "int4", "int4_head8"]
 _QUANT = flags.DEFINE_string("quant", None, "Quantization mode (default: the preset's): "
                              f"{', '.join(_TFLITE_QUANTS)}; with --format=gguf "
-                             f"{', '.join(gguf_writer.QUANTS)} (default f16).")
+                             f"{', '.join(GGUF_QUANTS)} (default f16).")
 _STAGE = flags.DEFINE_string("stage", "student", "Stage subdirectory of --workdir (or a path).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/export/<preset>).")
 _CONTEXT = flags.DEFINE_integer("max_context", None, "Override the preset's cache length.")

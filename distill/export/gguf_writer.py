@@ -38,12 +38,12 @@ from distill.data import tokenizer as tokenizers
 from distill.errors import UsageError
 from distill.export import gguf_vocab
 from distill.export import hf as hf_export
+from distill.export.presets import GGUF_QUANTS
 from distill.inference.stage import load_stage_params, read_model_config
 from distill.models.model_config import ModelConfig
 from distill.models.ops import rope_frequencies
 from distill.models.transformer import LM
 
-QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 _ARCHS = ("llama", "qwen2", "qwen3")
 _LLAMACPP = "pip install -r requirements-llamacpp.txt"
 
@@ -54,9 +54,9 @@ def file_name(quant: str) -> str:
 
 def check_quant(quant: str) -> None:
   """Refuses a quant type this writer lacks, or one whose quantizer is not installed."""
-  if quant not in QUANTS:
+  if quant not in GGUF_QUANTS:
     raise UsageError(f"--quant={quant} is not a GGUF quant type here; use one of "
-                     f"{', '.join(QUANTS)}")
+                     f"{', '.join(GGUF_QUANTS)}")
   if quant == "q4_k_m":
     import importlib.util  # pylint: disable=import-outside-toplevel
     if importlib.util.find_spec("llama_cpp") is None:
