@@ -312,6 +312,11 @@ def get_config():
   # requirements-edge.txt; exit 2 without it) or 'auto' (when installed). Off by default: the
   # bundle's engine check needs a trained student.
   c.export.litertlm = "false"
+  # Also write GGUF files for llama.cpp: comma-separated quant types out of f32, f16, q8_0,
+  # q4_k_m (q4_k_m needs requirements-llamacpp.txt), e.g. "f16" or "f16,q8_0"; '' = none.
+  # Written per preset as <workdir>/export/<preset>-gguf/student-<quant>.gguf, the preset's
+  # max_context as the file's context length (distill/export/gguf_writer.py).
+  c.export.gguf = ""
   for preset in ("phone", "watch"):
     # Per-preset overrides of distill/export/presets.py; '' / 0 = the preset's own value.
     # min_agreement: the teacher-forced top-1 agreement with JAX both export gates (the .tflite

@@ -201,6 +201,22 @@ CASES = [
     ("generate_missing_litertlm", ("generate", ["--litertlm={tmp}/no_such.litertlm"]), USAGE,
      ["does not exist", "--format=litertlm"]),
     ("generate_no_model", ("generate", ["--prompt=x"]), USAGE, ["give exactly one of"]),
+    # --- GGUF export (llama.cpp)
+    ("export_gguf_unknown_quant", ("export", ["--workdir={finished}", "--preset=phone",
+                                              "--format=gguf", "--quant=q3_x"]), USAGE,
+     ["--quant=q3_x is not a GGUF quant type", "use one of f32, f16, q8_0, q4_k_m"]),
+    ("export_tflite_given_a_gguf_quant", ("export", ["--workdir={finished}", "--preset=watch",
+                                                     "--quant=q8_0"]), USAGE,
+     ["--quant=q8_0 is not a TFLite mode", "GGUF types need --format=gguf"]),
+    ("export_gguf_no_student", ("export", ["--workdir={empty_dir}", "--preset=phone",
+                                           "--format=gguf"]), USAGE,
+     ["is not a distill stage directory", "point at"]),
+    ("export_gguf_unwritable_out", ("export", ["--workdir={finished}", "--preset=phone",
+                                               "--format=gguf", "--out={a_file}/gguf"]), USAGE,
+     ["cannot write to", "give a writable --out"]),
+    ("export_gguf_no_stop_token", ("export", ["--workdir={no_eos_run}", "--preset=phone",
+                                              "--format=gguf"]), USAGE,
+     ["has no EOS token", "llama.cpp needs a stop token id"]),
     # --- pruning (the finished run's teacher: 4 heads in KV groups of 2, d_ff 64, byte vocab)
     ("prune_more_heads_than_teacher", ("prune", ["--teacher={finished}/teacher",
                                                  "--out={tmp}/pruned_a", "--width.heads=8"]),
@@ -456,6 +472,10 @@ def test_bad_input(case, results, world):
     assert after[k] == before[k], f"{k} changed on disk{shown}"
   if tool == "convert":  # no output directory, finished or half-written
     assert not [n for n in os.listdir(world["tmp"]) if n.startswith("convert_out")], shown
+  if "gguf" in case:  # no .gguf and no temporary file anywhere under the inputs
+    left = [os.path.join(d, n) for d, _, names in os.walk(world["tmp"]) for n in names
+            if ".gguf" in n and not n.startswith("gguf_")]
+    assert not left, f"{left}{shown}"
   if tool == "prune":  # a refused prune writes no output directory
     out = next(a for a in argv if a.startswith("--out=")).format(**world)[len("--out="):]
     assert not os.path.exists(out), shown

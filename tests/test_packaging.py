@@ -40,6 +40,7 @@ def test_extras_mirror_the_requirement_files():
   extras = {k: set(v) for k, v in _pyproject()["project"]["optional-dependencies"].items()}
   assert extras["real"] == _requirements("requirements-real.txt")
   assert extras["edge"] == _requirements("requirements-edge.txt")
+  assert extras["llamacpp"] == _requirements("requirements-llamacpp.txt")
   assert extras["dev"] == _requirements("requirements-dev.txt")
   dev = _requirements("requirements-dev.txt")
   assert extras["hf"] <= dev and {re.split(r"[=<>]", r)[0] for r in extras["hf"]} == {

@@ -82,6 +82,11 @@ class Tokenizer(abc.ABC):
   def _model_path(self) -> str | None:
     return None
 
+  @property
+  def model_file(self) -> str | None:
+    """The model file behind the tokenizer (tokenizer.json / .model); None for byte-level."""
+    return self._model_path()
+
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
     ids = self._encode(text)
     if add_bos:

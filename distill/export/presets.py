@@ -23,6 +23,9 @@ from distill.errors import BudgetError
 
 MB = 1_000_000
 QUANT_MODES = ("fp32", "fp16", "dynamic_int8", "int8", "int4", "int4_head8")
+# GGUF quant types for llama.cpp (distill/export/gguf_writer.py); q4_k_m needs llama.cpp's
+# quantizer (requirements-llamacpp.txt).
+GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 # Bytes per weight, to refuse hopeless exports before spending minutes converting them.
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "dynamic_int8": 1.0, "int8": 1.0, "int4": 0.5,
                      "int4_head8": 0.5}  # a lower bound: its int8 unembedding adds 0.5 per head weight

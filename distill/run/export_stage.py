@@ -13,6 +13,9 @@ Config fields (stated with their meaning in configs/base.py):
       line otherwise, True requires them (exit 2 without them).
 
   config.export.<preset>.min_agreement   0 = each mode's threshold (verify.AGREEMENT_THRESHOLD)
+  config.export.gguf              "" | "f16" | "f16,q8_0" | ...  GGUF files for llama.cpp,
+      <preset>-gguf/student-<quant>.gguf per preset (`run_gguf`), redone only when the student
+      stage is newer than the file
 
 Like the other stages it is skipped when its output exists: a preset folder whose card was
 made from the same student stage with the same settings, and passed its gates, is reused. A
@@ -28,7 +31,9 @@ import json
 import logging
 import os
 
-from distill.export import artifact, presets
+import jax
+
+from distill.export import artifact, gguf_writer, presets
 from distill.export.verify import VerificationError
 from distill.run import settings
 from distill.export.runtime import CARD_NAME
@@ -152,3 +157,30 @@ def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
         card = json.load(f)
     results[name] = summary(card, out_dir)
   return results
+
+
+def run_gguf(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
+  """The GGUF files config.export.gguf asks for, per preset; returns {"<preset>/<quant>":
+  {file, bytes, quant, context_length}}. A file newer than the student stage is kept."""
+  quants = settings.gguf_quants(config.export)
+  stage_json = os.path.join(workdir, "student", "stage.json")
+  born = os.path.getmtime(stage_json) if os.path.exists(stage_json) else float("inf")
+  out = {}
+  for name in config.export.presets:
+    preset = presets.resolve(name, max_context=config.export[name].max_context or None)
+    out_dir = os.path.join(workdir, "export", f"{name}-gguf")
+    for quant in quants:
+      path = os.path.join(out_dir, gguf_writer.file_name(quant))
+      if os.path.exists(path) and os.path.getmtime(path) >= born:
+        logging.info("[export] %s: %s exists and is newer than the student: kept", name, path)
+        info = {"file": path, "bytes": os.path.getsize(path), "quant": quant}
+      elif jax.process_index() == 0:
+        info = gguf_writer.write(out_dir, student_lm.cfg, jax.device_get(student_params),
+                                 tokenizer, quant, context_length=preset.max_context,
+                                 name=os.path.basename(os.path.abspath(workdir)))
+        info.pop("tensors")
+        print(f"[export] {name}: {info['file']} ({info['bytes']:,} bytes)", flush=True)
+      else:
+        continue
+      out[f"{name}/{quant}"] = info
+  return out

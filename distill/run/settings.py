@@ -25,6 +25,11 @@ def data_spec(d) -> DataSpec:
                   validation_name=d.validation_name.strip())
 
 
+def gguf_quants(export) -> tuple[str, ...]:
+  """config.export.gguf ("f16,q8_0"; absent in older configs) as a tuple of quant names."""
+  return tuple(q.strip() for q in str(export.get("gguf", "") or "").split(",") if q.strip())
+
+
 def gate_threshold(p) -> float | None:
   """`config.export.<preset>` -> the agreement its export gates need; None (min_agreement 0)
   = each quantization mode's own threshold (distill.export.verify.AGREEMENT_THRESHOLD)."""

@@ -5,11 +5,13 @@ fix; `distill.main` prints it and exits with code 2.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
 from distill.data import tables
 from distill.errors import ConfigError, MeshError
+from distill.export.presets import GGUF_QUANTS
 from distill.models.model_config import ModelConfig
 from distill.run.hardware import HARDWARE
 from distill.models import sharding
@@ -412,6 +414,12 @@ def _export(c):
   """The export stage: presets, verification level, LiteRT-LM bundles."""
   for p in _get(c, "export.presets"):
     _req(p in ("phone", "watch"), f"--config.export.presets has {p!r}; use 'phone' and/or 'watch'")
+  for q in settings.gguf_quants(c.export):
+    _req(q in GGUF_QUANTS, f"--config.export.gguf has {q!r}; give a comma-separated list of "
+         f"{', '.join(GGUF_QUANTS)}, or '' for no GGUF")
+    _req(q != "q4_k_m" or importlib.util.find_spec("llama_cpp") is not None,
+         "--config.export.gguf=q4_k_m needs llama.cpp's quantizer: pip install -r "
+         "requirements-llamacpp.txt")
   _req(_get(c, "export.verify") in ("quick", "full", "none"),
        f"--config.export.verify={c.export.verify!r} must be quick, full or none")
   _req(str(_get(c, "export.litertlm")).lower() in ("true", "false", "auto"),

@@ -178,7 +178,8 @@ class Checkpoint:
                       "re-download or re-convert it")
     tensor = self.where[name]
     w = self._dequantize(tensor)
-    if self.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+    if self.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias",
+                                               "k_proj.bias")):
       heads = self.config["num_attention_heads" if "q_proj" in name else "num_key_value_heads"]
       w = _unpermute(w, heads)
     if self.arch.startswith("gemma") and name.endswith("norm.weight"):
