@@ -73,6 +73,9 @@ def _config(tmp_path, teacher, **over):
   return shrunken_config(**kw)
 
 
+# ~50 s: slow-marked to keep the default run near 15 minutes (tests/test_vocab_fit.py and the
+# module's other tests check trimming without the whole pipeline).
+@pytest.mark.slow
 def test_pipeline_trims_the_student_vocabulary(tmp_path):
   teacher = _hf_teacher(tmp_path)
   # On-policy too: dataset steps read the cache, sampled steps run the teacher through the trim.
