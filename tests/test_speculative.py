@@ -181,6 +181,7 @@ class _SmallVocab:
     return [1 + ord(c) % 5 for c in text]
 
 
+@pytest.mark.slow
 def test_end_to_end_sampling_matches_the_teachers_joint_distribution():
   """Two tokens after a prompt, 600 seeds, k=2, temperature 0.8, top_k 5: their joint
   distribution against p(x1) p(x2 | x1) from the teacher's full forward."""
