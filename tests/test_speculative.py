@@ -60,7 +60,7 @@ def _check_greedy(pair, n_prompts, new_tokens, ks, same_length=False):
 
 
 def test_greedy_equals_teacher_greedy(pair):
-  _check_greedy(pair, 4, 48, ks=(1, 4), same_length=True)
+  _check_greedy(pair, 4, 48, ks=(4,), same_length=True)
 
 
 @pytest.mark.slow
@@ -71,8 +71,8 @@ def test_greedy_equals_teacher_greedy_32_prompts_128_tokens(pair):
 
 def test_greedy_stops_at_eos_like_the_teacher(pair):
   teacher, drafter = pair
-  ids = teacher.tokenizer.encode("The for statement")
-  free = teacher.generate_ids(ids, 24, stop_at_eos=False)
+  ids = teacher.tokenizer.encode("The for statement")[:4]  # the shapes the test above compiled
+  free = teacher.generate_ids(ids, 48, stop_at_eos=False)
   eos = free[10]  # a token the teacher emits mid-way, made the EOS: both stop right after it
 
   class Eos(tokenizers.ByteTokenizer):
@@ -80,21 +80,21 @@ def test_greedy_stops_at_eos_like_the_teacher(pair):
 
   t2 = inference.Model(teacher.lm, teacher.params, Eos())
   d2 = inference.Model(drafter.lm, drafter.params, Eos())
-  want = t2.generate_ids(ids, 24)
+  want = t2.generate_ids(ids, 48)
   streamed = []
-  got, _ = speculative.generate_ids(t2, d2, ids, 24, k=4, on_token=streamed.append)
+  got, _ = speculative.generate_ids(t2, d2, ids, 48, k=4, on_token=streamed.append)
   assert got == want == free[:free.index(eos) + 1]
   assert streamed == got[:-1]  # the final EOS is not streamed
 
 
 def test_identical_drafter_accepts_everything(pair):
   teacher, _ = pair
-  ids = teacher.tokenizer.encode("def f(x):")
+  ids = teacher.tokenizer.encode("def f(x):")[:4]
   for temperature in (0.0, 1.0):
-    got, st = speculative.generate_ids(teacher, teacher, ids, 40, k=4, temperature=temperature,
+    got, st = speculative.generate_ids(teacher, teacher, ids, 48, k=4, temperature=temperature,
                                        top_k=8 if temperature else 0, stop_at_eos=False)
     assert st.accepted == st.drafted and st.acceptance_rate == 1.0
-    assert st.tokens_per_call == 5.0 and len(got) == 40
+    assert st.tokens_per_call == 5.0 and len(got) == 48
 
 
 def _softmax(z):
