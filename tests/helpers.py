@@ -96,6 +96,26 @@ def fit_ce(lm, params, batches, steps: int, lr: float = 3e-3):
   return params
 
 
+def train_byte_lm(root, cfg, steps: int, seed: int = 0, docs: int = 40):
+  """(LM, params, ByteTokenizer): `cfg` briefly trained (`fit_ce`, lr 1e-2) on the first
+  `docs` pydoc topics, written as text files under root/text (shared by calls with one root)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  from distill import data  # pylint: disable=import-outside-toplevel
+  from distill.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
+  from distill.models.transformer import LM  # pylint: disable=import-outside-toplevel
+  text = root / "text"
+  if not text.exists():
+    text.mkdir()
+    keys = sorted(topics.topics)
+    for i in range(docs):
+      (text / f"doc{i:02d}.txt").write_text(topics.topics[keys[i]])
+  lm, tok = LM(cfg), tokenizers.ByteTokenizer()
+  spec = data_spec(f"text:{root}/text/*.txt", seq_len=64, data_dir=str(root / "data"))
+  it = data.make_train_iterator(spec, tok, str(root), batch_size=16, seed=seed)
+  return lm, fit_ce(lm, lm.init(jax.random.key(seed)), it, steps, lr=1e-2), tok
+
+
 class Interrupt(Exception):
   pass
 

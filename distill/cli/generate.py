@@ -5,13 +5,18 @@
   python -m distill.generate --model=hf:/path/to/hf_dir --prompt="Hello"
   python -m distill.generate --model=gguf:/path/model.gguf --prompt="Hello"
   python -m distill.generate --litertlm=runs/tiny/export/watch/student.litertlm --prompt="The for"
+  python -m distill.generate --model=runs/tiny/teacher --draft_model=runs/tiny/student --draft_k=4 \
+      --prompt="The for statement"   # speculative decoding: the teacher's own text, faster
 
 With --tflite everything (context, prefill length, signature and cache names, tokenizer file,
 BOS/EOS) comes from the model card beside the file; JAX is not imported. With --model the
 stage directory (or Hugging Face directory, or GGUF file) is loaded with `distill.load`. With --litertlm
 the bundle runs in LiteRT-LM's engine (`litert_lm`, CPU), which adds BOS, tokenizes and stops
 at EOS itself; neither JAX nor TensorFlow is imported. Greedy by default;
---temperature / --top_k sample (JAX path only). Bad paths give one `error:` line, exit 2.
+--temperature / --top_k sample (JAX path only). With --draft_model (JAX path) a second model
+drafts --draft_k tokens that --model verifies in one forward (`distill.inference.speculative`):
+greedy text identical to --model's own, sampled text distributed as its own; the acceptance
+figures go to stderr. Bad paths give one `error:` line, exit 2.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from distill.data import tokenizer as tokenizers
 from distill.export import litertlm_runtime as lrt
 from distill.export.runtime import CardError, LiteRTModel, read_card
 from distill.inference import model as inference
+from distill.inference import speculative
 
 _TFLITE = flags.DEFINE_string("tflite", None, "An exported .tflite (its model_card.json beside it).")
 _LITERTLM = flags.DEFINE_string("litertlm", None, "A .litertlm bundle (LiteRT-LM engine, CPU).")
@@ -34,6 +40,10 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at mos
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy (JAX path: >0 samples).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k for sampling (JAX path).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (JAX path).")
+_DRAFT = flags.DEFINE_string("draft_model", None,
+                            "A drafter for --model (same tokenizer; e.g. its distilled student): "
+                            "speculative decoding.")
+_DRAFT_K = flags.DEFINE_integer("draft_k", 4, "Tokens the drafter proposes per teacher call.")
 _THREADS = flags.DEFINE_integer("threads", None, "LiteRT CPU threads.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Full tracebacks.")
 
@@ -108,25 +118,40 @@ def generate_litertlm(path: str, prompt: str, max_new_tokens: int, threads=None,
 
 
 def generate_jax(path: str, prompt: str, max_new_tokens: int, *, temperature=0.0, top_k=0,
-                 seed=0, out=sys.stdout):
+                 seed=0, draft=None, draft_k=4, out=sys.stdout, err=sys.stderr):
   model = inference.load(path)
   stream = _Streamer(model.tokenizer, out)
-  model.generate_ids(model.tokenizer.encode_prompt(prompt), max_new_tokens, temperature=temperature,
-                     top_k=top_k, seed=seed, on_token=stream.add)
-  return stream.finish()
+  ids = model.tokenizer.encode_prompt(prompt)
+  if draft is None:
+    model.generate_ids(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                       on_token=stream.add)
+    return stream.finish()
+  drafter = inference.load(draft)
+  _, stats = speculative.generate_ids(model, drafter, ids, max_new_tokens, k=draft_k,
+                                      temperature=temperature, top_k=top_k, seed=seed,
+                                      on_token=stream.add)
+  text = stream.finish()
+  err.write(f"speculative: k={draft_k}, {stats.tokens_per_call:.2f} tokens per teacher call, "
+            f"{stats.acceptance_rate:.1%} of {stats.drafted} drafts accepted, "
+            f"{stats.teacher_calls} teacher calls for {stats.new_tokens} tokens\n")
+  return text
 
 
 def _run():
   if sum(map(bool, (_TFLITE.value, _MODEL.value, _LITERTLM.value))) != 1:
     raise ValueError("give exactly one of --tflite=PATH.tflite, --litertlm=PATH.litertlm or "
                      "--model=STAGE_DIR|hf:PATH|gguf:FILE")
+  if _DRAFT.value and not _MODEL.value:
+    raise ValueError("--draft_model drafts for a JAX --model; give --model=TEACHER as well")
+  if _DRAFT_K.value < 1:
+    raise ValueError(f"--draft_k={_DRAFT_K.value}: draft at least one token per call (e.g. 4)")
   if _LITERTLM.value:
     generate_litertlm(_LITERTLM.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
   elif _TFLITE.value:
     generate_tflite(_TFLITE.value, _PROMPT.value, _MAX_NEW.value, _THREADS.value)
   else:
     generate_jax(_MODEL.value, _PROMPT.value, _MAX_NEW.value, temperature=_TEMP.value,
-                 top_k=_TOP_K.value, seed=_SEED.value)
+                 top_k=_TOP_K.value, seed=_SEED.value, draft=_DRAFT.value, draft_k=_DRAFT_K.value)
   return 0
 
 
