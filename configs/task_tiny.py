@@ -22,10 +22,11 @@ def get_config(variant: str = ""):
   c.data.name = "task:addition"
   # Longest row: "9999+9999=" (10 tokens) + "19998" + EOS: 16 tokens, one window of 17.
   c.data.seq_len = 16
+  c.data.task.reverse = True  # answers least significant digit first: see configs/base.py
   c.data.batch_size = 64
   c.data.dev_fraction = 0.05
   c.teacher.model = base.model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)
-  c.teacher.pretrain.steps = 2000
+  c.teacher.pretrain.steps = 1500
   c.teacher.pretrain.lr = 3e-3
   c.student.model = base.model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
   c.distill.steps = 600

@@ -5,7 +5,10 @@ number of digits drawn uniformly from [min_digits, max_digits] (then a value uni
 numbers with that many digits), so answers get longer with the operands. The three splits are
 disjoint by construction: pairs (a, b) are drawn from one seeded stream, duplicates are
 dropped, and the first `test` distinct pairs are the test split, the next `dev` the dev split,
-the rest train. The same `TaskData` gives the same files on any machine.
+the rest train. The same `TaskData` gives the same files on any machine. `reverse` writes
+each answer least significant digit first ("12+345=" -> "753"): a small model then emits
+the carries in the order they arise, which it learns in far fewer steps (Lee et al. 2023,
+"Teaching Arithmetic to Small Transformers").
 
 `materialise` writes them as JSON Lines under `<data_dir>/tasks/<name>-<hash of the
 settings>/{train,dev,test}.jsonl` (once; atomically) and returns the DataSpec that reads them
@@ -38,6 +41,7 @@ class TaskData:
   min_digits: int
   max_digits: int
   seed: int = 0
+  reverse: bool = False  # the answer's digits least significant first ("12+345=" -> "753")
 
 
 def is_task(name: str) -> bool:
@@ -82,8 +86,10 @@ def addition_pairs(spec: TaskData) -> dict[str, list[tuple[int, int]]]:
 
 
 def addition_rows(spec: TaskData) -> dict[str, list[dict]]:
-  """{split: [{"prompt": "a+b=", "completion": "a+b's value"}, ...]}."""
-  return {s: [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in pairs]
+  """{split: [{"prompt": "a+b=", "completion": "a+b's value"}, ...]}; with `reverse` the
+  answer is written least significant digit first, the order the carries run in."""
+  step = -1 if spec.reverse else 1
+  return {s: [{"prompt": f"{a}+{b}=", "completion": str(a + b)[::step]} for a, b in pairs]
           for s, pairs in addition_pairs(spec).items()}
 
 
