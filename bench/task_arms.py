@@ -115,7 +115,8 @@ def main():
       extra = {}
       t0 = time.time()
       if arm == "seqkd":
-        out, _ = run("distill.teacher_cache", wd, "--generate", "--temperature=0",
+        # --prompt_len is unused on tables (each example's own prompt) but must fit seq_len.
+        out, _ = run("distill.teacher_cache", wd, "--generate", "--temperature=0", "--prompt_len=1",
                      f"--out={wd}/seqkd", *common)
         meta = json.loads(out.strip().splitlines()[-1])
         extra["teacher_generated_tokens"] = int(meta["rows"] * meta["mean_generated"])
