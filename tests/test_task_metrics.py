@@ -196,6 +196,10 @@ def test_addition_splits_are_disjoint_deterministic_and_correct():
   assert {len(r["completion"]) for r in rows["test"]} == {1, 2, 3, 4, 5}
   other = tasks.addition_rows(tasks.TaskData(3000, 300, 600, 1, 4, seed=4))
   assert other["test"] != rows["test"]  # the task's own seed picks the rows
+  # reverse: the same pairs, each answer least significant digit first.
+  rev = tasks.addition_rows(tasks.TaskData(3000, 300, 600, 1, 4, seed=3, reverse=True))
+  for r, q in zip(rows["test"], rev["test"]):
+    assert q["prompt"] == r["prompt"] and q["completion"] == r["completion"][::-1]
 
 
 def test_addition_refuses_more_rows_than_digits_allow():
