@@ -110,6 +110,14 @@ def get_config():
   # Read at most this many documents per split (None = all; caps huge TFDS corpora). An int
   # placeholder, so `--config.data.max_documents=100000` can set it.
   c.data.max_documents = ml_collections.config_dict.placeholder(int)
+  # The built-in task when data.name is 'task:addition' (distill/data/tasks.py): "12+345=" ->
+  # "357", rows per split (train / dev = the validation split / test = read only by
+  # eval.task), each operand's digits uniform in [min_digits, max_digits], and the task's own
+  # seed (not the run's, so every seed of an experiment sees the same rows). The splits are
+  # disjoint by construction; the files go to <data_dir>/tasks/. reverse=True writes each
+  # answer least significant digit first ("12+345=" -> "753"), the order carries arise in.
+  c.data.task = ml_collections.ConfigDict(dict(train=20000, dev=500, test=1000, min_digits=1,
+                                               max_digits=4, seed=0, reverse=False))
 
   c.optimizer = ml_collections.ConfigDict()
   # AdamW for every stage: linear warmup to the stage's peak learning rate
@@ -300,6 +308,32 @@ def get_config():
   # few prompts (the real-teacher config's has 22 full windows), and one draw each leaves the
   # repetition rate a count of 1-3 repeated 4-grams.
   c.eval.sample_draws = 1
+  c.eval.task = ml_collections.ConfigDict()
+  # Task metric on held-out prompts with reference completions (distill/eval/task.py), for
+  # every model (report.json `<model>.task`, report.md "Task"): '' = off; 'exact' (exact match
+  # after stripping, collapsing whitespace and case-folding), 'number' (the last number of the
+  # completion equals the reference's), 'regex' (group 1 of eval.task.regex, else group 0,
+  # on both sides) or 'verifier' (eval.task.verifier). Needs a table of prompt/completion (or
+  # messages) rows.
+  c.eval.task.kind = ""
+  # Which prompts: '' = the built-in task's test split for data.name='task:...', else the
+  # validation split; 'validation', 'test' (a built-in task's), or a table ('json:/path/x.jsonl').
+  c.eval.task.split = ""
+  # The regex of kind 'regex', e.g. r'answer is (\\d+)'.
+  c.eval.task.regex = ""
+  # The function of kind 'verifier': 'module:function' on the Python path, called as
+  # function(prompt, completion, reference) -> float (1 = correct); checked on every reference
+  # before any training.
+  c.eval.task.verifier = ""
+  # New tokens per completion at most (greedy, and each sample for pass@k).
+  c.eval.task.gen_len = 32
+  # Score only the first this many prompts (0 = all).
+  c.eval.task.max_prompts = 0
+  # Sampled pass@k (unbiased estimator, Chen et al. 2021): k (0 = off), from `samples`
+  # completions per prompt (>= k) at `temperature`; a sample passes when it scores >= 0.5.
+  c.eval.task.pass_k = 0
+  c.eval.task.samples = 0
+  c.eval.task.temperature = 1.0
 
   c.export = ml_collections.ConfigDict()
   # Export TFLite files for the presets below as the last stage (<workdir>/export/<preset>/).

@@ -96,6 +96,25 @@ CASES = [
     ("prompt_longer_than_context", _main("--config.data.name=json:{long_prompt}/*.jsonl"),
      USAGE, ["have a prompt that fills the context", "data.seq_len=32",
              "raise --config.data.seq_len"]),
+    # task metrics (eval.task)
+    ("task_kind_unknown", _main("--config.eval.task.kind=bleu"), USAGE,
+     ["--config.eval.task.kind='bleu' is unknown", "use one of exact, number"]),
+    ("task_on_data_without_references", _main("--config.eval.task.kind=exact"), USAGE,
+     ["needs prompts with reference completions", "give a table of prompt/completion rows"]),
+    ("task_prompts_without_references",
+     _main("--config.data.name=json:{pc_jsonl}/*.jsonl", "--config.eval.task.kind=exact",
+           "--config.eval.task.split=json:{prompt_only}/*.jsonl"), USAGE,
+     ["20 rows of table", "have no reference completion (the first is row 0)",
+      "needs prompt + completion"]),
+    ("task_verifier_not_importable",
+     _main("--config.data.name=json:{pc_jsonl}/*.jsonl", "--config.eval.task.kind=verifier",
+           "--config.eval.task.verifier=no_such_checks:judge"), USAGE,
+     ["verifier='no_such_checks:judge' cannot be imported", "on the Python path (PYTHONPATH)"]),
+    ("task_verifier_raises",
+     _main("--config.data.name=json:{pc_jsonl}/*.jsonl", "--config.eval.task.kind=verifier",
+           "--config.eval.task.verifier=task_checks:raises"), USAGE,
+     ["scoring the reference as the completion of prompt", "failed (ValueError: no judge)",
+      "fix the verifier"]),
     ("table_split_empty", _main("--config.data.name=json:{no_validation}/*.jsonl"), USAGE,
      ["split 'validation' of data.name=", "has no rows",
       "--config.data.validation_name=json:/path/dev.jsonl"]),
@@ -282,6 +301,14 @@ def _tables(tmp, p):
       json.dumps(json.loads(line), sort_keys=True)) == "train"]
   assert len(train_only) >= 10
   p["no_validation"] = _jsonl(tmp / "no_validation", train_only)
+  p["pc_jsonl"] = _jsonl(tmp / "pc_jsonl", pc)
+  p["prompt_only"] = _jsonl(tmp / "prompt_only", [json.dumps({"prompt": f"{i}+1="})
+                                                  for i in range(20)])
+  # A verifier module that raises on every row (the job puts its directory on the path).
+  p["checks"] = str(tmp / "checks")
+  os.makedirs(p["checks"])
+  with open(os.path.join(p["checks"], "task_checks.py"), "w") as f:
+    f.write("def raises(prompt, completion, reference):\n  raise ValueError('no judge')\n")
 
 
 def _hf_dir(path, config, files):
@@ -428,7 +455,8 @@ def _job(case, world):
   name, (tool, argv), _, _ = case
   # Each row its own fresh workdir: rows run concurrently and a shared one would be locked.
   argv = [a.format(**dict(world, new=os.path.join(world["tmp"], f"new_{name}"))) for a in argv]
-  path = [world["no_builder"]] if name.endswith("builder_missing") else []
+  path = ([world["no_builder"]] if name.endswith("builder_missing") else
+          [world["checks"]] if name.startswith("task_verifier") else [])
   return {"module": MODULES[tool], "argv": argv, "cwd": REPO, "path": path, "timeout": 180}
 
 

@@ -162,7 +162,8 @@ def _teacher_nll_sums(t_params, tokens, gen_mask, *, teacher: LM):
 
 
 @functools.lru_cache(maxsize=8)
-def _nll_fn(teacher: LM):
+def teacher_nll_fn(teacher: LM):
+  """Jitted (t_params, tokens, gen_mask) -> (sum of the teacher's NLL over gen_mask, count)."""
   return jax.jit(functools.partial(_teacher_nll_sums, teacher=teacher))
 
 
@@ -180,7 +181,7 @@ def sample_metrics(lm: LM, params, teacher: LM, t_params, prompts, key,
     rows = np.asarray(prompts[start:start + batch], np.int32)
     out = sampling.run(lm, params, rows, key, cfg, mesh=mesh,
                        row_ids=np.arange(start, start + len(rows)))
-    s, n = _nll_fn(teacher)(t_params, out["tokens"], out["gen_mask"])
+    s, n = teacher_nll_fn(teacher)(t_params, out["tokens"], out["gen_mask"])
     nll, count = nll + float(s), count + float(n)
     toks.append(np.asarray(out["tokens"]))
     masks.append(np.asarray(out["gen_mask"]))

@@ -32,14 +32,14 @@ from distill.eval import samples as sample_eval
 from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
-from distill.data import chat
+from distill.data import chat, tasks
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
 from distill.train import selection
 from distill.errors import ConfigError, GateError
 from distill.methods.prune import vocab_teacher
 from distill.models import gguf, hf
-from distill.run import export_stage, settings, student_init
+from distill.run import export_stage, settings, student_init, task_eval
 from distill.run.validate import validate
 from distill.models.transformer import LM, count_params, flops_per_token
 from distill.models.model_config import ModelConfig
@@ -78,6 +78,10 @@ class Context:
   def __init__(self, config, workdir):
     self.config, self.workdir = config, workdir
     self.data = settings.data_spec(config.data)
+    self.task_test = None  # a built-in task's test split (a table only eval.task reads)
+    if tasks.is_task(self.data.name):
+      self.data, self.task_test = tasks.materialise(
+          self.data, settings.task_data(config.data.task), workdir)
     self.mesh = sharding.make_mesh(settings.mesh_spec(config.mesh))
     self.is_main = jax.process_index() == 0
     self.writer = None
@@ -85,6 +89,7 @@ class Context:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
     self.tokenizer = None
+    self.task = None  # the task metric's plan (task_eval.check), before any training
     self._dev = None
 
   def use_tokenizer(self, tok) -> None:
@@ -364,14 +369,16 @@ class _Student:
 def _teacher_and_data(ctx: Context) -> _Teacher:
   """Data prepared in the tokenizer the student trains with; the teacher loaded (or trained)."""
   c = ctx.config
-  if c.data.tokenizer:  # before any training: a data mistake fails first
+  if c.data.tokenizer:  # before any training: a data or task-metric mistake fails first
     data.prepare(ctx.data, ctx.workdir)
+    ctx.task = task_eval.check(ctx, tokenizers.from_config(c.data.tokenizer))
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   tokenizers.check_fits(ctx.tokenizer, teacher.cfg.vocab_size, "the teacher")
   if ctx.tokenizer.dropped_tokens:  # the loader dropped tokens its embedding has no row for
     t_info = dict(t_info, dropped_tokens=ctx.tokenizer.dropped_tokens)
   if not c.data.tokenizer:  # '' = the teacher's tokenizer, known once it is loaded
     data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
+    ctx.task = task_eval.check(ctx, ctx.tokenizer)
   t = _Teacher(teacher, teacher, t_params, t_shard, t_info, ctx.tokenizer, None)
   if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
     t.trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, ctx.workdir,
@@ -509,6 +516,7 @@ def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
     results[name]["flops_per_token"] = flops_per_token(lm.cfg, c.data.seq_len)
     tok = t.tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
     results[name].update(_samples(ctx, inference.Model(lm, params, tok)))
+  task_eval.evaluate(ctx, ctx.task, t, models, results)
   if t.trim is not None:
     results["student"]["vocab"] = {"kept": int(t.trim.kept.size), "rows": int(t.trim.rows.size),
                                    "teacher_vocab": t.lm.cfg.vocab_size}

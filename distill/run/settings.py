@@ -5,7 +5,8 @@ below `distill.run` nothing reads a ConfigDict or keeps a default for one of its
 """
 from __future__ import annotations
 
-from distill.data import DataSpec
+from distill.data import DataSpec, tasks
+from distill.eval import task as task_metrics
 from distill.inference import sampling
 from distill.methods import features
 from distill.models import quant as qat
@@ -95,3 +96,25 @@ def on_policy_config(o, *, steps: int, seq_len: int, vocab: int, eos_id, pad_id,
                             gen_len=gen, temperature=float(o.temperature), top_k=int(o.top_k),
                             top_p=float(o.top_p), eos_id=-1 if eos_id is None else eos_id,
                             pad_id=pad_id or 0, vocab=vocab))
+
+
+def task_data(t) -> tasks.TaskData:
+  """`config.data.task` -> TaskData (the built-in task's rows)."""
+  return tasks.TaskData(train=int(t.train), dev=int(t.dev), test=int(t.test),
+                        min_digits=int(t.min_digits), max_digits=int(t.max_digits),
+                        seed=int(t.seed), reverse=bool(t.get("reverse", False)))
+
+
+def task_spec(e) -> task_metrics.TaskSpec | None:
+  """`config.eval.task` -> TaskSpec, or None when `kind` is '' (no task metric)."""
+  if not e.kind:
+    return None
+  return task_metrics.TaskSpec(kind=e.kind, regex=e.regex, verifier=e.verifier,
+                               gen_len=int(e.gen_len), max_prompts=int(e.max_prompts),
+                               pass_k=int(e.pass_k), samples=int(e.samples),
+                               temperature=float(e.temperature))
+
+
+def task_split(config) -> str:
+  """Where the task metric's prompts come from: 'validation', 'test' or a table name."""
+  return config.eval.task.split or ("test" if tasks.is_task(config.data.name) else "validation")

@@ -9,7 +9,8 @@ import importlib.util
 import math
 import os
 
-from distill.data import tables
+from distill.data import tables, tasks
+from distill.eval import task as task_metrics
 from distill.errors import ConfigError, MeshError
 from distill.export.presets import GGUF_QUANTS
 from distill.models.model_config import ModelConfig
@@ -184,6 +185,7 @@ def _data(c):
          f"--config.data.name={c.data.name!r} matches no files; give a glob of UTF-8 text "
          "files, e.g. 'text:/path/*.txt'")
   _tables(c)
+  _builtin_task(c)
   tok = _get(c, "data.tokenizer")
   if isinstance(tok, str) and tok not in ("", "byte"):
     _req(os.path.exists(os.path.expanduser(tok)), f"--config.data.tokenizer={tok!r} does not "
@@ -219,6 +221,60 @@ def _tables(c):
         tables.table_files(name)
       except ValueError as e:
         raise ConfigError(f"--config.data.{field}={name!r}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def _builtin_task(c):
+  """data.name='task:...': a task that exists, sizes that fit, no validation_name."""
+  if not tasks.is_task(c.data.name):
+    return
+  try:
+    tasks.task_name(c.data.name)
+  except ValueError as e:
+    raise ConfigError(f"--config.{e}") from None
+  _req(not c.data.validation_name, "--config.data.validation_name must be '' with a built-in "
+       "task: its dev split is the validation split")
+  for f in ("train", "dev", "test", "min_digits", "max_digits", "seed"):
+    _req(_num(c, f"data.task.{f}", int) >= (0 if f == "seed" else 1),
+         f"--config.data.task.{f}={c.data.task[f]} must be >= {0 if f == 'seed' else 1}")
+  t = c.data.task
+  _req(isinstance(_get(c, "data.task.reverse"), bool),
+       f"--config.data.task.reverse={t.reverse!r} must be True or False")
+  _req(t.min_digits <= t.max_digits <= 18, f"--config.data.task digits [{t.min_digits}, "
+       f"{t.max_digits}] must satisfy min_digits <= max_digits <= 18")
+
+
+def _task_metric(c):
+  """config.eval.task: a known kind, a regex that compiles, a verifier that imports, prompts
+  that can have references."""
+  e = _get(c, "eval.task")
+  if not e.kind:
+    return
+  _req(e.kind in task_metrics.KINDS, f"--config.eval.task.kind={e.kind!r} is unknown; use one "
+       f"of {', '.join(task_metrics.KINDS)}, or '' for no task metric")
+  split = settings.task_split(c)
+  _req(split in ("validation", "test") or tables.is_table(split),
+       f"--config.eval.task.split={split!r} must be 'validation', 'test' or a table "
+       "('json:/path/test.jsonl')")
+  _req(split != "test" or tasks.is_task(c.data.name), "--config.eval.task.split='test' is a "
+       "built-in task's test split; with data.name a table give 'validation' or a table name")
+  _req(tables.is_table(c.data.name) or tasks.is_task(c.data.name) or tables.is_table(split),
+       f"--config.eval.task.kind={e.kind!r} needs prompts with reference completions, and "
+       f"data.name={c.data.name!r} has none: give a table of prompt/completion rows "
+       "(json:/parquet:/hf_disk:), a built-in task ('task:addition') or eval.task.split as one")
+  if tables.is_table(split):
+    try:
+      tables.table_files(split)
+    except ValueError as err:
+      raise ConfigError(f"--config.eval.task.split={split!r}: "
+                        f"{str(err).split(': ', 1)[-1]}") from None
+  for f in ("gen_len", "max_prompts", "pass_k", "samples"):
+    _req(_num(c, f"eval.task.{f}", int) >= (1 if f == "gen_len" else 0),
+         f"--config.eval.task.{f}={e[f]} must be >= {1 if f == 'gen_len' else 0}")
+  _req(not e.pass_k or e.samples >= e.pass_k, f"--config.eval.task.samples={e.samples} must be "
+       f">= pass_k={e.pass_k} (pass@k draws `samples` completions per prompt)")
+  _req(not e.pass_k or _num(c, "eval.task.temperature") > 0, "--config.eval.task.temperature "
+       "must be > 0 for pass@k (sampled completions)")
+  task_metrics.scorer(settings.task_spec(e))  # the regex compiles, the verifier imports
 
 
 def _selection(c):
@@ -450,4 +506,5 @@ def validate(c, n_devices: int | None = None) -> None:
     _mesh(c, n_devices)
   _heldout(c)
   _sample_eval(c)
+  _task_metric(c)
   _export(c)

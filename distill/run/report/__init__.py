@@ -31,11 +31,12 @@ from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_comput
 from distill.run.report.tables import (COLUMNS, MODELS, cost_table, export_lines, gap_models,
                                        headline, label, litertlm_lines, same_recipe_models,
                                        table)
+from distill.run.report.task_table import task_lines
 
 __all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table", "export_lines",
            "gap_models", "headline", "label", "same_recipe_models",
            "jax_decode_latency", "litertlm_lines", "measure_latency", "plot_losses",
-           "plot_quality_vs_compute", "table", "tflite_decode_latency", "write"]
+           "plot_quality_vs_compute", "table", "task_lines", "tflite_decode_latency", "write"]
 
 
 def _gap(results: dict, student: str, baseline: str, part: str | None = None) -> float:
@@ -82,6 +83,7 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "baseline_lr": config.baseline.lr, "distill_lr": config.distill.lr,
       "dev_fraction": config.data.dev_fraction, "dev_every": config.train.dev_every,
       "select_best": config.train.select_best,
+      "task": config.eval.task.to_dict() if "task" in config.eval else None,
       "note": ("student and baseline: same architecture, init, data (the transfer set), order "
                "and steps; the baseline uses hard labels only, at its own learning rate "
                "(baseline.lr)"),
@@ -115,6 +117,7 @@ def write(workdir, rep: dict, config) -> None:
            f"{rep['setup']['dev_fraction']:.0%} of the train split, never trained on; checked "
            f"every {rep['setup']['dev_every']} steps), step in brackets. The exported student "
            "is the last step's.", ""]
+  md += task_lines(rep)
   if "heldout_gap_closed" in rep:
     md += ["### Held-out text (never trained on)", "", table(rep, "heldout"), "",
            f"**gap closed** on the held-out text: {rep['heldout_gap_closed']:.3f} (same "
