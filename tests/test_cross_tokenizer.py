@@ -88,15 +88,18 @@ def _ref_pieces(tok, text):
 
 
 def _ref_align(t_ids, t_pieces, s_ids, s_pieces):
+  """Boundaries by a double loop; positions sharing one pair from the last."""
   t_end = np.cumsum([len(p) for p in t_pieces])
   s_end = np.cumsum([len(p) for p in s_pieces])
   index, exact = [], []
   for i in range(len(s_ids)):
     j = -1
     if i + 1 < len(s_ids):
-      for jj in range(len(t_ids) - 1):
-        if t_end[jj] == s_end[i]:
-          j = jj
+      same_s = [ii for ii in range(len(s_ids) - 1) if s_end[ii] == s_end[i]]
+      same_t = [jj for jj in range(len(t_ids) - 1) if t_end[jj] == s_end[i]]
+      rank = len(same_s) - 1 - same_s.index(i)
+      if rank < len(same_t):
+        j = same_t[len(same_t) - 1 - rank]
     index.append(j)
     exact.append(j >= 0 and t_pieces[j + 1] == s_pieces[i + 1])
   return np.array(index), np.array(exact)
@@ -131,6 +134,23 @@ def test_alignment_matches_the_reference_where_tokenizers_disagree(toks, teacher
     unaligned += int((index[:-1] < 0).sum())
     differ += int(((index >= 0) & ~exact).sum())
   assert unaligned > 0 and differ > 0  # the texts do make them disagree
+  # Two documents joined by each side's EOS (zero width): the EOS positions pair, and the
+  # positions predicting the EOS pair.
+  docs = [(TEXTS[0], TEXTS[2]), (TEXTS[1], TEXTS[3])]
+  for d1, d2 in docs:
+    rows = []
+    for tok, keys, what in ((t, tk, "teacher"), (s, sk, "student")):
+      a, ea = alignment.encode_bytes(tok, keys, d1, what)
+      b, eb = alignment.encode_bytes(tok, keys, d2, what)
+      rows.append((np.concatenate([a, [tok.eos_id], b]), np.concatenate([ea, [ea[-1]], ea[-1] + eb])))
+    index, exact = alignment.align(*rows[0], *rows[1], tk, sk)
+    tp = _ref_pieces(t, d1)[1] + [b""] + _ref_pieces(t, d2)[1]
+    sp = _ref_pieces(s, d1)[1] + [b""] + _ref_pieces(s, d2)[1]
+    ref_index, ref_exact = _ref_align(rows[0][0], tp, rows[1][0], sp)
+    np.testing.assert_array_equal(index, ref_index)
+    np.testing.assert_array_equal(exact, ref_exact)
+    k = len(_ref_pieces(s, d1)[1])  # the student's EOS position, and the one before it
+    assert index[k] >= 0 and rows[0][0][index[k]] == t.eos_id and exact[k - 1]
 
 
 def test_vocab_map_groups_ids_of_the_same_bytes(toks):

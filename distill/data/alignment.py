@@ -17,7 +17,8 @@ byte-exact (the tokens' bytes concatenate to the UTF-8 text, no normalizer rewri
 one line names the problem. Positions: position p of a sequence reads tokens 0..p and predicts
 token p + 1 from the byte boundary ends[p] (a BOS at p = 0 has end 0). `align` gives, for each
 student position, the teacher position predicting from the same boundary (-1: none) and
-whether the two next tokens have the same key (`exact`). `VocabMap` groups both vocabularies
+whether the two next tokens have the same key (`exact`); positions sharing a boundary (around
+zero-width tokens) pair from the last. `VocabMap` groups both vocabularies
 by key for the loss (distill.losses.cross_tokenizer): column c is the c-th key both have.
 """
 from __future__ import annotations
@@ -130,11 +131,18 @@ def encode_bytes(tok: tokenizers.Tokenizer, keys: Sequence[Key], text: str,
   return ids, ends
 
 
+def _rank_from_last(ends: np.ndarray) -> np.ndarray:
+  """For each position, how many later positions share its boundary (ends non-decreasing)."""
+  last = np.searchsorted(ends, ends, side="right") - 1
+  return last - np.arange(len(ends))
+
+
 def align(teacher_ids, teacher_ends, student_ids, student_ends, teacher_keys, student_keys):
   """(teacher_index [n_s], exact [n_s]) for one sequence pair (module doc).
 
-  Only positions with a next token count (the last is -1); among teacher positions sharing a
-  boundary (zero-width specials) the last one, the one that reads them all, is taken.
+  Only positions with a next token count (the last is -1). Zero-width tokens (an EOS between
+  documents) give several positions one boundary; they pair from the last: the position that
+  has read the EOS with the teacher's that has, the one before it with the one before it.
   """
   t_ends = np.asarray(teacher_ends)[:-1]
   s_ends = np.asarray(student_ends)[:-1]
@@ -142,7 +150,7 @@ def align(teacher_ids, teacher_ends, student_ids, student_ends, teacher_keys, st
   exact = np.zeros(len(student_ends), bool)
   if len(t_ends) == 0 or len(s_ends) == 0:
     return index, exact
-  j = np.searchsorted(t_ends, s_ends, side="right") - 1
+  j = np.searchsorted(t_ends, s_ends, side="right") - 1 - _rank_from_last(s_ends)
   hit = (j >= 0) & (t_ends[np.maximum(j, 0)] == s_ends)
   index[:-1] = np.where(hit, j, -1)
   t_next = np.asarray(teacher_ids)[np.maximum(index[:-1], 0) + 1]
