@@ -118,9 +118,10 @@ def encode_bytes(tok: tokenizers.Tokenizer, keys: Sequence[Key], text: str,
   pieces = [keys[i] for i in ids]
   named = [k for k in pieces if not isinstance(k, bytes)]
   if named:
-    raise ConfigError(f"the {what} tokenizer encodes the text to the special token "
-                      f"{named[0]!r}, which stands for no bytes: the text cannot be aligned; "
-                      "remove special-token strings from the data or use another tokenizer")
+    raise ConfigError(f"the {what} tokenizer cannot spell the data byte for byte: it encodes it "
+                      f"to {named[0]!r}, a token that stands for no bytes (unknown or special), "
+                      "so positions cannot be aligned; use a tokenizer with byte fallback (or "
+                      "'byte'), or remove special-token strings from the data")
   raw = text.encode("utf-8")
   if b"".join(pieces) != raw:
     raise ConfigError(f"the {what} tokenizer is not byte-exact on the data (its tokens spell "

@@ -395,6 +395,9 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
   c = ctx.config
   if c.data.tokenizer:  # before any training: a data mistake fails first
     data.prepare(ctx.data, ctx.workdir)
+  plan = None
+  if c.student.tokenizer and not c.teacher.checkpoint:  # so is a tokenizer that cannot align
+    plan = _cross_plan(ctx, tokenizers.from_config(c.data.tokenizer))
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   tokenizers.check_fits(ctx.tokenizer, teacher.cfg.vocab_size, "the teacher")
   if ctx.tokenizer.dropped_tokens:  # the loader dropped tokens its embedding has no row for
@@ -403,7 +406,13 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
     data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
   t = _Teacher(teacher, teacher, t_params, t_shard, t_info, ctx.tokenizer, None)
   if c.student.tokenizer:
-    t.cross = _cross_plan(ctx, t)
+    plan = plan or _cross_plan(ctx, t.tokenizer)
+  if plan is not None:  # from here on data and evaluation are in the student's tokens
+    teacher_len = min(teacher.cfg.max_len, plan.teacher_len)
+    t.cross = (dataclasses.replace(plan, teacher_tok=t.tokenizer, teacher_len=teacher_len),
+               ctx.data)
+    ctx.use_tokenizer(plan.student_tok)
+    data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
   if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
     t.trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, ctx.workdir,
                                      int(c.student.vocab), c.distill.transfer_fraction)
@@ -413,25 +422,22 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
   return t
 
 
-def _cross_plan(ctx: Context, t: _Teacher):
-  """(CrossPlan, the teacher's DataSpec) when student.tokenizer differs from the teacher's, the
-  data prepared in the student's tokens; None (the ordinary path) when it is the same one."""
+def _cross_plan(ctx: Context, teacher_tok):
+  """The CrossPlan when student.tokenizer differs from the teacher's (one line when either
+  cannot spell the data byte for byte); None (the ordinary path) when it is the same one."""
   c = ctx.config
   student_tok = tokenizers.from_config(c.student.tokenizer)
-  if student_tok.fingerprint == t.tokenizer.fingerprint:
+  if (student_tok.with_add_bos(False).fingerprint
+      == teacher_tok.with_add_bos(False).fingerprint):
     return None
-  plan = cross.CrossPlan.build(t.tokenizer, student_tok,
-                               min(t.lm.cfg.max_len, 4 * int(c.data.seq_len)))
-  if not data.is_table(ctx.data.name):  # a student or teacher that cannot spell the data
-    sample = data.token_stream(ctx.data, t.tokenizer, ctx.workdir, "train")[:20000]
-    plan.check([t.tokenizer.decode(np.asarray(sample).tolist())])
-  teacher_data = ctx.data
-  ctx.use_tokenizer(student_tok)
-  data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
+  plan = cross.CrossPlan.build(teacher_tok, student_tok, 4 * int(c.data.seq_len))
+  if not data.is_table(ctx.data.name):
+    sample = data.token_stream(ctx.data, teacher_tok, ctx.workdir, "train")[:20000]
+    plan.check([teacher_tok.decode(np.asarray(sample).tolist())])
   logging.info("[cross_tokenizer] student tokenizer %s (%d ids), teacher's %d ids, %d shared",
-               type(student_tok).__name__, student_tok.vocab_size, t.tokenizer.vocab_size,
+               type(student_tok).__name__, student_tok.vocab_size, teacher_tok.vocab_size,
                plan.vmap.size)
-  return plan, teacher_data
+  return plan
 
 
 def _student(ctx: Context, t: _Teacher) -> _Student:
