@@ -33,6 +33,7 @@ from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
 from distill.methods import cross_tokenizer as cross
+from distill.data import alignment
 from distill.data import chat
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
@@ -430,7 +431,9 @@ def _cross_plan(ctx: Context, teacher_tok):
   if (student_tok.with_add_bos(False).fingerprint
       == teacher_tok.with_add_bos(False).fingerprint):
     return None
-  plan = cross.CrossPlan.build(teacher_tok, student_tok, 4 * int(c.data.seq_len))
+  # Teacher positions a window can need: one per student byte at most (capped at 4 per token).
+  per = max(len(k) for k in alignment.token_keys(student_tok) if isinstance(k, bytes))
+  plan = cross.CrossPlan.build(teacher_tok, student_tok, (int(c.data.seq_len) + 1) * min(per, 4))
   if not data.is_table(ctx.data.name):
     sample = data.token_stream(ctx.data, teacher_tok, ctx.workdir, "train")[:20000]
     plan.check([teacher_tok.decode(np.asarray(sample).tolist())])
