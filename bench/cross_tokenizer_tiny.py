@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and
             a.split("=", 1)[0] in ("--root", "--vocab", "--seed"))
 extra = [a for a in sys.argv[1:] if a.startswith("--config.")]
-root, vocab, seed = opts.get("root", "/tmp/xtok"), int(opts.get("vocab", 1000)), opts.get("seed", "0")
+root, vocab = opts.get("root", "/tmp/xtok"), int(opts.get("vocab", 1000))
+seed = opts.get("seed", "0")
 tok_dir = os.path.join(root, f"bpe{vocab}")
 if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
   from pydoc_data.topics import topics

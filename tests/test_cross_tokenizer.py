@@ -142,7 +142,8 @@ def test_alignment_matches_the_reference_where_tokenizers_disagree(toks, teacher
     for tok, keys, what in ((t, tk, "teacher"), (s, sk, "student")):
       a, ea = alignment.encode_bytes(tok, keys, d1, what)
       b, eb = alignment.encode_bytes(tok, keys, d2, what)
-      rows.append((np.concatenate([a, [tok.eos_id], b]), np.concatenate([ea, [ea[-1]], ea[-1] + eb])))
+      rows.append((np.concatenate([a, [tok.eos_id], b]),
+                   np.concatenate([ea, [ea[-1]], ea[-1] + eb])))
     index, exact = alignment.align(*rows[0], *rows[1], tk, sk)
     tp = _ref_pieces(t, d1)[1] + [b""] + _ref_pieces(t, d2)[1]
     sp = _ref_pieces(s, d1)[1] + [b""] + _ref_pieces(s, d2)[1]

@@ -125,7 +125,7 @@ def _sp_without_byte_fallback(tmp_path):
   return str(tmp_path / "sp.model")
 
 
-@pytest.mark.slow  # a CLI process each, about 75 s here (the errors themselves: test_cross_tokenizer)
+@pytest.mark.slow  # a CLI process each, about 75 s (the errors themselves: test_cross_tokenizer)
 @pytest.mark.parametrize("case", ["student_cannot_spell", "teacher_cannot_align"])
 def test_bad_tokenizers_are_one_line_exit_2(tmp_path, bpe_path, case):
   if case == "student_cannot_spell":
