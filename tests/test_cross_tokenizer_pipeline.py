@@ -84,7 +84,7 @@ def test_plan_rows_give_the_teacher_the_same_text(bpe_path):
     assert teacher.eos_id in t_ids[:n_t].tolist()
 
 
-@pytest.mark.slow  # three short training stages and two evaluations: about a minute
+@pytest.mark.slow  # three short stages and two evaluations: 5-11 min on the shared 2 cores
 def test_byte_student_of_a_bpe_teacher_runs_and_reports_bits_per_byte(bpe_path, tmp_path):
   from distill.run import pipeline  # pylint: disable=import-outside-toplevel
   c = shrunken_config(**{"data.tokenizer": bpe_path, "student.tokenizer": "byte",
