@@ -166,6 +166,11 @@ def get_config():
   # special and byte-fallback token (the student's own tokenizer, ids remapped); the teacher's
   # mass on dropped ids goes to the tail bucket. Needs teacher_source='cache'. 0 = no trim.
   c.student.vocab = 0
+  # The student's own tokenizer when it differs from the teacher's (cross-tokenizer
+  # distillation: positions aligned by byte offsets, distill/data/alignment.py): 'byte', a
+  # tokenizer path as for data.tokenizer, or '' = the teacher's (data.tokenizer). Online
+  # teacher, random init; every model is compared in bits/byte.
+  c.student.tokenizer = ""
 
   c.distill = ml_collections.ConfigDict()
   # Student training steps (the baseline gets the same).
@@ -200,6 +205,10 @@ def get_config():
   # Positions per block in the chunked loss; 0 = dense logits. Large vocabularies need it:
   # [batch, seq, vocab] fp32 logits are then never held whole.
   c.distill.chunk_size = 0
+  # Cross-tokenizer distillation (student.tokenizer set): weight of ULD's distance between
+  # the sorted probability vectors at aligned positions whose next tokens differ (the exact
+  # divergence is taken where they coincide; docs/architecture.md).
+  c.distill.uld_weight = 1.0
   # Fraction of the train split the student and baseline see (the transfer set).
   c.distill.transfer_fraction = 0.1
   # '' = the transfer set above; 'generated:DIR' = teacher generations written by

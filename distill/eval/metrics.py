@@ -52,6 +52,17 @@ def mean_ce(lm: LM, params, batches, mesh) -> float:
   return ce / max(n, 1.0)
 
 
+def ce_metrics(lm: LM, params, batches, mesh, *, n_bytes: int) -> dict:
+  """CE, bits/byte and perplexity of `lm` alone (no teacher on the same ids: cross-tokenizer
+  runs); KL and agreement are nan."""
+  fn = _compiled_ce(lm)
+  tot = {"ce": 0.0, "kl": float("nan"), "agree": float("nan"), "n": 0.0}
+  for b in batches:
+    out = jax.device_get(fn(params, sharding.global_batch(b, mesh)))
+    tot["ce"], tot["n"] = tot["ce"] + float(out["ce"]), tot["n"] + float(out["n"])
+  return _metrics(tot, n_bytes)
+
+
 def target_bytes(batches, tokenizer) -> int:
   """UTF-8 bytes of the masked target text, the denominator of bits/byte."""
   total = 0

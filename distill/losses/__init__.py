@@ -1,7 +1,8 @@
 """Soft-target distillation losses: pure, masked, fp32 functions.
 
 Modules: core (dense divergences, CE, shared helpers), chunked (fused, one block of positions
-at a time), sparse (top-k teacher targets, tail rules), schedule (alpha/T), hidden (hidden-state
+at a time), cross_tokenizer (teacher and student with different vocabularies), ensemble (several
+teachers' weighted average), sparse (top-k teacher targets, tail rules), schedule (alpha/T), hidden (hidden-state
 and attention-map losses).
 
 Definitions follow DESIGN.md ("The soft-target losses"). With
@@ -33,6 +34,9 @@ from distill.losses.core import (
     KINDS, ce_per_token, check_kind, combine, cross_entropy, distill_objective, divergence,
     divergence_per_token, logits_from_hidden, masked_mean, masked_sum_and_count,
     per_token_from_logprobs, safe_div, softcap, t2, upcast)
+from distill.losses.cross_tokenizer import (
+    cross_tokenizer_objective, cross_tokenizer_per_token, group_logits, uld_per_token)
+from distill.losses.ensemble import check_weights, ensemble_logprobs
 from distill.losses.hidden import HIDDEN_KINDS, attention_map_loss, hidden_state_loss
 from distill.losses.schedule import SCHEDULES, schedule
 from distill.losses.sparse import (
@@ -48,6 +52,8 @@ __all__ = [
     "per_token_from_logprobs", "safe_div", "t2", "upcast",
     # chunked, hidden, schedule, sparse
     "chunked_distill_objective",
+    "cross_tokenizer_objective", "cross_tokenizer_per_token", "group_logits", "uld_per_token",
+    "check_weights", "ensemble_logprobs",
     "HIDDEN_KINDS", "attention_map_loss", "hidden_state_loss",
     "SCHEDULES", "schedule",
     "TAIL_FLOOR", "TAIL_RULES", "grouped_top_k", "sparse_distill_objective",

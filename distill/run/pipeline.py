@@ -32,6 +32,8 @@ from distill.eval import samples as sample_eval
 from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
+from distill.methods import cross_tokenizer as cross
+from distill.data import alignment
 from distill.data import chat, tasks
 from distill.data import tokenizer as tokenizers
 from distill.train import loop as train
@@ -273,6 +275,32 @@ def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
   return results
 
 
+def _evaluate_cross(ctx: Context, t: _Teacher, models: dict) -> dict:
+  """Each model on its own tokenization of the evaluation texts (the teacher on the teacher's
+  windows, the others on the student's): bits/byte is the common figure; KL and top-1
+  agreement need one vocabulary and are nan for the students."""
+  student_tok, student_data = ctx.tokenizer, ctx.data
+  ctx.tokenizer, ctx.data = t.tokenizer, t.cross[1]
+  try:
+    t_sets = _eval_sets(ctx)
+  finally:
+    ctx.tokenizer, ctx.data = student_tok, student_data
+  results = {}
+  for set_name, (batches, n_bytes) in _eval_sets(ctx).items():
+    got = {"teacher": dict(evaluate.ce_metrics(t.lm, t.params, *t_sets[set_name][:1], ctx.mesh,
+                                               n_bytes=t_sets[set_name][1]),
+                           kl_to_teacher=0.0, top1_agreement=1.0, cross_tokenizer=True)}
+    for name, (lm, params, _) in models.items():
+      if name != "teacher":
+        got[name] = evaluate.ce_metrics(lm, params, batches, ctx.mesh, n_bytes=n_bytes)
+    for name, m in got.items():
+      if set_name == "validation":
+        results.setdefault(name, {}).update(m)
+      else:
+        results.setdefault(name, {})[set_name] = m
+  return results
+
+
 def _samples(ctx: Context, model: inference.Model) -> dict:
   """Greedy continuations of the eval prompts; through the chat template when the tokenizer
   has one (an instruct teacher), so the teacher is sampled the way it was trained to answer."""
@@ -353,6 +381,8 @@ class _Teacher:
   info: dict
   tokenizer: object
   trim: object
+  # Cross-tokenizer distillation (student.tokenizer set): (CrossPlan, the teacher's DataSpec).
+  cross: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -372,6 +402,9 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
   if c.data.tokenizer:  # before any training: a data or task-metric mistake fails first
     data.prepare(ctx.data, ctx.workdir)
     ctx.task = task_eval.check(ctx, tokenizers.from_config(c.data.tokenizer))
+  plan = None
+  if c.student.tokenizer and not c.teacher.checkpoint:  # so is a tokenizer that cannot align
+    plan = _cross_plan(ctx, tokenizers.from_config(c.data.tokenizer))
   teacher, t_params, t_shard, t_info = load_or_train_teacher(ctx)
   tokenizers.check_fits(ctx.tokenizer, teacher.cfg.vocab_size, "the teacher")
   if ctx.tokenizer.dropped_tokens:  # the loader dropped tokens its embedding has no row for
@@ -380,6 +413,14 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
     data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
     ctx.task = task_eval.check(ctx, ctx.tokenizer)
   t = _Teacher(teacher, teacher, t_params, t_shard, t_info, ctx.tokenizer, None)
+  if c.student.tokenizer:
+    plan = plan or _cross_plan(ctx, t.tokenizer)
+  if plan is not None:  # from here on data and evaluation are in the student's tokens
+    teacher_len = min(teacher.cfg.max_len, plan.teacher_len)
+    t.cross = (dataclasses.replace(plan, teacher_tok=t.tokenizer, teacher_len=teacher_len),
+               ctx.data)
+    ctx.use_tokenizer(plan.student_tok)
+    data.prepare(ctx.data, ctx.workdir, tokenizer=ctx.tokenizer)
   if c.student.vocab:  # from here on data and targets are in the student's (trimmed) ids
     t.trim = vocab_teacher.make_trim(teacher, ctx.tokenizer, ctx.data, ctx.workdir,
                                      int(c.student.vocab), c.distill.transfer_fraction)
@@ -389,12 +430,33 @@ def _teacher_and_data(ctx: Context) -> _Teacher:
   return t
 
 
+def _cross_plan(ctx: Context, teacher_tok):
+  """The CrossPlan when student.tokenizer differs from the teacher's (one line when either
+  cannot spell the data byte for byte); None (the ordinary path) when it is the same one."""
+  c = ctx.config
+  student_tok = tokenizers.from_config(c.student.tokenizer)
+  if (student_tok.with_add_bos(False).fingerprint
+      == teacher_tok.with_add_bos(False).fingerprint):
+    return None
+  # Teacher positions a window can need: one per student byte at most (capped at 4 per token).
+  per = max(len(k) for k in alignment.token_keys(student_tok) if isinstance(k, bytes))
+  plan = cross.CrossPlan.build(teacher_tok, student_tok, (int(c.data.seq_len) + 1) * min(per, 4))
+  if not data.is_table(ctx.data.name):
+    sample = data.token_stream(ctx.data, teacher_tok, ctx.workdir, "train")[:20000]
+    plan.check([teacher_tok.decode(np.asarray(sample).tolist())])
+  logging.info("[cross_tokenizer] student tokenizer %s (%d ids), teacher's %d ids, %d shared",
+               type(student_tok).__name__, student_tok.vocab_size, teacher_tok.vocab_size,
+               plan.vmap.size)
+  return plan
+
+
 def _student(ctx: Context, t: _Teacher) -> _Student:
   """The student's shape and init, and the objectives of its stages (checked before training)."""
   c = ctx.config
   # The student shares the teacher's vocab axis (its padding included), so soft targets line
   # up id for id; `hf.align_vocab` handles checkpoints padded differently within a family.
-  student = LM(model_config(c.student.model, t.view.cfg.vocab_size, c))
+  vocab = padded_vocab(ctx.tokenizer.vocab_size) if t.cross else t.view.cfg.vocab_size
+  student = LM(model_config(c.student.model, vocab, c))
   loss_cfg = settings.loss_config(c.distill)
   qad_cfg = None
   if c.distill.qat_steps:  # QAD as its own stage after the fp32 student (see _qad_stage)
@@ -419,6 +481,11 @@ def _soft_targets(ctx: Context, t: _Teacher, s: _Student, walls: dict):
   """(loss function, teacher cache or None): online targets, or the cache (written here when
   `teacher_source='cache'` and it is not there yet; its time goes to `walls`)."""
   c = ctx.config
+  if t.cross:
+    vmap = t.cross[0].vmap
+    return functools.partial(objectives.cross_distill_loss, student=s.lm, teacher=t.view,
+                             cfg=s.loss_cfg, teacher_cols=vmap.teacher,
+                             student_cols=vmap.student), None
   source = c.distill.teacher_source
   if source == "cache":  # the teacher runs once per token, here, not once per step
     cache_dir = os.path.join(ctx.workdir, "teacher_cache")
@@ -481,7 +548,8 @@ def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dic
       lr=c.distill.lr, fraction=c.distill.transfer_fraction, teacher_params=t.params,
       teacher_shardings=t.shardings, init_params=s.init_with_features, loss_fn=loss_fn,
       cache=cache, finalize=s.loss_cfg.final_params, saved_lm=s_lm, on_policy=plan,
-      data_iter=_generated_iter(ctx), dev=True)
+      data_iter=(cross.CrossIterator(ctx.train_iter(c.distill.transfer_fraction), t.cross[0])
+                 if t.cross else _generated_iter(ctx)), dev=True)
   models = {"teacher": (t.lm, t.params, t.info)}
   if s.qad_cfg:
     _add(models, "student_fp32", s_lm, trained)
@@ -495,10 +563,14 @@ def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dic
 def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
   """Every model's metrics: validation and held-out text, sample metrics, size, samples."""
   c, e = ctx.config, ctx.config.eval
-  results = evaluate_models(ctx, models, t.view, t.params)
-  prompts, s_cfg = sample_eval.prompts(
-      ctx.data, ctx.tokenizer, ctx.workdir, t.view, count=e.sample_prompts,
-      prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len, temperature=e.sample_temperature)
+  if t.cross:  # sample metrics score the student's ids with the teacher: one vocabulary
+    results, prompts, s_cfg = _evaluate_cross(ctx, t, models), None, None
+  else:
+    results = evaluate_models(ctx, models, t.view, t.params)
+    prompts, s_cfg = sample_eval.prompts(
+        ctx.data, ctx.tokenizer, ctx.workdir, t.view, count=e.sample_prompts,
+        prompt_len=e.sample_prompt_len, gen_len=e.sample_gen_len,
+        temperature=e.sample_temperature)
   for name, (lm, params, info) in models.items():
     if "best_of" in info:  # a best checkpoint: validation figures, its step, its size
       results[name].update(step=info["step"], dev_loss=info["dev_loss"],

@@ -68,7 +68,7 @@ def loss_config(d) -> LossConfig:
                     chunk_size=int(d.chunk_size), alpha_schedule=d.alpha_schedule,
                     alpha_end=float(d.alpha_end), temperature_schedule=d.temperature_schedule,
                     temperature_end=float(d.temperature_end), total_steps=int(d.steps),
-                    top_k=int(d.top_k), tail=d.tail, qat=d.qat,
+                    top_k=int(d.top_k), tail=d.tail, uld_weight=float(d.uld_weight), qat=d.qat,
                     qat_start_step=int(round(float(d.qat_start_fraction) * int(d.steps))),
                     qat_activations=bool(d.qat_activations))
 

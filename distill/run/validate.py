@@ -407,6 +407,35 @@ def _targets(c, src):
        f"--config.distill.top_k={top_k!r} must be an integer >= 0 (0 = full)")
   _req(_num(c, "distill.chunk_size", int) >= 0,
        f"--config.distill.chunk_size={d.chunk_size} must be >= 0 (0 = dense)")
+  _cross(c, src)
+
+
+def _cross(c, src):
+  """Cross-tokenizer distillation (a student tokenizer of its own)."""
+  tok = _get(c, "student.tokenizer")
+  _req(isinstance(tok, str), f"--config.student.tokenizer={tok!r} must be 'byte', a tokenizer "
+       "path or '' (the teacher's)")
+  _req(_num(c, "distill.uld_weight") >= 0,
+       f"--config.distill.uld_weight={c.distill.uld_weight} must be >= 0")
+  if not tok:
+    return
+  _req(src == "online", f"--config.student.tokenizer={tok} (a student tokenizer of its own) "
+       "needs --config.distill.teacher_source='online': the teacher cache does not store byte "
+       "offsets yet")
+  for field, off in (("student.vocab", 0), ("distill.top_k", 0), ("distill.chunk_size", 0)):
+    _req(_get(c, field) == off, f"--config.{field}={_get(c, field)} does not combine with "
+         f"--config.student.tokenizer={tok} (cross-tokenizer distillation); set it to {off}")
+  _req(_get(c, "student.init") == "random", f"--config.student.init={c.student.init} copies "
+       f"the teacher's weights, but --config.student.tokenizer={tok} gives the student its "
+       "own vocabulary: use --config.student.init=random")
+  _req(not _get(c, "distill.hidden.weight") and not _get(c, "distill.on_policy.fraction")
+       and not _get(c, "distill.qat_steps"), f"--config.student.tokenizer={tok}: hidden-state "
+       "losses, on-policy steps and the QAD stage are not wired for cross-tokenizer "
+       "distillation yet; set distill.hidden.weight, distill.on_policy.fraction and "
+       "distill.qat_steps to 0")
+  _req(not _get(c, "eval.task.kind"), f"--config.eval.task.kind={c.eval.task.kind!r} judges "
+       "completions in the teacher's tokens, not wired for --config.student.tokenizer="
+       f"{tok} yet; set --config.eval.task.kind=''")
 
 
 def _hidden(c, src):

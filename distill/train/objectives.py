@@ -6,6 +6,7 @@ Each is a module-level function bound with `functools.partial` before jit (`stud
   ce_loss              hard-label CE (teacher pretraining, the baseline)
   distill_loss         the soft-target objective against an online teacher (+ feature losses)
   cached_distill_loss  the same against an offline teacher cache (top-k in the batch)
+  cross_distill_loss   against an online teacher with another tokenizer (byte-offset aligned)
 
 `LossConfig` is the static (hashable) description of the soft-target objective.
 """
@@ -42,6 +43,9 @@ class LossConfig:
   # the rule for the missing tail mass (see losses.sparse_divergence).
   top_k: int = 0
   tail: str = "renormalize"
+  # Cross-tokenizer distillation: the weight of ULD's sorted-probability distance at aligned
+  # positions whose next tokens differ (losses.cross_tokenizer).
+  uld_weight: float = 1.0
   # Hidden-state distillation: ((student layer, teacher layer), ...) compared after those
   # blocks through learned projections params[FEATURES]["proj_i"] (see distill.methods.features).
   hidden_pairs: tuple = ()
@@ -203,3 +207,20 @@ def cached_distill_loss(params, batch, teacher_params, step, *, student: LM, cfg
   with cfg.input_quant(step):
     s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
   return _sparse(s_logits, batch["teacher_ids"], batch["teacher_logprobs"], batch, kw, cfg)
+
+
+def cross_distill_loss(params, batch, teacher_params, step, *, student: LM, teacher: LM,
+                       cfg: LossConfig, teacher_cols, student_cols):
+  """The soft-target objective against a teacher with another tokenizer: the batch carries
+  the teacher's own ids and the alignment (methods.cross_tokenizer.CrossPlan.rows)."""
+  alpha, temperature = cfg.at(step)
+  body, head = cfg.student_params(params, step)
+  with cfg.input_quant(step):
+    s_logits = student.logits_from_hidden(head, student.hidden(body, batch["inputs"]))
+  t_logits = jax.lax.stop_gradient(teacher.apply(teacher_params, batch["teacher_inputs"]))
+  loss, metrics = losses.cross_tokenizer_objective(
+      s_logits, t_logits, batch["targets"], batch["teacher_index"], batch["exact"],
+      teacher_cols, student_cols, mask=batch["mask"], kind=cfg.kind, alpha=alpha,
+      temperature=temperature, beta=cfg.beta, skew=cfg.skew, uld_weight=cfg.uld_weight,
+      scale_by_t2=cfg.scale_by_t2)
+  return loss, dict(metrics, alpha=alpha, temperature=temperature)

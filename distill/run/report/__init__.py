@@ -40,8 +40,9 @@ __all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table"
 
 
 def _gap(results: dict, student: str, baseline: str, part: str | None = None) -> float:
-  ce = [(results[m][part] if part else results[m])["val_ce"] for m in ("teacher", student,
-                                                                        baseline)]
+  # Across tokenizers tokens differ, so the gap is taken in bits/byte (the common figure).
+  key = "bits_per_byte" if results["teacher"].get("cross_tokenizer") else "val_ce"
+  ce = [(results[m][part] if part else results[m])[key] for m in ("teacher", student, baseline)]
   return evaluate.gap_closed(*ce)
 
 
