@@ -115,9 +115,11 @@ def get_config():
   # eval.task), each operand's digits uniform in [min_digits, max_digits], and the task's own
   # seed (not the run's, so every seed of an experiment sees the same rows). The splits are
   # disjoint by construction; the files go to <data_dir>/tasks/. reverse=True writes each
-  # answer least significant digit first ("12+345=" -> "753"), the order carries arise in.
+  # answer least significant digit first ("12+345=" -> "753"), the order carries arise in;
+  # pad=True zero-pads every operand to max_digits and every answer to max_digits + 1
+  # ("0012+0345=" -> "00357"), so each digit has the same position in every row.
   c.data.task = ml_collections.ConfigDict(dict(train=20000, dev=500, test=1000, min_digits=1,
-                                               max_digits=4, seed=0, reverse=False))
+                                               max_digits=4, seed=0, reverse=False, pad=False))
 
   c.optimizer = ml_collections.ConfigDict()
   # AdamW for every stage: linear warmup to the stage's peak learning rate

@@ -1,5 +1,6 @@
 """An interrupted stage resumes from its checkpoint and ends with identical parameters."""
 import functools
+import json
 
 import jax
 import numpy as np
@@ -13,16 +14,18 @@ from distill.train import loop as train
 from distill.train import objectives
 from distill.train import step as step_lib
 from distill.models.transformer import LM
-from tests.helpers import Interrupt, KillAfter, shrunken_config, tiny_model_config
+from tests.helpers import Interrupt, KillAfter, data_spec, shrunken_config, tiny_model_config
 
 
 
-def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
-  """6 CE steps of a tiny LM, checkpoint every 2; dies after `kill_after` batches if given."""
+def run_stage(workdir, stage_dir, kill_after=None, data_dir="", spec=None):
+  """6 CE steps of a tiny LM, checkpoint every 2; dies after `kill_after` batches if given.
+  `spec`: the data (default: the shrunken tiny config's text windows)."""
   c = shrunken_config(**{"data.data_dir": data_dir})
   tok = tokenizers.ByteTokenizer()
   lm = LM(tiny_model_config(vocab_size=264, max_len=64))
-  it = data.make_train_iterator(settings.data_spec(c.data), tok, workdir, batch_size=8, seed=3, fraction=0.5)
+  spec = spec or settings.data_spec(c.data)
+  it = data.make_train_iterator(spec, tok, workdir, batch_size=8, seed=3, fraction=0.5)
   if kill_after is not None:
     it = KillAfter(it, kill_after)
   mesh = sharding.make_mesh(sharding.MeshSpec(data=-1, fsdp=1, tensor=1), devices=jax.devices()[:2])
@@ -32,13 +35,24 @@ def run_stage(workdir, stage_dir, kill_after=None, data_dir=""):
                    checkpoint_every=2, log_every=1, is_main=True)
 
 
-def test_resume_after_interruption_is_exact(tmp_path):
+def table_spec(tmp_path):
+  """A prompt/completion JSONL table (completion-only loss masks, one example per row)."""
+  path = tmp_path / "rows.jsonl"
+  with open(path, "w") as f:
+    for a in range(30):
+      f.write(json.dumps({"prompt": f"{a}+{a % 7}=", "completion": str(a + a % 7)}) + "\n")
+  return data_spec("json:" + str(path), seq_len=16)
+
+
+@pytest.mark.parametrize("form", ["text", "table"])
+def test_resume_after_interruption_is_exact(form, tmp_path):
   workdir = str(tmp_path)
-  data.prepare(settings.data_spec(shrunken_config().data), workdir)
-  ref = run_stage(workdir, str(tmp_path / "ref"))
+  spec = table_spec(tmp_path) if form == "table" else settings.data_spec(shrunken_config().data)
+  data.prepare(spec, workdir)
+  ref = run_stage(workdir, str(tmp_path / "ref"), spec=spec)
   with pytest.raises(Interrupt):
-    run_stage(workdir, str(tmp_path / "cut"), kill_after=3)  # dies in step 4, checkpoint at 2
-  resumed = run_stage(workdir, str(tmp_path / "cut"))
+    run_stage(workdir, str(tmp_path / "cut"), kill_after=3, spec=spec)  # dies in step 4
+  resumed = run_stage(workdir, str(tmp_path / "cut"), spec=spec)
   assert resumed.resumed_from == 2
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                resumed.params, ref.params)

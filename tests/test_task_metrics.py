@@ -200,6 +200,11 @@ def test_addition_splits_are_disjoint_deterministic_and_correct():
   rev = tasks.addition_rows(tasks.TaskData(3000, 300, 600, 1, 4, seed=3, reverse=True))
   for r, q in zip(rows["test"], rev["test"]):
     assert q["prompt"] == r["prompt"] and q["completion"] == r["completion"][::-1]
+  # pad: the same pairs, operands 4 digits and answers 5 (zeros in front), then reversed.
+  pad = tasks.addition_rows(tasks.TaskData(3000, 300, 600, 1, 4, seed=3, reverse=True, pad=True))
+  for r, q in zip(rows["test"], pad["test"]):
+    a, b = (int(x) for x in r["prompt"][:-1].split("+"))
+    assert q["prompt"] == "%04d+%04d=" % (a, b) and q["completion"] == ("%05d" % (a + b))[::-1]
 
 
 def test_addition_refuses_more_rows_than_digits_allow():
@@ -260,7 +265,10 @@ def test_task_tiny_small_run_reports_task_metrics(tmp_path):
   c = task_tiny.get_config("small")
   c.eval.task.pass_k = 2
   c.eval.task.samples = 3
+  c.export.enabled = True  # the export reads the task's materialised files, not data.name
   rep = pipeline.run(c, str(tmp_path))
+  exported = rep["export"]["watch"]
+  assert exported["status"] in ("verified", "failed") and os.path.exists(exported["file"])
   for m in ("teacher", "student", "baseline"):
     t = rep[m]["task"]
     assert t["kind"] == "exact" and t["prompts"] == 60

@@ -42,6 +42,7 @@ class TaskData:
   max_digits: int
   seed: int = 0
   reverse: bool = False  # the answer's digits least significant first ("12+345=" -> "753")
+  pad: bool = False  # zero-pad operands to max_digits, answers to max_digits + 1
 
 
 def is_task(name: str) -> bool:
@@ -87,9 +88,13 @@ def addition_pairs(spec: TaskData) -> dict[str, list[tuple[int, int]]]:
 
 def addition_rows(spec: TaskData) -> dict[str, list[dict]]:
   """{split: [{"prompt": "a+b=", "completion": "a+b's value"}, ...]}; with `reverse` the
-  answer is written least significant digit first, the order the carries run in."""
+  answer is written least significant digit first, the order the carries run in; with `pad`
+  every operand has max_digits digits and every answer max_digits + 1 ("0012+0345=" ->
+  "00357"), so each digit sits at the same position in every row."""
   step = -1 if spec.reverse else 1
-  return {s: [{"prompt": f"{a}+{b}=", "completion": str(a + b)[::step]} for a, b in pairs]
+  n = spec.max_digits if spec.pad else 0
+  return {s: [{"prompt": f"{a:0{n}d}+{b:0{n}d}=", "completion": f"{a + b:0{n + 1 if n else 0}d}"[::step]}
+              for a, b in pairs]
           for s, pairs in addition_pairs(spec).items()}
 
 

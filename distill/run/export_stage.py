@@ -119,9 +119,11 @@ def failures(results: dict | None) -> list[str]:
           for name, x in (results or {}).items() if x.get("status") == "failed"]
 
 
-def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
+def run(config, workdir: str, student_lm, student_params, tokenizer, data_spec) -> dict:
   """Exports every preset in config.export.presets; returns {preset: summary}. A preset that
-  fails its gate is in the results with status "failed" and its error; see `failures`."""
+  fails its gate is in the results with status "failed" and its error; see `failures`.
+  `data_spec` is the run's data as it trained (a built-in task's materialised files): the
+  export calibrates and verifies on it."""
   c = config.export
   level = c.verify
   # Off unless asked: the bundle's engine check gates on teacher-forced agreement, which a
@@ -148,7 +150,7 @@ def run(config, workdir: str, student_lm, student_params, tokenizer) -> dict:
     source = {"stage_dir": os.path.abspath(student_dir), "export_key": key}
     try:
       card = artifact.export(student_lm, student_params, tokenizer, preset, out_dir,
-                             data_spec=settings.data_spec(config.data), workdir=workdir,
+                             data_spec=data_spec, workdir=workdir,
                              level=level, tokenizer_dir=os.path.join(student_dir, "tokenizer"),
                              source=source, litertlm=litertlm, threshold=threshold,
                              log=lambda msg: print(msg, flush=True))

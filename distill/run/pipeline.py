@@ -615,7 +615,7 @@ def _run(config, workdir: str) -> dict:
   if config.export.enabled:
     t_exp = time.time()
     s_lm, s_params, _ = models["student"]
-    rep["export"] = export_stage.run(config, workdir, s_lm, s_params, ctx.tokenizer)
+    rep["export"] = export_stage.run(config, workdir, s_lm, s_params, ctx.tokenizer, ctx.data)
     if settings.gguf_quants(config.export):
       rep["export_gguf"] = export_stage.run_gguf(config, workdir, s_lm, s_params, ctx.tokenizer)
     rep["wall_seconds"].update(export=time.time() - t_exp, total=time.time() - t0)

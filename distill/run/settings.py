@@ -102,7 +102,7 @@ def task_data(t) -> tasks.TaskData:
   """`config.data.task` -> TaskData (the built-in task's rows)."""
   return tasks.TaskData(train=int(t.train), dev=int(t.dev), test=int(t.test),
                         min_digits=int(t.min_digits), max_digits=int(t.max_digits),
-                        seed=int(t.seed), reverse=bool(t.get("reverse", False)))
+                        seed=int(t.seed), reverse=bool(t.reverse), pad=bool(t.pad))
 
 
 def task_spec(e) -> task_metrics.TaskSpec | None:

@@ -237,8 +237,9 @@ def _builtin_task(c):
     _req(_num(c, f"data.task.{f}", int) >= (0 if f == "seed" else 1),
          f"--config.data.task.{f}={c.data.task[f]} must be >= {0 if f == 'seed' else 1}")
   t = c.data.task
-  _req(isinstance(_get(c, "data.task.reverse"), bool),
-       f"--config.data.task.reverse={t.reverse!r} must be True or False")
+  for f in ("reverse", "pad"):
+    _req(isinstance(_get(c, f"data.task.{f}"), bool),
+         f"--config.data.task.{f}={t[f]!r} must be True or False")
   _req(t.min_digits <= t.max_digits <= 18, f"--config.data.task digits [{t.min_digits}, "
        f"{t.max_digits}] must satisfy min_digits <= max_digits <= 18")
 
