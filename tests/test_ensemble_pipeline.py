@@ -1,6 +1,7 @@
 """`config.teachers` in the pipeline: one teacher is exactly the single-teacher run, two give the
 weighted NumPy average of their probabilities (online and through the teacher cache)."""
 import json
+import re
 import os
 import shutil
 
@@ -154,3 +155,22 @@ def test_ensemble_weights_are_the_mixture_weights():
                              np.asarray(jax.nn.log_softmax(b.apply(pb, tokens))), atol=1e-5)
   with pytest.raises(ConfigError, match="vocabularies differ"):
     ensemble.EnsembleTeacher([a, LM(tiny_model_config(vocab_size=72))], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    ({"teachers": ({"seed": 0, "weight": 1.0}, {"seed": 0, "weight": 2.0})}, "repeats seed 0"),
+    ({"teachers": ({"seed": 0, "checkpoint": "hf:/x"},)}, "needs exactly one of 'seed'"),
+    ({"teachers": ({"seed": 0, "wieght": 1.0},)}, "unknown key(s) ['wieght']"),
+    ({"teachers": ({"seed": -1},)}, "seed must be an integer >= 0"),
+    ({"teachers": ({"seed": 0, "weight": float("nan")},)}, "must be finite, >= 0 and sum"),
+    ({"teachers": ({"checkpoint": "/no/such/teacher"},)}, "does not exist"),
+    ({"teachers": ({"seed": 0},), "teacher.checkpoint": "hf:/tmp"}, "both name the teacher"),
+    ({"teachers": ({"seed": 0},), "student.init": "prune"}, "not wired for a teacher ensemble"),
+    ({"teachers": ({"seed": 0},), "distill.hidden.weight": 1.0}, "not wired for a teacher"),
+    ({"teachers": ({"seed": 0},), "distill.on_policy.fraction": 0.5}, "not wired for a teacher"),
+])
+def test_bad_ensemble_configs_are_one_clear_line(overrides, msg):
+  from distill.run.validate import validate  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match=re.escape(msg)):
+    validate(shrunken_config(**overrides))
+  validate(shrunken_config(teachers=({"seed": 0}, {"seed": 1, "weight": 0.5})))

@@ -217,23 +217,25 @@ def load_or_train_teacher(ctx: Context):
   specs = settings.teachers(c)
   if not specs:
     return _one_teacher(ctx, c.teacher.checkpoint)
-  loaded, tok = [], None
-  for i, spec in enumerate(specs):
-    t0 = time.time()
+  # Loaded teachers first, then the pretrained ones: a teacher of another tokenizer is
+  # refused before any pretraining.
+  order = sorted(range(len(specs)), key=lambda i: not specs[i].checkpoint)
+  got, first = {}, None
+  for i in order:
+    spec, t0 = specs[i], time.time()
+    if not spec.checkpoint and first is not None:  # what it will speak, before it trains
+      _same_vocabulary(first, tokenizers.from_config(c.data.tokenizer),
+                       padded_vocab(tokenizers.from_config(c.data.tokenizer).vocab_size), i, spec)
     lm, params, shard, info = _one_teacher(ctx, spec.checkpoint, seed=spec.seed, name=spec.name)
     info = dict(info, weight=spec.weight, params=count_params(params),
                 param_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))))
     if spec.checkpoint:
       info["load_seconds"] = time.time() - t0
-    if tok is not None and (ctx.tokenizer.fingerprint != tok.fingerprint
-                            or lm.cfg.vocab_size != loaded[0][1].cfg.vocab_size):
-      raise ConfigError(
-          f"--config.teachers[{i}] ({spec.checkpoint or f'seed {spec.seed}'}) has another "
-          f"tokenizer or vocabulary ({lm.cfg.vocab_size} rows) than --config.teachers[0] "
-          f"({loaded[0][1].cfg.vocab_size} rows); an ensemble needs one vocabulary: use "
-          "teachers of one tokenizer")
-    tok = ctx.tokenizer
-    loaded.append((spec, lm, params, shard, info))
+    if first is None:
+      first = (i, spec, ctx.tokenizer, lm.cfg.vocab_size)
+    _same_vocabulary(first, ctx.tokenizer, lm.cfg.vocab_size, i, spec)
+    got[i] = (spec, lm, params, shard, info)
+  loaded = [got[i] for i in range(len(specs))]
   if len(loaded) == 1:  # that teacher alone, exactly as the single-teacher run has it
     return loaded[0][1:]
   view = ensemble.EnsembleTeacher([m[1] for m in loaded], [m[0].weight for m in loaded],
@@ -242,6 +244,21 @@ def load_or_train_teacher(ctx: Context):
   info = {"source": "ensemble", "members": {m[0].name: m[4] for m in loaded},
           "wall_seconds": sum(m[4].get("wall_seconds", 0.0) for m in loaded)}
   return view, params, sharding.param_shardings(view, ctx.mesh), info
+
+
+def _same_vocabulary(first, tok, vocab: int, i: int, spec) -> None:
+  """One line (ConfigError) unless teacher i speaks the first loaded teacher's tokenizer with
+  as many vocabulary rows: an ensemble averages probabilities id for id."""
+  j, spec0, tok0, vocab0 = first
+  if (tok.with_add_bos(False).fingerprint == tok0.with_add_bos(False).fingerprint
+      and vocab == vocab0):
+    return
+  what = lambda s: s.checkpoint or f"pretrained with seed {s.seed}"
+  raise ConfigError(
+      f"--config.teachers[{i}] ({what(spec)}: {type(tok).__name__}, {vocab} rows) and "
+      f"--config.teachers[{j}] ({what(spec0)}: {type(tok0).__name__}, {vocab0} rows) speak "
+      "different tokenizers or vocabularies; an ensemble needs one: use teachers of one "
+      "tokenizer (and data.tokenizer the same for teachers pretrained here)")
 
 
 def _one_teacher(ctx: Context, path: str, seed=None, name: str = "teacher"):
