@@ -174,3 +174,24 @@ def test_bad_ensemble_configs_are_one_clear_line(overrides, msg):
   with pytest.raises(ConfigError, match=re.escape(msg)):
     validate(shrunken_config(**overrides))
   validate(shrunken_config(teachers=({"seed": 0}, {"seed": 1, "weight": 0.5})))
+
+
+def test_a_loaded_teacher_joins_an_ensemble(runs):
+  """{checkpoint: a finished teacher stage} beside {seed}: that stage's weights, the mixture."""
+  dirs, _ = runs
+  ckpt = os.path.join(dirs["one"], "teacher_seed0")
+  mixed = ({"checkpoint": ckpt, "weight": WEIGHTS[0]}, TWO[1])
+  ctx = pipeline.Context(_small(dirs["data"], **dict(TWO_FP32, teachers=mixed)), dirs["two"])
+  view, params, _, info = pipeline.load_or_train_teacher(ctx)
+  assert view.names == ("teacher_0", "teacher_seed1")
+  assert info["members"]["teacher_0"]["source"] == ckpt
+  _, want0 = _stage_params(dirs["one"], "teacher_seed0")
+  jax.tree.map(lambda g, w: np.testing.assert_array_equal(np.asarray(g),
+                                                          np.asarray(w.astype(g.dtype))),
+               params[0], want0)
+  tokens = np.arange(64, dtype=np.int32).reshape(2, 32) % 200
+  probs = [_softmax(np.asarray(m.apply(p, tokens), np.float64))
+           for m, p in zip(view.members, params)]
+  want = (WEIGHTS[0] * probs[0] + WEIGHTS[1] * probs[1]) / sum(WEIGHTS)
+  np.testing.assert_allclose(np.exp(np.asarray(view.apply(params, tokens), np.float64)), want,
+                             rtol=2e-5, atol=1e-7)
