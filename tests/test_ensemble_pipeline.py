@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from distill import data
+from distill.data import tokenizer as tokenizers
 from distill.errors import ConfigError
 from distill.inference import stage
 from distill.methods import ensemble, teacher_cache
@@ -93,7 +95,6 @@ def test_two_teachers_cached_and_online_targets_are_the_weighted_numpy_average(r
   ctx = pipeline.Context(_small(dirs["data"], **TWO_FP32), dirs["two"])
   view, params, _, info = pipeline.load_or_train_teacher(ctx)
   assert ensemble.is_ensemble(view) and set(info["members"]) == {"teacher_seed0", "teacher_seed1"}
-  from distill import data  # pylint: disable=import-outside-toplevel
   ids, rows = data.train_windows(ctx.data, ctx.tokenizer, ctx.workdir, 0.05)
   tokens = rows(list(ids[:4]))["inputs"]
   # Each member as the pipeline holds it (its stage's params, in the teacher dtype).
@@ -130,7 +131,7 @@ def test_a_cache_of_another_teacher_is_refused(runs):
   dirs, _ = runs
   cache = teacher_cache.Cache(os.path.join(dirs["two"], "teacher_cache"))
   ctx = pipeline.Context(_small(dirs["data"], teachers=TWO[:1] + ({"seed": 2},)), dirs["two"])
-  ctx.use_tokenizer(pipeline.tokenizers.from_config("byte"))
+  ctx.use_tokenizer(tokenizers.from_config("byte"))
   with pytest.raises(teacher_cache.CacheError, match="teacher="):
     cache.check(ctx.transfer_set(), cache.meta["vocab_size"])
 
