@@ -147,6 +147,20 @@ def get_config():
   # Peak learning rate for teacher pretraining.
   c.teacher.pretrain.lr = 3e-3
 
+  # An ensemble of teachers in place of the single one above: a tuple of dicts, each
+  # {seed: int, weight: float} (a teacher pretrained here exactly as the single one is, with
+  # teacher.model and teacher.pretrain but its own seed, in stage <workdir>/teacher_seed<seed>/)
+  # or {checkpoint: a stage dir | 'hf:/path' | 'gguf:/path', weight: float} (loaded as
+  # teacher.checkpoint is, in teacher.dtype). weight defaults to 1.0; the weights must be
+  # finite, >= 0 and sum to a positive number. All teachers must speak one tokenizer and
+  # vocabulary. The soft target is P_ens = sum_i w_i p_i / sum_i w_i at T = 1, then tempered by
+  # distill.temperature as any teacher's (distill/methods/ensemble.py), online or through the
+  # teacher cache; the report's `teacher` row is the ensemble, one `teacher_seed<N>` (or
+  # `teacher_<i>` for a checkpoint) row per member. One entry = that teacher alone (trains
+  # exactly as the single teacher with teacher seed = seed). () = the single teacher above. E.g.
+  # --config.teachers="({'seed': 0, 'weight': 1.0}, {'seed': 1, 'weight': 1.0})".
+  c.teachers = ()
+
   c.student = ml_collections.ConfigDict()
   # Student shape (shared by the distilled student and the baseline).
   c.student.model = model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)

@@ -75,6 +75,15 @@ def test_aot_config_error_is_one_line_exit_2():
   assert "error:" in r.stderr and "batch_size=3" in r.stderr
 
 
+def test_aot_refuses_a_teacher_ensemble_in_one_line():
+  r, out = _aot("--topology=v5e:2x2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                "--config.data.batch_size=4", "--config.teacher.checkpoint=",
+                "--config.distill.chunk_size=0", "--config.teachers=({'seed': 0}, {'seed': 1})")
+  assert r.returncode == 2 and out is None
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "compile with --config.teachers=()" in errors[0], r.stderr[-2000:]
+
+
 def test_multislice_mesh_puts_slices_on_the_data_axis():
   # Compile-only devices of 2 v5e-4 slices; no compile, so this runs in a few seconds.
   code = (

@@ -144,6 +144,21 @@ CASES = [
              "give the model's tokenizer.json"]),
     ("teacher_cache_without_top_k", _main("--config.distill.teacher_source=cache"), USAGE,
      ["teacher_source='cache' needs --config.distill.top_k > 0", "e.g. 64"]),
+    # --- teacher ensembles (config.teachers; braces doubled: argv goes through str.format)
+    ("teachers_weights_sum_to_zero",
+     _main("--config.teachers=({{'seed': 0, 'weight': 0.0}}, {{'seed': 1, 'weight': 0.0}})"),
+     USAGE, ["--config.teachers: teacher weights [0.0, 0.0] must be finite, >= 0 and sum to a "
+             "positive number", "give each teacher a weight such as 1.0"]),
+    ("teachers_weight_negative",
+     _main("--config.teachers=({{'seed': 0, 'weight': 2.0}}, {{'seed': 1, 'weight': -1.0}})"),
+     USAGE, ["teacher weights [2.0, -1.0] must be finite, >= 0", "such as 1.0"]),
+    ("teachers_entry_without_seed_or_checkpoint",
+     _main("--config.teachers=({{'weight': 1.0}},)"), USAGE,
+     ["--config.teachers[0]={{'weight': 1.0}} needs exactly one of 'seed'", "'checkpoint'"]),
+    ("teachers_of_two_tokenizers",
+     _main("--config.teachers=({{'seed': 0}}, {{'checkpoint': '{no_eos_run}/student'}})"),
+     USAGE, ["--config.teachers[0] (pretrained with seed 0: ByteTokenizer",
+             "speak different tokenizers or vocabularies", "use teachers of one tokenizer"]),
     # --- on-policy distillation and SeqKD
     ("on_policy_beyond_context", _main("--config.distill.on_policy.fraction=0.5",
                                        "--config.distill.on_policy.gen_len=3000"), USAGE,
@@ -516,6 +531,10 @@ def test_bad_input(case, results, world):
   if tool == "prune":  # a refused prune writes no output directory
     out = next(a for a in argv if a.startswith("--out=")).format(**world)[len("--out="):]
     assert not os.path.exists(out), shown
+  if case.startswith("teachers_"):  # refused before any teacher trained
+    new = os.path.join(world["tmp"], f"new_{case}")
+    assert not [n for n in (os.listdir(new) if os.path.isdir(new) else [])
+                if n.startswith("teacher")], shown
   if case in ("workdir_locked_by_live_run",):
     assert os.path.exists(os.path.join(world["locked"], ".lock"))
 

@@ -39,7 +39,8 @@ HEAVY_PREFIXES = ("litert", "ai_edge_")
 # The run config's sections and top-level fields (configs/base.py).
 CONFIG_FIELDS = ("data", "distill", "student", "teacher", "baseline", "eval", "export",
                  "optimizer", "train", "mesh", "on_policy", "hidden", "pretrain", "prune",
-                 "checkpoint_every", "log_every", "compute_dtype", "preset", "topology", "seed")
+                 "checkpoint_every", "log_every", "compute_dtype", "preset", "topology", "seed",
+                 "teachers")
 # Names a module calls the run config by.
 CONFIG_NAMES = ("c", "config", "conf")
 

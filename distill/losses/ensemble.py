@@ -3,7 +3,8 @@
 P_ens = sum_i w_i softmax(teacher_i / T) / sum_i w_i over one shared vocabulary (teachers with
 other tokenizers are first mapped to the student's: distill.losses.cross_tokenizer), computed
 in log space (logsumexp over teachers) so no mixture underflows. An ensemble of one teacher is
-that teacher's log_softmax exactly. Not wired into the pipeline yet (`config.teachers`).
+that teacher's log_softmax exactly. The pipeline's ensemble teacher (`config.teachers`) is
+distill/methods/ensemble.py.
 """
 from __future__ import annotations
 

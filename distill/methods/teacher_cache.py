@@ -40,6 +40,7 @@ import numpy as np
 from distill import data, losses
 from distill.data import tokenizer as tokenizers
 from distill.inference import sampling
+from distill.methods import ensemble
 from distill.models import sharding
 from distill.train import loop as train
 
@@ -139,6 +140,14 @@ class Cache:
       if got != want:
         raise CacheError(f"teacher cache was written with {what}={got!r} but this run has "
                          f"{want!r}; write the cache again for this config")
+    # A teacher ensemble's targets are not its members' (nor another ensemble's): when either
+    # side is an ensemble the teachers must be the same. (Single-teacher caches keep the old
+    # rule: the teacher is recorded, not checked.)
+    got = str(m.get("teacher", ""))
+    if ensemble.SOURCE_PREFIX in (got[:len(ensemble.SOURCE_PREFIX)],
+                                  ts.teacher[:len(ensemble.SOURCE_PREFIX)]) and got != ts.teacher:
+      raise CacheError(f"teacher cache was written with teacher={got!r} but this run has "
+                       f"{ts.teacher!r}; write the cache again for this config")
 
   def lookup(self, window_ids: np.ndarray):
     rows = np.searchsorted(self.windows, window_ids)

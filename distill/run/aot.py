@@ -199,6 +199,9 @@ def analyze(c, topology: str | None = None, layers: int = 0) -> dict:
     config_lib.validate(c, n_devices=len(devices))
   except config_lib.ConfigError as e:
     raise AotError(f"{e} (topology {topology} has {len(devices)} devices)") from None
+  if len(settings.teachers(c)) > 1:  # the compiled step holds one teacher
+    raise AotError("distill.aot compiles the step of one teacher; --config.teachers names an "
+                   "ensemble, which it does not compile yet: compile with --config.teachers=()")
   mesh = sharding.make_mesh(settings.mesh_spec(c.mesh), devices)
   t_cfg = teacher_model_config(c)
   s_cfg = student_model_config(c, t_cfg.vocab_size)

@@ -33,6 +33,7 @@ from distill.models import sharding
 from distill.train import step
 from distill.methods import teacher_cache
 from distill.methods import cross_tokenizer as cross
+from distill.methods import ensemble
 from distill.data import alignment
 from distill.data import chat, tasks
 from distill.data import tokenizer as tokenizers
@@ -107,13 +108,14 @@ class Context:
     c = self.config
     return teacher_cache.TransferSet(
         data=self.data, tokenizer=self.tokenizer, workdir=self.workdir,
-        fraction=c.distill.transfer_fraction, teacher=c.teacher.checkpoint or "pretrained",
-        seed=c.seed)
+        fraction=c.distill.transfer_fraction, teacher=settings.teacher_source(c), seed=c.seed)
 
-  def train_iter(self, fraction, cache=None):
+  def train_iter(self, fraction, cache=None, seed=None):
+    """Batches of `fraction` of the train split, in the order `seed` (default: the run's) draws."""
     c = self.config
     it = data.make_train_iterator(
-        self.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size, seed=c.seed,
+        self.data, self.tokenizer, self.workdir, batch_size=c.data.batch_size,
+        seed=c.seed if seed is None else seed,
         fraction=fraction, process_index=jax.process_index(), process_count=jax.process_count(),
         with_window_ids=cache is not None)
     return it if cache is None else teacher_cache.CachedIterator(it, cache)
@@ -137,9 +139,11 @@ class Context:
 
 def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss_fn, fraction: float,
                  teacher_params=None, teacher_shardings=None, init_params=None, cache=None,
-                 finalize=None, saved_lm=None, on_policy=None, data_iter=None, dev=False):
+                 finalize=None, saved_lm=None, on_policy=None, data_iter=None, dev=False,
+                 seed=None):
   """Train (or resume, or skip) one stage; returns (params, info, best params or None).
 
+  `seed`: the stage's own init and data-order seed (an ensemble's teachers), default the run's.
   `finalize` maps the trained params to the saved ones, of model `saved_lm` (default `lm`).
   `dev`: log the dev-split loss and keep the best checkpoint (train.dev_every,
   train.select_best); its params are the third value, its step and loss info["best"].
@@ -158,9 +162,10 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
-                  data_iter=(data_iter if data_iter is not None else ctx.train_iter(fraction, cache)),
+                  data_iter=(data_iter if data_iter is not None
+                             else ctx.train_iter(fraction, cache, seed)),
                   steps=steps, loss_fn=loss_fn, tx=tx,
-                  seed=c.seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                  seed=c.seed if seed is None else seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
                   skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
@@ -168,6 +173,8 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
   info = {"steps": steps, "lr": lr, "wall_seconds": res.wall_seconds,
           "resumed_from": res.resumed_from, "final": res.history[-1][1] if res.history else {},
           "transfer_fraction": fraction, "best": res.best}
+  if seed is not None:
+    info["seed"] = seed
   stage.save_stage(stage_dir, saved_lm.cfg, ctx.tokenizer, res.params, info)
   best = stage.load_stage_params(stage_dir, saved_lm, shardings, best=True) if res.best else None
   return res.params, info, best
@@ -201,9 +208,63 @@ def _qad_stage(ctx: Context, student: LM, fp32_params, cfg: objectives.LossConfi
 
 
 def load_or_train_teacher(ctx: Context):
-  """(LM, params in teacher dtype and shards, shardings, stage info)."""
+  """(teacher model, params in teacher dtype and shards, shardings, stage info).
+
+  With `config.teachers` the model is the ensemble of them (`methods.ensemble.EnsembleTeacher`,
+  params a tuple, info["members"] each member's stage info); an ensemble of one is that
+  teacher itself. Every teacher sets the run's tokenizer; they must agree on it."""
   c = ctx.config
-  path = c.teacher.checkpoint
+  specs = settings.teachers(c)
+  if not specs:
+    return _one_teacher(ctx, c.teacher.checkpoint)
+  # Loaded teachers first, then the pretrained ones: a teacher of another tokenizer is
+  # refused before any pretraining.
+  order = sorted(range(len(specs)), key=lambda i: not specs[i].checkpoint)
+  got, first = {}, None
+  for i in order:
+    spec, t0 = specs[i], time.time()
+    if not spec.checkpoint and first is not None:  # what it will speak, before it trains
+      _same_vocabulary(first, tokenizers.from_config(c.data.tokenizer),
+                       padded_vocab(tokenizers.from_config(c.data.tokenizer).vocab_size), i, spec)
+    lm, params, shard, info = _one_teacher(ctx, spec.checkpoint, seed=spec.seed, name=spec.name)
+    info = dict(info, weight=spec.weight, params=count_params(params),
+                param_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))))
+    if spec.checkpoint:
+      info["load_seconds"] = time.time() - t0
+    if first is None:
+      first = (i, spec, ctx.tokenizer, lm.cfg.vocab_size)
+    _same_vocabulary(first, ctx.tokenizer, lm.cfg.vocab_size, i, spec)
+    got[i] = (spec, lm, params, shard, info)
+  loaded = [got[i] for i in range(len(specs))]
+  if len(loaded) == 1:  # that teacher alone, exactly as the single-teacher run has it
+    return loaded[0][1:]
+  view = ensemble.EnsembleTeacher([m[1] for m in loaded], [m[0].weight for m in loaded],
+                                  names=[m[0].name for m in loaded])
+  params = tuple(m[2] for m in loaded)
+  info = {"source": "ensemble", "members": {m[0].name: m[4] for m in loaded},
+          "wall_seconds": sum(m[4].get("wall_seconds", 0.0) for m in loaded)}
+  return view, params, sharding.param_shardings(view, ctx.mesh), info
+
+
+def _same_vocabulary(first, tok, vocab: int, i: int, spec) -> None:
+  """One line (ConfigError) unless teacher i speaks the first loaded teacher's tokenizer with
+  as many vocabulary rows: an ensemble averages probabilities id for id."""
+  j, spec0, tok0, vocab0 = first
+  if (tok.with_add_bos(False).fingerprint == tok0.with_add_bos(False).fingerprint
+      and vocab == vocab0):
+    return
+  what = lambda s: s.checkpoint or f"pretrained with seed {s.seed}"
+  raise ConfigError(
+      f"--config.teachers[{i}] ({what(spec)}: {type(tok).__name__}, {vocab} rows) and "
+      f"--config.teachers[{j}] ({what(spec0)}: {type(tok0).__name__}, {vocab0} rows) speak "
+      "different tokenizers or vocabularies; an ensemble needs one: use teachers of one "
+      "tokenizer (and data.tokenizer the same for teachers pretrained here)")
+
+
+def _one_teacher(ctx: Context, path: str, seed=None, name: str = "teacher"):
+  """(LM, params, shardings, info) of one teacher: loaded from `path`, or pretrained here in
+  stage `name` (with `seed`, default the run's); sets the run's tokenizer to its own."""
+  c = ctx.config
   if path.startswith(("hf:", "gguf:")):
     loader = hf if path.startswith("hf:") else gguf
     lm, params, tok = loader.load_teacher(path.split(":", 1)[1], ctx.mesh,
@@ -219,10 +280,16 @@ def load_or_train_teacher(ctx: Context):
     ctx.use_tokenizer(tokenizers.from_config(c.data.tokenizer))
     cfg = model_config(c.teacher.model, padded_vocab(ctx.tokenizer.vocab_size), c)
     lm = LM(cfg)
-    _, info, _ = _train_stage(ctx, "teacher", lm, steps=c.teacher.pretrain.steps,
-                              lr=c.teacher.pretrain.lr, fraction=1.0,
+    path = os.path.join(ctx.workdir, name)
+    if seed is not None and stage.is_stage(path):
+      with open(os.path.join(path, "stage.json")) as f:
+        found = json.load(f).get("seed")
+      if found != seed:
+        raise ConfigError(f"{path} holds a teacher pretrained with seed {found}, not {seed}; "
+                          "use another --workdir or remove that directory")
+    _, info, _ = _train_stage(ctx, name, lm, steps=c.teacher.pretrain.steps,
+                              lr=c.teacher.pretrain.lr, fraction=1.0, seed=seed,
                               loss_fn=functools.partial(objectives.ce_loss, student=lm))
-    path = os.path.join(ctx.workdir, "teacher")
   # Read-only from here on: held in the teacher dtype, never in an optimizer.
   lm = LM(read_only_teacher(cfg, c))
   shard = sharding.param_shardings(lm, ctx.mesh)
@@ -260,7 +327,7 @@ def evaluate_models(ctx: Context, models: dict, teacher: LM, t_params) -> dict:
   c = ctx.config
   for set_name, (batches, n_bytes) in _eval_sets(ctx).items():
     # The teacher's targets on each eval set are written once per workdir (teacher_eval/).
-    key = json.dumps([c.teacher.checkpoint or "pretrained", settings.precision(c).teacher_dtype,
+    key = json.dumps([settings.teacher_source(c), settings.precision(c).teacher_dtype,
                       ctx.tokenizer.fingerprint, c.data.seq_len, c.data.batch_size,
                       c.data.eval_batches, set_name, c.eval.heldout, jax.process_count()])
     metrics = evaluate.evaluate_all(
@@ -551,6 +618,9 @@ def _train_models(ctx: Context, t: _Teacher, s: _Student, loss_fn, cache) -> dic
       data_iter=(cross.CrossIterator(ctx.train_iter(c.distill.transfer_fraction), t.cross[0])
                  if t.cross else _generated_iter(ctx)), dev=True)
   models = {"teacher": (t.lm, t.params, t.info)}
+  if ensemble.is_ensemble(t.lm):  # each member beside the ensemble: its own report row
+    for name, lm, params in zip(t.lm.names, t.lm.members, t.params):
+      models[name] = (lm, params, t.info["members"][name])
   if s.qad_cfg:
     _add(models, "student_fp32", s_lm, trained)
     s_lm, *trained = _qad_stage(ctx, s.lm, trained[0], s.qad_cfg)
@@ -575,6 +645,10 @@ def _evaluate(ctx: Context, t: _Teacher, models: dict) -> dict:
     if "best_of" in info:  # a best checkpoint: validation figures, its step, its size
       results[name].update(step=info["step"], dev_loss=info["dev_loss"],
                            params=count_params(params))
+      continue
+    if ensemble.is_ensemble(lm):  # the mixture scores and is scored; its members sample
+      results[name].update(params=count_params(params), flops_per_token=sum(
+          flops_per_token(m.cfg, c.data.seq_len) for m in lm.members), ensemble=True)
       continue
     if prompts is not None:  # same prompts, settings and key for every model
       scorer, rows, cfg = t.view, prompts, s_cfg
@@ -647,6 +721,9 @@ def write_generations(config, workdir: str, out_dir: str, **sample) -> dict:
   ctx = Context(config, workdir)
   data.prepare(ctx.data, workdir)
   teacher, t_params, _, _ = load_or_train_teacher(ctx)
+  if ensemble.is_ensemble(teacher):
+    raise ConfigError("--generate samples one teacher, and --config.teachers names an "
+                      "ensemble; set --config.teachers=() (or one teacher) to generate")
   meta = teacher_cache.generate(teacher, t_params, out_dir, ctx.transfer_set(),
                                 show_progress=ctx.is_main, **sample)
   return {"transfer_set": teacher_cache.GENERATED_PREFIX + out_dir, **meta}

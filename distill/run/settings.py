@@ -5,10 +5,13 @@ below `distill.run` nothing reads a ConfigDict or keeps a default for one of its
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from distill.data import DataSpec, tasks
 from distill.eval import task as task_metrics
 from distill.inference import sampling
-from distill.methods import features
+from distill.methods import ensemble, features
 from distill.models import quant as qat
 from distill.methods.onpolicy import OnPolicyConfig
 from distill.models.sharding import MeshSpec
@@ -118,3 +121,34 @@ def task_spec(e) -> task_metrics.TaskSpec | None:
 def task_split(config) -> str:
   """Where the task metric's prompts come from: 'validation', 'test' or a table name."""
   return config.eval.task.split or ("test" if tasks.is_task(config.data.name) else "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+  """One member of `config.teachers`: pretrained here with `seed`, or loaded from
+  `checkpoint`; `name` is its stage directory (pretrained) and its report row."""
+  name: str
+  weight: float
+  seed: int | None = None
+  checkpoint: str = ""
+
+
+def teachers(config) -> tuple[TeacherSpec, ...]:
+  """`config.teachers` (absent in older configs = ()) -> TeacherSpecs, in order."""
+  out = []
+  for i, entry in enumerate(tuple(config.get("teachers", ()) or ())):
+    e = dict(entry)
+    ckpt = str(e.get("checkpoint", "") or "")
+    seed = None if ckpt else int(e["seed"])
+    out.append(TeacherSpec(name=f"teacher_{i}" if ckpt else f"teacher_seed{seed}",
+                           weight=float(e.get("weight", 1.0)), seed=seed, checkpoint=ckpt))
+  return tuple(out)
+
+
+def teacher_source(config) -> str:
+  """Where the soft targets come from, as the teacher cache and the evaluation cache record
+  (and check) it: the single teacher's checkpoint or "pretrained", or the ensemble."""
+  specs = teachers(config)
+  if specs:
+    return ensemble.SOURCE_PREFIX + json.dumps([[t.seed, t.checkpoint, t.weight] for t in specs])
+  return config.teacher.checkpoint or "pretrained"

@@ -56,6 +56,8 @@ def evaluate(ctx, plan: TaskPlan | None, t, models: dict, results: dict) -> None
     return
   read = {}
   for name, (lm, params, _) in models.items():
+    if getattr(lm, "members", None):  # a teacher ensemble does not generate; its members do
+      continue
     tok = t.tokenizer if name == "teacher" else ctx.tokenizer  # a trimmed student has its own
     if id(tok) not in read:
       read[id(tok)] = _prompts(ctx, plan.split, tok)

@@ -12,6 +12,7 @@ import os
 from distill.data import tables, tasks
 from distill.eval import task as task_metrics
 from distill.errors import ConfigError, MeshError
+from distill.losses import check_weights
 from distill.export.presets import GGUF_QUANTS
 from distill.models.model_config import ModelConfig
 from distill.run.hardware import HARDWARE
@@ -304,18 +305,7 @@ def _teacher(c):
   ckpt = _get(c, "teacher.checkpoint")
   _req(isinstance(ckpt, str), "--config.teacher.checkpoint must be a path string")
   if ckpt:
-    prefix = next((p for p in ("hf:", "gguf:") if ckpt.startswith(p)), "")
-    path = ckpt[len(prefix):]
-    _req(os.path.exists(path), f"--config.teacher.checkpoint={ckpt!r} does not exist; give a "
-         "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', "
-         "'gguf:/path/model.gguf', or '' to pretrain")
-    if prefix == "gguf:":
-      _req(os.path.isfile(path), f"--config.teacher.checkpoint={ckpt!r} is not a file; give "
-           "'gguf:/path/model.gguf'")
-    if not prefix:
-      _req(os.path.exists(os.path.join(path, "stage.json")), f"--config.teacher.checkpoint="
-           f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
-           "after that run finished, or 'hf:/path' for a Hugging Face directory")
+    _checkpoint("--config.teacher.checkpoint", ckpt)
   _req(_get(c, "compute_dtype") in DTYPES,
        f"--config.compute_dtype={c.compute_dtype!r} must be '' (the preset's), auto (this "
        "machine's: bfloat16 where the CPU multiplies it fast), float32, bfloat16 or float16")
@@ -327,6 +317,74 @@ def _teacher(c):
     _req(c.teacher.pretrain.steps > 0, "--config.teacher.pretrain.steps must be > 0 when no "
          "teacher checkpoint is given")
     _model(c, "teacher.model")
+
+
+def _checkpoint(field: str, ckpt: str) -> None:
+  """A teacher checkpoint that exists: a finished stage directory, 'hf:/dir' or 'gguf:/file'."""
+  prefix = next((p for p in ("hf:", "gguf:") if ckpt.startswith(p)), "")
+  path = ckpt[len(prefix):]
+  _req(os.path.exists(path), f"{field}={ckpt!r} does not exist; give a "
+       "teacher stage directory (e.g. runs/tiny/teacher), 'hf:/path/to/model', "
+       "'gguf:/path/model.gguf', or '' to pretrain")
+  if prefix == "gguf:":
+    _req(os.path.isfile(path), f"{field}={ckpt!r} is not a file; give "
+         "'gguf:/path/model.gguf'")
+  if not prefix:
+    _req(os.path.exists(os.path.join(path, "stage.json")), f"{field}="
+         f"{ckpt!r} is not a finished distill stage (no stage.json); give e.g. runs/tiny/teacher "
+         "after that run finished, or 'hf:/path' for a Hugging Face directory")
+
+
+TEACHER_KEYS = ("seed", "checkpoint", "weight")
+
+
+def _teachers(c):
+  """config.teachers: an ensemble of pretrained (seed) or loaded (checkpoint) teachers."""
+  entries = c.get("teachers", ())
+  _req(isinstance(entries, (tuple, list)), f"--config.teachers={entries!r} must be a tuple of "
+       "dicts such as ({'seed': 0, 'weight': 1.0}, {'seed': 1, 'weight': 1.0}), or ()")
+  if not entries:
+    return
+  seen = set()
+  for i, e in enumerate(entries):
+    where = f"--config.teachers[{i}]={e!r}"
+    _req(hasattr(e, "keys") and hasattr(e, "get"), f"{where} must be a dict such as "
+         "{'seed': 0, 'weight': 1.0} or {'checkpoint': 'hf:/path', 'weight': 1.0}")
+    unknown = sorted(set(e.keys()) - set(TEACHER_KEYS))
+    _req(not unknown, f"{where} has unknown key(s) {unknown}; use {', '.join(TEACHER_KEYS)}")
+    _req(("seed" in e) != bool(e.get("checkpoint")), f"{where} needs exactly one of 'seed' (a "
+         "teacher pretrained here) and 'checkpoint' (a teacher loaded from it)")
+    if "seed" in e:
+      seed = e["seed"]
+      _req(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+           f"{where}: seed must be an integer >= 0")
+      key = ("seed", seed)
+    else:
+      _req(isinstance(e["checkpoint"], str), f"{where}: checkpoint must be a path string")
+      _checkpoint(f"--config.teachers[{i}].checkpoint", e["checkpoint"])
+      key = ("checkpoint", e["checkpoint"])
+    _req(key not in seen, f"{where} repeats {key[0]} {key[1]!r}; give each teacher its own")
+    seen.add(key)
+    w = e.get("weight", 1.0)
+    _req(isinstance(w, (int, float)) and not isinstance(w, bool),
+         f"{where}: weight must be a number such as 1.0")
+  try:
+    check_weights([e.get("weight", 1.0) for e in entries])
+  except ConfigError as err:
+    raise ConfigError(f"--config.teachers: {err}") from None
+  _req(not _get(c, "teacher.checkpoint"), f"--config.teachers and --config.teacher.checkpoint="
+       f"{c.teacher.checkpoint!r} both name the teacher; give the checkpoint as a member "
+       "({'checkpoint': ..., 'weight': 1.0}) or set --config.teachers=()")
+  if any("seed" in e for e in entries):
+    _req(c.teacher.pretrain.steps > 0, "--config.teacher.pretrain.steps must be > 0: "
+         "--config.teachers pretrains the teachers given by seed")
+    _model(c, "teacher.model")
+  # What a teacher ensemble is not wired for (each needs one teacher's weights or states).
+  for field, off in (("student.tokenizer", ""), ("student.vocab", 0), ("student.init", "random"),
+                     ("distill.chunk_size", 0), ("distill.hidden.weight", 0),
+                     ("distill.hidden.attention_weight", 0), ("distill.on_policy.fraction", 0)):
+    _req(_get(c, field) == off, f"--config.{field}={_get(c, field)!r} is not wired for a "
+         f"teacher ensemble (--config.teachers) yet; set it to {off!r} or use one teacher")
 
 
 def _student(c):
@@ -524,6 +582,7 @@ def validate(c, n_devices: int | None = None) -> None:
   _selection(c)
   _optimizer(c)
   _teacher(c)
+  _teachers(c)
   _student(c)
   _objective(c)
   src = _teacher_source(c)

@@ -28,12 +28,13 @@ from distill.run import settings
 from distill.run.report.latency import (DECODE_TOKENS, jax_decode_latency, measure_latency,
                                         tflite_decode_latency)
 from distill.run.report.plots import COLORS, plot_losses, plot_quality_vs_compute
-from distill.run.report.tables import (COLUMNS, MODELS, cost_table, export_lines, gap_models,
-                                       headline, label, litertlm_lines, same_recipe_models,
-                                       table)
+from distill.run.report.tables import (COLUMNS, MODELS, cost_table, ensemble_lines,
+                                       export_lines, gap_models, headline, label, litertlm_lines,
+                                       same_recipe_models, table)
 from distill.run.report.task_table import task_lines
 
-__all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table", "export_lines",
+__all__ = ["COLORS", "COLUMNS", "DECODE_TOKENS", "MODELS", "build", "cost_table",
+           "ensemble_lines", "export_lines",
            "gap_models", "headline", "label", "same_recipe_models",
            "jax_decode_latency", "litertlm_lines", "measure_latency", "plot_losses",
            "plot_quality_vs_compute", "table", "task_lines", "tflite_decode_latency", "write"]
@@ -64,6 +65,9 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
     rep["more_labels"] = {"model": more, "student_minus": (
         results[gap_models(rep)[0]]["val_ce"] - results[more]["val_ce"])}
   rep["wall_seconds"] = dict(walls, total=total_seconds)
+  specs = settings.teachers(config)
+  if len(specs) > 1:  # the `teacher` row is the mixture; each member has its own row
+    rep["ensemble"] = {"members": [t.name for t in specs], "weights": [t.weight for t in specs]}
   # The dtypes the models multiplied in and why (distill.run.precision; the run's first line).
   rep["precision"] = settings.precision(config).as_dict()
   rep["setup"] = {
@@ -71,6 +75,7 @@ def build(config, results: dict, walls: dict, total_seconds: float) -> dict:
       "batch_size": config.data.batch_size, "distill_steps": config.distill.steps,
       "teacher_steps": config.teacher.pretrain.steps if not config.teacher.checkpoint else None,
       "teacher_checkpoint": config.teacher.checkpoint or None,
+      "teachers": [dict(t) for t in config.get("teachers", ())] or None,
       "transfer_fraction": config.distill.transfer_fraction, "loss": config.distill.loss,
       "temperature": config.distill.temperature, "alpha": config.distill.alpha,
       "seed": config.seed,
@@ -118,6 +123,7 @@ def write(workdir, rep: dict, config) -> None:
            f"{rep['setup']['dev_fraction']:.0%} of the train split, never trained on; checked "
            f"every {rep['setup']['dev_every']} steps), step in brackets. The exported student "
            "is the last step's.", ""]
+  md += ensemble_lines(rep)
   md += task_lines(rep)
   if "heldout_gap_closed" in rep:
     md += ["### Held-out text (never trained on)", "", table(rep, "heldout"), "",

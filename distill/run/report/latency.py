@@ -10,6 +10,7 @@ import os
 import time
 from distill.export.runtime import LiteRTModel
 from distill.inference import model as inference
+from distill.run import settings
 
 # Timed greedy decode steps per model: enough to average out timer noise on tiny models while
 # keeping the whole measurement to seconds.
@@ -17,9 +18,12 @@ DECODE_TOKENS = 32
 
 
 def _model_dir(workdir: str, config, name: str) -> str:
+  if name == "teacher" and len(settings.teachers(config)) == 1:  # that teacher alone
+    one = settings.teachers(config)[0]
+    return one.checkpoint or os.path.join(workdir, one.name)
   if name == "teacher" and config.teacher.checkpoint:
     return config.teacher.checkpoint  # a stage directory or "hf:/path"
-  return os.path.join(workdir, name)
+  return os.path.join(workdir, name)  # an ensemble has none: its members decode, not it
 
 
 def jax_decode_latency(model, tokens: int = DECODE_TOKENS, prompt_ids=None,

@@ -55,6 +55,27 @@ def table(rep: dict, part: str | None = None) -> str:
   return "\n".join(lines)
 
 
+def ensemble_lines(rep: dict) -> list[str]:
+  """The teacher ensemble's members (`config.teachers`), each beside the mixture (the
+  `teacher` row above): weight, CE, KL from the ensemble, size, pretraining time."""
+  ens = rep.get("ensemble")
+  if not ens:
+    return []
+  lines = ["### Teacher ensemble", "",
+           "The `teacher` row is the mixture the student learns from, P = Σ w_i p_i / Σ w_i; "
+           "KL here is KL(ensemble‖member).", "",
+           "| teacher | weight | val CE | held-out CE | KL(ensemble‖member) | params | "
+           "pretraining s |", "|---|---|---|---|---|---|---|"]
+  walls = rep.get("wall_seconds", {})
+  for name, w in zip(ens["members"], ens["weights"]):
+    m = rep.get(name, {})
+    held = m.get("heldout", {}).get("val_ce")
+    lines.append(f"| {name} | {w:g} | {_fmt(m.get('val_ce'), '{:.4f}')} | "
+                 f"{_fmt(held, '{:.4f}')} | {_fmt(m.get('kl_to_teacher'), '{:.4f}')} | "
+                 f"{_fmt(m.get('params'), '{:,}')} | {_fmt(walls.get(name), '{:.1f}')} |")
+  return lines + [""]
+
+
 def _pct(x):
   return "–" if x is None else f"{x:.1%}"
 
