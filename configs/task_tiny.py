@@ -1,4 +1,4 @@
-"""Distillation for a task, offline on a laptop CPU: multi-digit addition ("12+345=" -> "357").
+"""Distillation for a task, offline on a laptop CPU: multi-digit addition ("0012+0345=" -> "75300").
 
   python -m distill.main --config=configs/task_tiny.py [--workdir=runs/task_tiny]
 
@@ -20,13 +20,17 @@ base = sibling("base")
 def get_config(variant: str = ""):
   c = base.get_config()
   c.data.name = "task:addition"
-  # Longest row: "9999+9999=" (10 tokens) + "19998" + EOS: 16 tokens, one window of 17.
+  # Every row: "0012+0345=" (10 tokens) + "75300" + EOS: 16 tokens, one window of 17.
   c.data.seq_len = 16
   c.data.task.reverse = True  # answers least significant digit first: see configs/base.py
-  c.data.batch_size = 64
+  # Operands and answers zero-padded: each digit at a fixed position. With it (and batch 256)
+  # the teacher reaches exact match 1.000 on the dev split in 800 steps; unpadded, or at
+  # batch 64, it stayed at 0.26-0.33 after 1,500 (docs/results/task_tiny.md).
+  c.data.task.pad = True
+  c.data.batch_size = 256
   c.data.dev_fraction = 0.05
   c.teacher.model = base.model(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384)
-  c.teacher.pretrain.steps = 1500
+  c.teacher.pretrain.steps = 800
   c.teacher.pretrain.lr = 3e-3
   c.student.model = base.model(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192)
   c.distill.steps = 600
@@ -38,7 +42,7 @@ def get_config(variant: str = ""):
   c.checkpoint_every = 500
   c.log_every = 100
   c.train.dev_every = 100
-  c.eval.prompts = ("12+345=", "999+1=")
+  c.eval.prompts = ("0012+0345=", "0999+0001=")
   c.eval.sample_tokens = 8
   c.eval.heldout = ""
   c.eval.sample_prompts = 0  # the rows are shorter than a sample prompt; eval.task judges
