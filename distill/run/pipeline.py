@@ -159,13 +159,14 @@ def _train_stage(ctx: Context, name: str, lm: LM, *, steps: int, lr: float, loss
             if info.get("best") else None)
     return stage.load_stage_params(stage_dir, saved_lm, shardings), info, best
   os.makedirs(stage_dir, exist_ok=True)
+  run_seed = c.seed if seed is None else seed
   tx = step.make_optimizer(lr=lr, steps=steps, warmup=c.optimizer.warmup_steps,
                             weight_decay=c.optimizer.weight_decay, clip_norm=c.optimizer.clip_norm)
   res = train.run(name=name, lm=lm, mesh=ctx.mesh, stage_dir=stage_dir,
                   data_iter=(data_iter if data_iter is not None
-                             else ctx.train_iter(fraction, cache, seed)),
+                             else ctx.train_iter(fraction, cache, run_seed)),
                   steps=steps, loss_fn=loss_fn, tx=tx,
-                  seed=c.seed if seed is None else seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                  seed=run_seed, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                   teacher_params=teacher_params, teacher_shardings=teacher_shardings,
                   init_params=init_params, writer=ctx.writer, is_main=ctx.is_main,
                   skip_nonfinite=bool(c.train.skip_nonfinite), finalize=finalize,
@@ -224,8 +225,8 @@ def load_or_train_teacher(ctx: Context):
   for i in order:
     spec, t0 = specs[i], time.time()
     if not spec.checkpoint and first is not None:  # what it will speak, before it trains
-      _same_vocabulary(first, tokenizers.from_config(c.data.tokenizer),
-                       padded_vocab(tokenizers.from_config(c.data.tokenizer).vocab_size), i, spec)
+      tok = tokenizers.from_config(c.data.tokenizer)
+      _same_vocabulary(first, tok, padded_vocab(tok.vocab_size), i, spec)
     lm, params, shard, info = _one_teacher(ctx, spec.checkpoint, seed=spec.seed, name=spec.name)
     info = dict(info, weight=spec.weight, params=count_params(params),
                 param_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))))
